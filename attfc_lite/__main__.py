@@ -1,0 +1,158 @@
+"""Command line: `python -m attfc_lite {train, data, memory} ...` (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text != "auto" and text.split(":")[0] not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"device must be auto, cpu or cuda[:N], got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .heads import HEADS
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a backbone + head on the synthetic faces, then evaluate verification",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--head", choices=sorted(HEADS), default=d.head)
+    t.add_argument("--out", type=Path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
+    t.add_argument("--classes", type=_positive_int, default=d.num_classes, help="training identities")
+    t.add_argument("--images-per-identity", type=_positive_int, default=d.images_per_identity)
+    t.add_argument("--eval-identities", type=_positive_int, default=d.eval_identities)
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--image-size", type=_positive_int, default=d.image_size)
+    t.add_argument("--backbone", default=d.backbone, choices=["small", "resnet18", "resnet34", "resnet50"])
+    t.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim)
+    t.add_argument("--margin", default=d.margin, choices=["arcface", "cosface"])
+    t.add_argument("--lr", type=_positive_float, default=d.lr)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", type=_device, default=d.device)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("bench", help="batched rendering speed, printed as one JSON object",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--num-images", type=_positive_int, default=16384)
+    b.add_argument("--image-size", type=_positive_int, default=32)
+    b.add_argument("--device", type=_device, default="auto")
+    p = dsub.add_parser("preview", help="save a grid of identities x images with their quality",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="image file to write, e.g. preview.png")
+    p.add_argument("--identities", type=_positive_int, default=6)
+    p.add_argument("--images", type=_positive_int, default=8, help="images per identity")
+    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+    m = sub.add_parser("memory", help="predicted vs measured memory of one head step, printed as JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("--head", choices=sorted(HEADS), default="fc")
+    m.add_argument("--classes", type=_positive_int, required=True, help="number of identities N (1e6 is accepted)")
+    m.add_argument("--dim", type=_positive_int, default=512, help="embedding dimension D")
+    m.add_argument("--batch", type=_positive_int, default=128, help="batch size B")
+    m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    m.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    m.add_argument("--device", type=_device, default="auto")
+    return parser
+
+
+def _train(args) -> int:
+    from .train import TrainConfig, train
+    from .verification import verification_summary
+
+    config = TrainConfig(head=args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
+                         eval_identities=args.eval_identities, epochs=args.epochs, batch_size=args.batch_size,
+                         image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
+                         margin=args.margin, lr=args.lr, seed=args.seed, device=args.device)
+    out = args.out if args.out is not None else Path("runs") / args.head
+    result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet)
+    m = result.metrics
+    print(f"{m['head']}: {m['num_classes']} identities, {m['steps']} steps in {m['seconds']:.1f} s "
+          f"({m['images_per_second']:.0f} images/s on {m['device']})", file=sys.stderr)
+    print(verification_summary(m["verification"]), file=sys.stderr)
+    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    return 0
+
+
+def _data(args) -> int:
+    if args.data_command == "bench":
+        from .faces import bench
+
+        print(json.dumps(bench(args.num_images, args.image_size, None if args.device == "auto" else args.device)))
+        return 0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .faces import FaceWorld, plot_preview
+
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        raise ValueError(f"--out must end in .png, .jpg, .pdf or .svg, got {args.out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    axes = plot_preview(FaceWorld(args.seed, args.image_size), num_identities=args.identities,
+                        images_per_identity=args.images)
+    fig = axes[0][0].figure
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _memory(args) -> int:
+    from .memory import memory_report
+
+    report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
+                           dtype=args.dtype, optimizer=args.optimizer,
+                           device=None if args.device == "auto" else args.device)
+    print(json.dumps(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _train, "data": _data, "memory": _memory}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        # Bad input: a message, not a traceback.
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted; a run folder keeps its last checkpoint (use --resume)\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

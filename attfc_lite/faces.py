@@ -1,0 +1,522 @@
+"""The synthetic face world: millions of identities rendered on demand, with known quality.
+
+An identity is a vector of latent face parameters (face shape, skin, hair, eyes, brows,
+nose, mouth, beard, glasses, a mole) drawn deterministically from (seed, identity index)
+by a counter-based hash, so identity 7,654,321 costs nothing until it is rendered and
+renders the same on the CPU and on CUDA. Each image of an identity adds nuisance (pose,
+shift, rotation, scale, expression, lighting, colour, background) and a degradation (blur,
+noise, downscaling, occlusion) whose ground-truth quality score in [0, 1] comes with it.
+
+Everything is vectorised over the batch in plain torch ops, so `render` runs wherever the
+index tensors live.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MAX_IDENTITIES = 10_000_000
+DEFAULT_IMAGE_SIZE = 32
+_CHUNK = 512
+
+_M32 = 0xFFFFFFFF
+# Streams keep the random numbers of different purposes independent.
+_IDENTITY, _IMAGE, _NOISE = 1, 2, 3
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors; exact on every device."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def _hash(seed: int, stream: int, *keys: torch.Tensor) -> torch.Tensor:
+    """Hash of (seed, stream, keys...) -> int64 in [0, 2^32), broadcasting the keys."""
+    h = _mix32(torch.tensor((seed * 0x9E3779B1 + stream * 0x85EBCA77) & _M32, dtype=torch.int64, device=keys[0].device))
+    for k in keys:
+        h = _mix32(h ^ _mix32(k.to(torch.int64) + 0x27D4EB2F))
+    return h
+
+
+def _uniform(seed: int, stream: int, *keys: torch.Tensor) -> torch.Tensor:
+    return _hash(seed, stream, *keys).to(torch.float32) * (1.0 / 2**32)
+
+
+# name -> (low, high); each identity draws each one uniformly. Order matters (it is the key).
+IDENTITY_PARAMS: dict[str, tuple[float, float]] = {
+    "face_rx": (0.50, 0.66), "face_ry": (0.66, 0.82), "face_cy": (0.02, 0.12), "jaw": (0.0, 0.45),
+    "skin": (0.0, 1.0), "skin_r": (-0.06, 0.06), "skin_g": (-0.06, 0.06),
+    "hair_h": (0.0, 1.0), "hair_v": (0.0, 1.0), "hairline": (0.35, 0.75), "hair_curve": (-0.35, 0.5),
+    "hair_long": (0.0, 1.0), "hair_volume": (1.0, 1.25), "bald": (0.0, 1.0),
+    "eye_dx": (0.17, 0.29), "eye_y": (-0.22, -0.04), "eye_w": (0.07, 0.13), "eye_h": (0.035, 0.07),
+    "iris_h": (0.0, 1.0), "iris_v": (0.15, 0.9),
+    "brow_gap": (0.07, 0.15), "brow_thick": (0.018, 0.05), "brow_tilt": (-0.35, 0.35), "brow_len": (0.08, 0.15),
+    "nose_len": (0.10, 0.22), "nose_w": (0.04, 0.09), "nose_y": (0.08, 0.2),
+    "mouth_y": (0.30, 0.46), "mouth_w": (0.10, 0.22), "lip": (0.025, 0.055), "lip_h": (0.0, 1.0),
+    "beard": (0.0, 1.0), "glasses": (0.0, 1.0), "mole": (0.0, 1.0), "mole_x": (-0.35, 0.35), "mole_y": (-0.05, 0.35),
+    "ear": (0.06, 0.12),
+}
+
+IMAGE_PARAMS: dict[str, tuple[float, float]] = {
+    "yaw": (-0.55, 0.55), "pitch": (-0.3, 0.3), "roll": (-0.3, 0.3), "dx": (-0.12, 0.12), "dy": (-0.1, 0.1),
+    "scale": (0.85, 1.12), "smile": (-0.5, 1.0), "mouth_open": (0.0, 1.0), "eye_open": (0.35, 1.1),
+    "brow_raise": (-0.02, 0.04), "gaze_x": (-0.4, 0.4), "light_angle": (0.0, 2 * math.pi),
+    "light": (0.0, 0.45), "brightness": (0.7, 1.25), "contrast": (0.75, 1.2),
+    "gain_r": (0.88, 1.12), "gain_g": (0.92, 1.08), "gain_b": (0.85, 1.15),
+    "bg_r": (0.1, 0.9), "bg_g": (0.1, 0.9), "bg_b": (0.1, 0.9), "bg_grad": (-0.3, 0.3),
+    "severity": (0.0, 1.0), "w_blur": (0.0, 1.0), "w_noise": (0.0, 1.0), "w_down": (0.0, 1.0), "w_occ": (0.0, 1.0),
+    "occ_x": (-0.5, 0.5), "occ_y": (-0.4, 0.5), "occ_aspect": (0.4, 2.2), "occ_r": (0.0, 1.0), "occ_g": (0.0, 1.0),
+    "occ_b": (0.0, 1.0),
+}
+
+# Physical strength of each degradation at severity 1 (pixel units at 32x32; scaled with size).
+MAX_BLUR_SIGMA = 1.6
+MAX_NOISE_STD = 0.15
+MAX_DOWNSCALE = 4.0
+MAX_OCCLUSION = 0.3
+
+
+def _draw(seed: int, stream: int, table: dict, *keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    index = torch.arange(len(table), device=keys[0].device)
+    u = _uniform(seed, stream, *[k.reshape(-1, 1) for k in keys], index.reshape(1, -1))
+    return {name: lo + (hi - lo) * u[:, j] for j, (name, (lo, hi)) in enumerate(table.items())}
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], dim=1)
+    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def _paint(img: torch.Tensor, alpha: torch.Tensor, color: torch.Tensor) -> None:
+    """Alpha-composite `color` [n, 3] over `img` [n, 3, H, W] in place; `alpha` is [n, H, W]."""
+    img.lerp_(color[:, :, None, None].expand_as(img), alpha.unsqueeze(1).expand_as(img))
+
+
+def _col(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, 1, 1)
+
+
+@dataclass
+class RenderOutput:
+    """A rendered batch: images [n, 3, H, W] in [0, 1], quality [n] in [0, 1], and the
+    per-image degradation strengths (for the lessons' plots)."""
+
+    images: torch.Tensor
+    quality: torch.Tensor
+    blur_sigma: torch.Tensor
+    noise_std: torch.Tensor
+    downscale: torch.Tensor
+    occlusion: torch.Tensor
+
+
+class FaceWorld:
+    """Renders image `j` of identity `i` for any i < 10,000,000, deterministically.
+
+    >>> world = FaceWorld(seed=0, image_size=32)
+    >>> out = world.render(torch.tensor([0, 0, 5]), torch.tensor([0, 1, 0]))
+    >>> out.images.shape, out.quality.shape
+    (torch.Size([3, 3, 32, 32]), torch.Size([3]))
+    """
+
+    def __init__(self, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, max_severity: float = 1.0) -> None:
+        if not 8 <= int(image_size) <= 512:
+            raise ValueError(f"image_size must be in [8, 512] pixels, got {image_size}")
+        if not 0 <= max_severity <= 1:
+            raise ValueError(f"max_severity must be in [0, 1], got {max_severity}")
+        self.seed, self.image_size, self.max_severity = int(seed), int(image_size), float(max_severity)
+
+    def __repr__(self) -> str:
+        return f"FaceWorld(seed={self.seed}, image_size={self.image_size}, max_severity={self.max_severity})"
+
+    # -- splits -------------------------------------------------------------------------
+    @staticmethod
+    def train_identities(num_identities: int, offset: int = 0) -> torch.Tensor:
+        """Training identities count up from 0; evaluation ones count down from the top."""
+        _check_count("num_identities", num_identities)
+        return torch.arange(offset, offset + num_identities, dtype=torch.int64)
+
+    @staticmethod
+    def eval_identities(num_identities: int, offset: int = 0) -> torch.Tensor:
+        """Identities from the top of the id space, disjoint from `train_identities` as long as
+        the two counts add up to less than 10,000,000."""
+        _check_count("num_identities", num_identities)
+        top = MAX_IDENTITIES - 1 - offset
+        return torch.arange(top, top - num_identities, -1, dtype=torch.int64)
+
+    # -- parameters ---------------------------------------------------------------------
+    def identity_params(self, identities: torch.Tensor) -> dict[str, torch.Tensor]:
+        identities = _check_ids(identities)
+        return _draw(self.seed, _IDENTITY, IDENTITY_PARAMS, identities)
+
+    def image_params(self, identities: torch.Tensor, image_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        identities = _check_ids(identities)
+        image_indices = torch.as_tensor(image_indices, dtype=torch.int64, device=identities.device)
+        identities, image_indices = torch.broadcast_tensors(identities, image_indices)
+        p = _draw(self.seed, _IMAGE, IMAGE_PARAMS, identities, image_indices)
+        # Most images are fine, some are bad: severity skews towards 0 (as in real datasets).
+        p["severity"] = self.max_severity * p["severity"] ** 1.6
+        w = torch.stack([p["w_blur"], p["w_noise"], p["w_down"], p["w_occ"]], 1) ** 3
+        w = w / w.max(dim=1, keepdim=True).values
+        for j, name in enumerate(("blur", "noise", "down", "occ")):
+            p["d_" + name] = p["severity"] * w[:, j]
+        return p
+
+    def quality(self, identities: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
+        """Ground-truth quality of images without rendering them: 1 - severity."""
+        return 1.0 - self.image_params(identities, image_indices)["severity"]
+
+    # -- rendering ----------------------------------------------------------------------
+    def render(self, identities: torch.Tensor, image_indices: torch.Tensor, device=None) -> RenderOutput:
+        """Render image `image_indices[k]` of identity `identities[k]` for every k."""
+        identities = _check_ids(torch.as_tensor(identities))
+        device = torch.device(device) if device is not None else identities.device
+        identities = identities.to(device)
+        image_indices = torch.as_tensor(image_indices, dtype=torch.int64).to(device)
+        if image_indices.dim() == 0:
+            image_indices = image_indices.expand_as(identities)
+        if image_indices.shape != identities.shape:
+            raise ValueError(
+                f"image_indices must match identities in shape, got {tuple(image_indices.shape)} vs {tuple(identities.shape)}"
+            )
+        if identities.numel() and int(image_indices.min()) < 0:
+            raise ValueError("image_indices must be >= 0")
+        # Chunks of a few hundred images keep every temporary in the CPU cache: about 5x
+        # faster than one huge batch, whose element-wise ops are memory-bound.
+        chunk = _CHUNK if identities.device.type == "cpu" else max(1, identities.numel())
+        parts = []
+        for start in range(0, identities.numel(), chunk):
+            i, j = identities[start:start + chunk], image_indices[start:start + chunk]
+            parts.append(self._render(i, j, self.identity_params(i), self.image_params(i, j)))
+        if len(parts) == 1:
+            return parts[0]
+        return RenderOutput(*(torch.cat(fields) for fields in zip(*(vars(p).values() for p in parts))))
+
+    def _render(self, ids, img_ids, ip, sp) -> RenderOutput:
+        n, size, device = ids.shape[0], self.image_size, ids.device
+        px = 2.0 / size
+        zero = torch.zeros(n, device=device)
+
+        # Face coordinates of the canvas: x varies along columns only, y along rows only, so
+        # most shapes are sums of a row term and a column term (cheap). Roll, shift and scale
+        # are applied afterwards as one warp of the finished picture.
+        pix = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
+        x, y = pix.view(1, 1, size).expand(n, 1, size), pix.view(1, size, 1).expand(n, size, 1)
+
+        yaw, pitch = sp["yaw"], sp["pitch"]
+        cyaw = torch.cos(yaw)
+
+        def at(x0, depth=0.0):
+            """Screen x of a face point at horizontal offset x0 and depth (the yaw turns it)."""
+            return x0 * cyaw + torch.sin(yaw) * depth
+
+        def at_y(y0, depth=0.0):
+            return y0 + torch.sin(pitch) * depth
+
+        def ellipse(cx, cy, rx, ry):
+            """Anti-aliased filled ellipse: sigmoid of (1 - d) in units of about one pixel."""
+            k = _col(torch.minimum(rx, ry) / (2 * px))
+            ex = k * ((x - _col(cx)) / _col(rx)) ** 2
+            ey = k * ((y - _col(cy)) / _col(ry)) ** 2 - k
+            return torch.sigmoid(-(ex + ey))
+
+        # Colours.
+        tone = ip["skin"]
+        skin = torch.stack([0.93 - 0.55 * tone + ip["skin_r"], 0.78 - 0.52 * tone + ip["skin_g"], 0.66 - 0.48 * tone], 1)
+        hair = _hsv_to_rgb(0.02 + 0.1 * ip["hair_h"], 0.35 + 0.4 * ip["hair_h"], 0.1 + 0.8 * ip["hair_v"] ** 1.5)
+        iris = _hsv_to_rgb(ip["iris_h"], 0.3 + 0.4 * ip["iris_v"], 0.15 + 0.5 * ip["iris_v"])
+        lips = torch.stack([0.55 + 0.3 * ip["lip_h"], 0.22 + 0.1 * ip["lip_h"], 0.25 + 0.1 * ip["lip_h"]], 1)
+        lips = lips * (1 - 0.35 * tone[:, None])
+        bg = torch.stack([sp["bg_r"], sp["bg_g"], sp["bg_b"]], 1)
+        dark = torch.full((n, 3), 0.08, device=device)
+
+        img = (bg[:, :, None, None] * (1 + _col(sp["bg_grad"]) * y).unsqueeze(1)).expand(n, 3, size, size).contiguous()
+        face_cx, face_cy = at(zero, 0.08), ip["face_cy"]
+        rx, ry = ip["face_rx"] * (0.88 + 0.12 * cyaw), ip["face_ry"]
+
+        # Long hair behind the head, neck, ears.
+        long_hair = ((ip["hair_long"] > 0.6) & (ip["bald"] > 0.12)).float()
+        if bool(long_hair.any()):
+            back = ellipse(face_cx, face_cy + 0.12, rx * 1.22 * ip["hair_volume"], ry * 1.12)
+            _paint(img, back * _col(long_hair), hair)
+        _paint(img, ellipse(face_cx, face_cy + ry * 0.95, rx * 0.55, ry * 0.6), skin * 0.82)
+        for side in (-1.0, 1.0):
+            ear = ellipse(at(side * (ip["face_rx"] + 0.01)), face_cy + 0.02, ip["ear"] * 0.7, ip["ear"] * 1.4)
+            _paint(img, ear * _col(1 - long_hair), skin * 0.9)
+        # Face: the jaw narrows the lower half (a row-dependent width).
+        below = torch.relu(y - _col(face_cy)) / _col(ry)
+        width = _col(rx) * (1 - _col(ip["jaw"]) * below**2)
+        k = _col(torch.minimum(rx, ry) / (2 * px))
+        face = torch.sigmoid(k - k * ((x - _col(face_cx)) ** 2 / width**2 + ((y - _col(face_cy)) / _col(ry)) ** 2))
+        _paint(img, face, skin)
+
+        # Hair on top: the head ellipse above an identity-specific hairline.
+        has_hair = (ip["bald"] > 0.12).float()
+        hairline = _col(face_cy - ry * ip["hairline"]) + _col(ip["hair_curve"]) * (x - _col(face_cx)) ** 2
+        top = ellipse(face_cx, face_cy - 0.04, rx * 1.06 * ip["hair_volume"], ry * 1.04)
+        _paint(img, top * torch.sigmoid((hairline - y) / px) * _col(has_hair), hair)
+
+        # Beard: lower face below the nose.
+        beard = (ip["beard"] > 0.75).float() * (0.55 + 0.45 * (ip["beard"] - 0.75) / 0.25)
+        if bool(beard.any()):
+            chin = torch.sigmoid((y - _col(at_y(face_cy + ip["nose_y"] + 0.12, 0.1))) / (2 * px))
+            _paint(img, face * (chin * _col(beard)), hair * 0.8)
+
+        eye_y = at_y(face_cy + ip["eye_y"], 0.1)
+        open_ = sp["eye_open"].clamp(max=1.0)
+        glasses = (ip["glasses"] > 0.82).float()
+        for side in (-1.0, 1.0):
+            ex = at(side * ip["eye_dx"], 0.12)
+            # Eyebrow: a thin ellipse, sheared by the identity's tilt.
+            by = eye_y - ip["brow_gap"] - sp["brow_raise"]
+            dxb = x - _col(ex + side * 0.01)
+            yr = (y - _col(by)) - _col(side * ip["brow_tilt"]) * dxb
+            kb = _col(ip["brow_thick"] / (2 * px))
+            brow = torch.sigmoid(kb - kb * ((dxb / _col(ip["brow_len"] * cyaw)) ** 2 + (yr / _col(ip["brow_thick"])) ** 2))
+            _paint(img, brow, hair * 0.7)
+            # Eye white, then the iris and pupil clipped to it.
+            ew, eh = ip["eye_w"] * cyaw, ip["eye_h"] * open_
+            white = ellipse(ex, eye_y, ew, eh)
+            _paint(img, white, torch.full((n, 3), 0.92, device=device))
+            iris_x, ir = ex + sp["gaze_x"] * ew * 0.5, ip["eye_h"] * 0.95
+            _paint(img, white * ellipse(iris_x, eye_y, ir, ir), iris)
+            _paint(img, white * ellipse(iris_x, eye_y, ir * 0.45, ir * 0.45), dark)
+            if bool(glasses.any()):
+                gr = ip["eye_w"] * 1.35
+                ring = ellipse(ex, eye_y, gr * cyaw, gr * 0.8) - ellipse(ex, eye_y, gr * cyaw * 0.82, gr * 0.62)
+                _paint(img, ring.clamp(0, 1) * _col(glasses), dark)
+
+        # Nose: a shaded ridge and the nostrils.
+        nose_x, nose_y = at(zero, 0.22), at_y(face_cy + ip["nose_y"], 0.2)
+        ridge = ellipse(nose_x, nose_y - ip["nose_len"] * 0.4, ip["nose_w"] * 0.6, ip["nose_len"] * 0.6)
+        _paint(img, ridge * 0.45, skin * 0.72)
+        _paint(img, ellipse(nose_x, nose_y, ip["nose_w"] * 1.2, ip["nose_w"] * 0.45) * 0.6, skin * 0.55)
+
+        # Mouth: a curved band; a smile bends it, an open mouth shows the dark inside.
+        mx, my = at(zero, 0.15), at_y(face_cy + ip["mouth_y"], 0.1)
+        mw = ip["mouth_w"] * cyaw
+        bend = _col(my) - _col(sp["smile"] * 0.12) * (x - _col(mx)) ** 2 / _col(mw)
+        thick = ip["lip"] * (1 + sp["mouth_open"] * 0.8)
+        km = _col(thick / (2 * px))
+        dxm = ((x - _col(mx)) / _col(mw)) ** 2
+        _paint(img, torch.sigmoid(km - km * (dxm + ((y - bend) / _col(thick)) ** 2)), lips)
+        inner_h = thick * sp["mouth_open"] * 0.6 + 1e-3
+        ki = _col(inner_h / (2 * px))
+        _paint(img, torch.sigmoid(ki - ki * (dxm / 0.64 + ((y - bend) / _col(inner_h)) ** 2)), dark * 1.5)
+
+        mole = (ip["mole"] > 0.7).float()
+        if bool(mole.any()):
+            spot = ellipse(at(ip["mole_x"], 0.1), face_cy + ip["mole_y"], zero + 0.03, zero + 0.03)
+            _paint(img, face * spot * _col(mole), skin * 0.45)
+
+        # Lighting (a directional gradient), contrast and white balance in one affine map.
+        light = _col(sp["brightness"]) + _col(sp["light"]) * (
+            _col(torch.cos(sp["light_angle"])) * x + _col(torch.sin(sp["light_angle"])) * y
+        )
+        gain = torch.stack([sp["gain_r"], sp["gain_g"], sp["gain_b"]], 1)
+        c = sp["contrast"][:, None] * gain
+        img = img * light.unsqueeze(1) * c[:, :, None, None] + ((0.5 - 0.5 * sp["contrast"])[:, None] * gain)[:, :, None, None]
+
+        # Camera: roll, scale and shift as one warp, sampled on a coarser grid when the image
+        # is downscaled (point-sampled low resolution, shown at full size).
+        down = 1.0 + (MAX_DOWNSCALE - 1.0) * sp["d_down"]
+        cells = torch.arange(size, device=device, dtype=torch.float32)
+        coarse = (torch.floor(cells.view(1, -1) / down.view(-1, 1)) + 0.5) * down.view(-1, 1)
+        q = coarse.clamp(max=size - 0.5) / size * 2 - 1  # [n, size]
+        u, v = q.view(n, 1, size), q.view(n, size, 1)
+        cr, sr = _col(torch.cos(sp["roll"])), _col(torch.sin(sp["roll"]))
+        uu, vv = u - _col(sp["dx"]), v - _col(sp["dy"])
+        gx = (cr * uu + sr * vv) / _col(sp["scale"])
+        gy = (-sr * uu + cr * vv) / _col(sp["scale"])
+        img = F.grid_sample(img, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=False)
+
+        # Occlusion: a solid rectangle over part of the picture.
+        occ = MAX_OCCLUSION * sp["d_occ"] * (sp["d_occ"] > 0.1)
+        if bool((occ > 0).any()):
+            area = occ * 4.0  # fraction of the [-1, 1]^2 image
+            half_w, half_h = torch.sqrt(area * sp["occ_aspect"]) / 2, torch.sqrt(area / sp["occ_aspect"]) / 2
+            box = torch.sigmoid((_col(half_w) - (x - _col(sp["occ_x"])).abs()) / px) * torch.sigmoid(
+                (_col(half_h) - (y - _col(sp["occ_y"])).abs()) / px
+            )
+            _paint(img, box * _col((occ > 0).float()), torch.stack([sp["occ_r"], sp["occ_g"], sp["occ_b"]], 1))
+
+        sigma = MAX_BLUR_SIGMA * sp["d_blur"] * size / DEFAULT_IMAGE_SIZE
+        img = _blur(img, sigma)
+
+        # Sensor noise: triangular (sum of two uniforms), unit variance, from the hash.
+        noise = MAX_NOISE_STD * sp["d_noise"]
+        noisy = torch.nonzero(noise > 0.004).squeeze(1)
+        if noisy.numel():
+            pixel = torch.arange(3 * size * size, device=device).view(1, -1)
+            h = _hash(self.seed, _NOISE, ids[noisy].view(-1, 1), img_ids[noisy].view(-1, 1), pixel)
+            tri = ((h & 0xFFFF) + (h >> 16)).to(torch.float32) * (math.sqrt(6.0) / 65536.0) - math.sqrt(6.0)
+            img[noisy] += tri.view(-1, 3, size, size) * noise[noisy].view(-1, 1, 1, 1)
+        img = img.clamp_(0, 1)
+        return RenderOutput(img, 1.0 - sp["severity"], sigma, noise, down, occ)
+
+
+def _blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    need = sigma > 0.3
+    if not bool(need.any()):
+        return img
+    idx = torch.nonzero(need).squeeze(1)
+    sub, s = img[idx], sigma[idx]
+    radius = int(math.ceil(3 * float(s.max())))
+    t = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s.view(-1, 1)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # [m*3, taps]
+    m, c, h, w = sub.shape
+    flat = sub.reshape(1, m * c, h, w)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, k.view(m * c, 1, 1, -1), groups=m * c)
+    flat = F.conv2d(flat, k.view(m * c, 1, -1, 1), groups=m * c)
+    out = img.clone()
+    out[idx] = flat.view(m, c, h, w)
+    return out
+
+
+def _check_count(name: str, value: int) -> None:
+    if not 0 < int(value) <= MAX_IDENTITIES:
+        raise ValueError(f"{name} must be in [1, {MAX_IDENTITIES:,}], got {value}")
+
+
+def _check_ids(identities) -> torch.Tensor:
+    identities = torch.as_tensor(identities)
+    if identities.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"identities must be an integer tensor, got {identities.dtype}")
+    identities = identities.to(torch.int64).reshape(-1)
+    if identities.numel() and (int(identities.min()) < 0 or int(identities.max()) >= MAX_IDENTITIES):
+        raise ValueError(
+            f"identities must lie in [0, {MAX_IDENTITIES:,}); got min {int(identities.min())}, max {int(identities.max())}"
+        )
+    return identities
+
+
+class SyntheticFaces(torch.utils.data.Dataset):
+    """A split of the face world rendered once into memory: (image, label, quality) items.
+
+    `split='train'` takes identities 0..num_identities-1, `split='eval'` identities counted
+    down from 9,999,999, so the two never share an identity. Labels are 0..num_identities-1
+    within the split; `identity_ids` keeps the world's ids. Images are stored as uint8
+    (3 KB each at 32x32) and returned as float in [0, 1].
+    """
+
+    def __init__(self, num_identities: int = 1000, images_per_identity: int = 16, split: str = "train",
+                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, world: FaceWorld | None = None,
+                 identity_offset: int = 0, progress: bool = False, device=None) -> None:
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if int(images_per_identity) < 1:
+            raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
+        self.world = world if world is not None else FaceWorld(seed=seed, image_size=image_size)
+        pick = FaceWorld.train_identities if split == "train" else FaceWorld.eval_identities
+        self.split = split
+        self.identity_ids = pick(num_identities, identity_offset)
+        self.images_per_identity = int(images_per_identity)
+        self.labels = torch.arange(num_identities).repeat_interleave(self.images_per_identity)
+        self.image_indices = torch.arange(self.images_per_identity).repeat(num_identities)
+        images, quality = render_images(self.world, self.identity_ids[self.labels], self.image_indices,
+                                        progress=progress, device=device)
+        self.images = images
+        self.quality = quality
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.identity_ids.numel())
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (float, [0, 1]), labels and qualities of many items at once (no DataLoader)."""
+        return self.images[indices].float().div_(255), self.labels[indices], self.quality[indices]
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        return self.images[index].float() / 255, int(self.labels[index]), float(self.quality[index])
+
+    def __repr__(self) -> str:
+        return (f"SyntheticFaces(split={self.split!r}, identities={self.num_classes}, "
+                f"images_per_identity={self.images_per_identity}, image_size={self.world.image_size})")
+
+
+def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: torch.Tensor, batch_size: int = 4096,
+                  progress: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render many images in batches (with a progress bar if asked); uint8 images on the CPU."""
+    from tqdm.auto import tqdm
+
+    n = int(identities.numel())
+    images = torch.empty(n, 3, world.image_size, world.image_size, dtype=torch.uint8)
+    quality = torch.empty(n)
+    with tqdm(total=n, desc="rendering faces", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            out = world.render(identities[sl], image_indices[sl], device=device)
+            images[sl] = (out.images * 255 + 0.5).to(torch.uint8).cpu()
+            quality[sl] = out.quality.cpu()
+            bar.update(out.images.shape[0])
+    return images, quality
+
+
+def bench(num_images: int = 16384, image_size: int = DEFAULT_IMAGE_SIZE, device=None, repeats: int = 3,
+          seed: int = 0) -> dict:
+    """Batched rendering speed: the best of `repeats` timed runs after a warm-up."""
+    import time
+
+    from .utils import default_device
+
+    device = default_device(device)
+    world = FaceWorld(seed=seed, image_size=image_size)
+    ids = torch.arange(num_images, device=device) * 7919 % MAX_IDENTITIES
+    idx = torch.arange(num_images, device=device) % 50
+    world.render(ids[:1024], idx[:1024])  # warm-up: allocator, kernels
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        world.render(ids, idx)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return {"images_per_second": round(num_images / best, 1), "image_size": image_size, "num_images": num_images,
+            "seconds": round(best, 4), "device": device.type, "threads": torch.get_num_threads()}
+
+
+def plot_preview(world: FaceWorld | None = None, identities=None, images_per_identity: int = 8, num_identities: int = 6,
+                 ax=None, zoom: int = 1):
+    """A grid: one row per identity, its images sorted by quality, each titled with it."""
+    import matplotlib.pyplot as plt
+
+    world = world or FaceWorld()
+    if identities is None:
+        identities = torch.arange(num_identities)
+    identities = torch.as_tensor(identities).reshape(-1)
+    rows, cols = identities.numel(), images_per_identity
+    ids = identities.repeat_interleave(cols)
+    idx = torch.arange(cols).repeat(rows)
+    out = world.render(ids, idx)
+    order = torch.argsort(out.quality.view(rows, cols), dim=1, descending=True)
+    imgs = out.images.view(rows, cols, 3, world.image_size, world.image_size)
+    quality = out.quality.view(rows, cols)
+    if ax is None:
+        fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols * zoom, 1.35 * rows * zoom), squeeze=False)
+    else:
+        axes = ax
+    for r in range(rows):
+        for c in range(cols):
+            a = axes[r][c]
+            j = int(order[r, c])
+            a.imshow(imgs[r, j].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            a.set_xticks([]), a.set_yticks([])
+            a.set_title(f"q={float(quality[r, j]):.2f}", fontsize=7)
+            if c == 0:
+                a.set_ylabel(f"id {int(identities[r])}", fontsize=7)
+    return axes

@@ -1,0 +1,92 @@
+"""Classification heads behind one interface.
+
+A head maps (embeddings, labels) to a scalar loss and says what it holds in memory between
+steps (`held_tensors`), so that the memory model and the benchmarks can take any head.
+Partial FC and AttFC join `FullFC` here as the lessons build them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .margins import Margin, make_margin
+
+
+class Head(nn.Module):
+    """Interface of every head: `forward(embeddings, labels) -> loss`."""
+
+    embedding_dim: int
+    num_classes: int
+
+    def held_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the head keeps between steps (parameters and buffers), by name.
+
+        Gradients and optimizer state are not included: they belong to the training step
+        and are accounted for by the memory model from the parameters listed here.
+        """
+        held = {name: p for name, p in self.named_parameters()}
+        held.update({name: b for name, b in self.named_buffers()})
+        return held
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.held_tensors().values())
+
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"embeddings must have shape [batch, embedding_dim={self.embedding_dim}], got {tuple(embeddings.shape)}; "
+                "check the backbone's embedding_dim"
+            )
+        if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                f"labels must be 1-D with one entry per embedding ({embeddings.shape[0]}), got shape {tuple(labels.shape)}"
+            )
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"labels must be an integer tensor (int64), got {labels.dtype}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, num_classes={self.num_classes}); got min {int(labels.min())}, "
+                f"max {int(labels.max())}: build the head with num_classes covering every identity"
+            )
+
+
+class FullFC(Head):
+    """The full FC layer: one class centre per identity, margin softmax over all of them.
+
+    Holds W of shape [num_classes, embedding_dim]; each step computes B x num_classes logits.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, margin: Margin | str = "arcface", **margin_kwargs) -> None:
+        super().__init__()
+        if embedding_dim < 1 or num_classes < 2:
+            raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
+        self.embedding_dim = int(embedding_dim)
+        self.num_classes = int(num_classes)
+        self.margin = make_margin(margin, **margin_kwargs) if isinstance(margin, str) else margin
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosines between each embedding and every class centre, [B, num_classes]."""
+        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1, 1)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(embeddings, labels)
+        labels = labels.long()
+        logits = self.margin(self.cosine(embeddings), labels)
+        return F.cross_entropy(logits, labels)
+
+    def extra_repr(self) -> str:
+        return f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}"
+
+
+HEADS = {"fc": FullFC}
+
+
+def make_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> Head:
+    """Build a head by its CLI name ('fc' for now)."""
+    key = str(name).lower()
+    if key not in HEADS:
+        raise ValueError(f"head must be one of {sorted(HEADS)}, got {name!r}")
+    return HEADS[key](embedding_dim, num_classes, **kwargs)

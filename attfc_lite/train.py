@@ -1,0 +1,256 @@
+"""The training loop: one seeding call, any head, progress, atomic checkpoints, resume.
+
+`train(TrainConfig(...), out_dir)` renders the synthetic split (or takes a dataset), trains
+backbone + head with SGD and a per-step cosine schedule, evaluates verification on held-out
+identities and writes `metrics.json`. With `out_dir`, a checkpoint is written atomically
+after every epoch; `resume=True` continues the same run from it, and because batches and
+flips are drawn from generators seeded by (seed, epoch), a resumed run ends with the same
+weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import count_parameters, make_backbone
+from .faces import SyntheticFaces
+from .heads import HEADS, Head, make_head
+from .utils import default_device, seed_everything
+from .verification import evaluate_verification
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; the defaults are the CPU lesson configuration."""
+
+    head: str = "fc"
+    num_classes: int = 1000  # training identities
+    images_per_identity: int = 16
+    eval_identities: int = 300
+    eval_images_per_identity: int = 10
+    image_size: int = 32
+    backbone: str = "small"
+    embedding_dim: int = 128
+    margin: str = "arcface"
+    scale: float = 32.0
+    margin_m: float = 0.5
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    clip_grad_norm: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    num_pairs: int = 20000
+    head_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        positive = ("num_classes", "images_per_identity", "eval_identities", "eval_images_per_identity", "epochs",
+                    "batch_size", "embedding_dim", "num_pairs")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (a classifier needs two identities), got {self.num_classes}")
+        if self.eval_images_per_identity < 2:
+            raise ValueError("eval_images_per_identity must be >= 2 (genuine pairs need two images of one identity)")
+        if not 8 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be in [8, 512], got {self.image_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to zero at `total_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write then rename, so an interrupted save never leaves a broken checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain containers, no pickled code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class TrainResult:
+    backbone: nn.Module
+    head: Head
+    metrics: dict
+    history: list = field(default_factory=list)
+
+
+def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
+    backbone = make_backbone(config.backbone, config.embedding_dim, config.image_size).to(device)
+    head = make_head(config.head, config.embedding_dim, config.num_classes, margin=config.margin,
+                     s=config.scale, m=config.margin_m, **config.head_kwargs).to(device)
+    return backbone, head
+
+
+def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, resume: bool = False,
+          progress: bool = True, train_set=None, eval_set=None, stop_after_epoch: int | None = None,
+          evaluate: bool = True) -> TrainResult:
+    """Train backbone + head on the synthetic world (or the given datasets), then evaluate.
+
+    `stop_after_epoch` ends the run early as if interrupted (the checkpoint stays), which is
+    how the tests and the lesson show that `resume=True` continues the same run.
+    """
+    from tqdm.auto import tqdm
+
+    config = (config or TrainConfig()).validate()
+    seed_everything(config.seed)
+    device = default_device(config.device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and (out is None or not (out / CHECKPOINT).exists()):
+        where = "no out_dir was given" if out is None else f"there is no {out / CHECKPOINT}"
+        raise FileNotFoundError(f"resume=True but {where}; start the run without resume first")
+
+    if train_set is None:
+        train_set = SyntheticFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
+                                   config.seed, progress=progress)
+    if getattr(train_set, "num_classes", config.num_classes) != config.num_classes:
+        raise ValueError(f"config.num_classes={config.num_classes} but the training set has "
+                         f"{train_set.num_classes} identities; set num_classes to match")
+    backbone, head = build(config, device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    n = len(train_set)
+    steps_per_epoch = max(1, n // config.batch_size)  # drop the last partial batch: BatchNorm needs > 1 sample
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    start_epoch, step, history, seconds = 0, 0, [], 0.0
+
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT)
+        saved = TrainConfig.from_dict(state["config"])
+        if asdict(saved) != asdict(config):
+            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
+            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now)")
+        backbone.load_state_dict(state["backbone"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, history, seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+
+    get_batch = getattr(train_set, "get_batch", None)
+    bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
+    for epoch in range(start_epoch, config.epochs):
+        backbone.train()
+        head.train()
+        gen = _epoch_generator(config.seed, epoch)
+        order = torch.randperm(n, generator=gen)
+        flips = torch.rand(n, generator=gen) < 0.5
+        losses = []
+        t0 = time.perf_counter()
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if get_batch is not None:
+                images, labels, _ = get_batch(idx)
+            else:
+                items = [train_set[int(i)] for i in idx]
+                images = torch.stack([it[0] for it in items])
+                labels = torch.tensor([it[1] for it in items])
+            flip = flips[idx]
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
+            loss = head(backbone(images), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {float(loss)} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "
+                    f"scale (now {config.scale}). The last good checkpoint is kept"
+                    + (f" in {out / CHECKPOINT}." if out is not None else " only when out_dir is given.")
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad_norm:
+                nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+        seconds += time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
+        if out is not None:
+            save_checkpoint(out / CHECKPOINT, {
+                "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
+                "seconds": seconds,
+            })
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+            bar.close()
+            return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history)
+    bar.close()
+
+    metrics = {
+        "head": config.head,
+        "num_classes": config.num_classes,
+        "steps": step,
+        "epochs": config.epochs,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(step * config.batch_size / max(seconds, 1e-9), 1),
+        "device": device.type,
+        "backbone_parameters": count_parameters(backbone),
+        "head_parameters": sum(p.numel() for p in head.parameters()),
+        "final_loss": history[-1]["loss"] if history else None,
+        "history": history,
+        "config": asdict(config),
+    }
+    if evaluate:
+        if eval_set is None:
+            eval_set = SyntheticFaces(config.eval_identities, config.eval_images_per_identity, "eval",
+                                      config.image_size, config.seed, progress=progress)
+        images, labels, quality = _all_items(eval_set)
+        metrics["verification"] = evaluate_verification(backbone, images, labels, quality, num_pairs=config.num_pairs,
+                                                        seed=config.seed, device=device, progress=progress)
+    if out is not None:
+        tmp = out / (METRICS + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, out / METRICS)
+    return TrainResult(backbone, head, metrics, history)
+
+
+def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(torch.arange(len(dataset)))
+    items = [dataset[i] for i in range(len(dataset))]
+    quality = torch.tensor([float(it[2]) for it in items])
+    return (torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]),
+            None if torch.isnan(quality).all() else quality)

@@ -1,0 +1,53 @@
+"""Seeding, device choice and the self-check helper used by the exercises."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0) -> int:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a lesson reproduces. Returns the seed."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return seed
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` if given (validated), else CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} asked for, but no CUDA device is available; use device='cpu' or 'auto'")
+    return device
+
+
+def check(name: str, got, expected, rtol: float = 1e-5, atol: float = 1e-6, close_factor: float = 100.0) -> str:
+    """Compare an answer with the expected value and print right / close / wrong.
+
+    Works on numbers, sequences and tensors. 'close' means within `close_factor` times the
+    tolerance: usually a rounding or an off-by-one-epsilon slip rather than a wrong idea.
+    Returns the verdict so tests can use it.
+    """
+    got_t = torch.as_tensor(got, dtype=torch.float64)
+    exp_t = torch.as_tensor(expected, dtype=torch.float64)
+    if got_t.shape != exp_t.shape:
+        print(f"{name}: wrong shape: got {tuple(got_t.shape)}, expected {tuple(exp_t.shape)}")
+        return "wrong"
+    diff = (got_t - exp_t).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    tol = atol + rtol * exp_t.abs()
+    if bool((diff <= tol).all()):
+        verdict = "right"
+    elif bool((diff <= close_factor * tol).all()):
+        verdict = "close"
+    else:
+        verdict = "wrong"
+    print(f"{name}: {verdict} (max difference {max_diff:.3g})")
+    return verdict

@@ -1,0 +1,586 @@
+"""Face verification on identities never seen in training: the LFW protocol.
+
+A verification test is a list of image pairs, each either genuine (same identity) or
+impostor (different identities). A model embeds every image, a pair is scored by the cosine
+similarity of its two embeddings, and the scores are judged three ways:
+
+- 10-fold accuracy (`kfold_accuracy`): the threshold is chosen on nine folds and the
+  accuracy measured on the tenth, so the threshold never sees the pairs it is judged on.
+- TAR at a fixed FAR (`tar_at_far`): the fraction of genuine pairs accepted when the
+  threshold lets through a given fraction of impostors, read off the ROC curve.
+- The ROC curve and its area (`roc_curve`, `plot_roc`).
+
+`evaluate_verification` runs all of it on a model and a set of labelled images and returns a
+JSON-serialisable dict; `verification_summary` prints it in a few lines.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .utils import default_device
+
+__all__ = [
+    "make_pairs",
+    "embed",
+    "roc_curve",
+    "kfold_accuracy",
+    "tar_at_far",
+    "tar_at_far_report",
+    "evaluate_verification",
+    "verification_summary",
+    "plot_roc",
+]
+
+DEFAULT_FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+_FOLDS = 10
+_ROC_MAX_POINTS = 500
+# Distances to a target FAR closer than this count as equal, so that a target exactly between
+# two ROC points is a tie despite rounding in k / num_impostor.
+_TIE_TOL = 1e-12
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def _check_labels(labels: Tensor) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of identity ids, got {type(labels).__name__}; wrap it with torch.as_tensor")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D (one identity id per image), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}; use labels.long()")
+    return labels.detach().to("cpu", torch.int64)
+
+
+def _unrank_pair(r: Tensor) -> tuple[Tensor, Tensor]:
+    """Rank r -> (i, j), i < j, in the order (0,1), (0,2), (1,2), (0,3), ... : r = j(j-1)/2 + i."""
+    j = torch.floor((1.0 + torch.sqrt(1.0 + 8.0 * r.double())) / 2.0).long()
+    # float rounding can put j one off either way near perfect squares
+    j = torch.where(j * (j - 1) // 2 > r, j - 1, j)
+    j = torch.where((j + 1) * j // 2 <= r, j + 1, j)
+    i = r - j * (j - 1) // 2
+    return i, j
+
+
+def _draw_unique(
+    count: int,
+    draw: Any,
+    gen: torch.Generator,
+    accept_rate: float = 1.0,
+) -> list[tuple[int, int]]:
+    """Rejection-sample `count` distinct pairs from a large pool; `draw(n, gen)` -> (a, b, ok)."""
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    while len(out) < count:
+        need = count - len(out)
+        n = min(int(math.ceil(need * 1.3 / max(accept_rate, 1e-6))) + 16, 10_000_000)
+        a, b, ok = draw(n, gen)
+        for x, y, good in zip(a.tolist(), b.tolist(), ok.tolist()):
+            if not good:
+                continue
+            key = (x, y) if x < y else (y, x)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(key)
+            if len(out) == count:
+                break
+    return out
+
+
+def make_pairs(labels: Tensor, num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw verification pairs: `num_pairs // 2` genuine first, then the impostors.
+
+    Genuine pairs are drawn uniformly from all pairs of two different images of one identity,
+    impostor pairs uniformly from all pairs of images of two different identities. No pair
+    (unordered) repeats unless more pairs are asked for than exist; then every existing pair
+    is used once and the rest are drawn with repetition. Each pair has idx_a < idx_b.
+    Deterministic given `seed` (a private torch.Generator; the global RNG is untouched).
+
+    Returns (idx_a, idx_b, is_same): two LongTensors of image indices and a BoolTensor.
+    """
+    labels = _check_labels(labels)
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) or num_pairs < 2:
+        raise ValueError(f"num_pairs must be an int >= 2 (at least one genuine and one impostor pair), got {num_pairs!r}")
+    num_pairs = int(num_pairs)
+    n_gen = num_pairs // 2
+    n_imp = num_pairs - n_gen
+
+    uniq, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    if uniq.numel() < 2:
+        raise ValueError(
+            f"labels hold {uniq.numel()} identity; impostor pairs need at least 2 identities: pass images of more identities"
+        )
+    pairs_per_id = counts * (counts - 1) // 2
+    total_gen = int(pairs_per_id.sum())
+    if total_gen == 0:
+        raise ValueError("no identity in labels has 2 or more images, so no genuine pair exists; pass at least 2 images of some identities")
+    n_img = labels.numel()
+    total_imp = (n_img * n_img - int((counts * counts).sum())) // 2
+
+    if n_gen > total_gen or n_imp > total_imp:
+        warnings.warn(
+            f"asked for {n_gen} genuine and {n_imp} impostor pairs but only {total_gen} and {total_imp} exist; "
+            "some pairs repeat: ask for fewer pairs or pass more images",
+            stacklevel=2,
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.argsort(inverse, stable=True)  # image indices grouped by identity
+    starts = torch.cumsum(counts, 0) - counts
+    cum_pairs = torch.cumsum(pairs_per_id, 0)
+
+    def genuine_from_ranks(ranks: Tensor) -> tuple[Tensor, Tensor]:
+        ident = torch.searchsorted(cum_pairs, ranks, right=True)
+        local = ranks - (cum_pairs[ident] - pairs_per_id[ident])
+        i, j = _unrank_pair(local)
+        a, b = order[starts[ident] + i], order[starts[ident] + j]
+        return torch.minimum(a, b), torch.maximum(a, b)
+
+    # Genuine pairs: sample ranks in [0, total_gen) and map them to image pairs.
+    if n_gen >= total_gen // 2:  # small pool: a permutation is cheap and never rejects
+        ranks = torch.randperm(total_gen, generator=gen)[:n_gen]
+        if n_gen > total_gen:
+            ranks = torch.cat([ranks, torch.randint(total_gen, (n_gen - total_gen,), generator=gen)])
+        gen_a, gen_b = genuine_from_ranks(ranks)
+    else:
+        def draw_gen(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            a, b = genuine_from_ranks(torch.randint(total_gen, (n,), generator=g))
+            return a, b, torch.ones(n, dtype=torch.bool)
+
+        picked = torch.tensor(_draw_unique(n_gen, draw_gen, gen), dtype=torch.int64)
+        gen_a, gen_b = picked[:, 0], picked[:, 1]
+
+    # Impostor pairs: enumerate when the pool is small, else draw two images and reject same-identity.
+    if total_imp <= 4 * n_imp + 1000:
+        groups = [order[s : s + c] for s, c in zip(starts.tolist(), counts.tolist())]
+        parts_a, parts_b = [], []
+        for p in range(len(groups)):
+            for q in range(p + 1, len(groups)):
+                ga, gb = torch.meshgrid(groups[p], groups[q], indexing="ij")
+                parts_a.append(ga.reshape(-1))
+                parts_b.append(gb.reshape(-1))
+        all_a, all_b = torch.cat(parts_a), torch.cat(parts_b)
+        pick = torch.randperm(total_imp, generator=gen)[:n_imp]
+        if n_imp > total_imp:
+            pick = torch.cat([pick, torch.randint(total_imp, (n_imp - total_imp,), generator=gen)])
+        imp_a = torch.minimum(all_a[pick], all_b[pick])
+        imp_b = torch.maximum(all_a[pick], all_b[pick])
+    else:
+        def draw_imp(n: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            a = torch.randint(n_img, (n,), generator=g)
+            b = torch.randint(n_img, (n,), generator=g)
+            return a, b, inverse[a] != inverse[b]
+
+        picked = torch.tensor(
+            _draw_unique(n_imp, draw_imp, gen, accept_rate=2.0 * total_imp / (n_img * n_img)), dtype=torch.int64
+        )
+        imp_a, imp_b = picked[:, 0], picked[:, 1]
+
+    idx_a = torch.cat([gen_a, imp_a])
+    idx_b = torch.cat([gen_b, imp_b])
+    is_same = torch.cat([torch.ones(n_gen, dtype=torch.bool), torch.zeros(n_imp, dtype=torch.bool)])
+    return idx_a, idx_b, is_same
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def embed(
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int = 256,
+    flip: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """L2-normalised embeddings [N, D] (CPU float32) of images [N, 3, H, W] in [0, 1].
+
+    With `flip`, each embedding is model(image) + model(mirrored image) before normalising,
+    the usual test-time protocol. The model runs in eval mode under no_grad; every submodule's
+    train/eval flag is restored afterwards. `device` is where the batches go (default: the
+    model's device); the model itself is not moved.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor [N, 3, H, W], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [N, 3, H, W], got {tuple(images.shape)}; add a batch dim with images[None] for one image")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (N = 0); pass at least one image")
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}; use images.float() / 255")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    dev = _model_device(model) if device is None else default_device(device)
+
+    modes = [(m, m.training) for m in model.modules()]
+    starts = range(0, images.shape[0], int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="embedding", unit="batch")
+    out = []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in starts:
+                x = images[s : s + batch_size].to(dev)
+                e = model(x)
+                if not isinstance(e, Tensor) or e.dim() != 2 or e.shape[0] != x.shape[0]:
+                    got = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+                    raise ValueError(f"model must return embeddings of shape [batch, embedding_dim], got {got}")
+                if flip:
+                    e = e + model(torch.flip(x, dims=[3]))
+                out.append(F.normalize(e.float(), dim=1).cpu())
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _as_scores(scores: Any, is_same: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = scores.detach().cpu().double().numpy() if isinstance(scores, Tensor) else np.asarray(scores, dtype=np.float64)
+    y = is_same.detach().cpu().numpy() if isinstance(is_same, Tensor) else np.asarray(is_same)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D (one score per pair), got shape {s.shape}")
+    if y.shape != s.shape:
+        raise ValueError(f"is_same must be 1-D with one entry per score ({s.shape[0]}), got shape {y.shape}")
+    if y.dtype != np.bool_:
+        if not np.issubdtype(y.dtype, np.integer) or not np.isin(y, (0, 1)).all():
+            raise TypeError(f"is_same must be bool (or 0/1 integers), got dtype {y.dtype}")
+        y = y.astype(bool)
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf; check the embeddings (a zero embedding normalises to NaN)")
+    return s, y
+
+
+def _roc_points(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    # last position of each run of equal scores: one ROC point per distinct threshold
+    last = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[last]
+    fp = (last + 1) - tp
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    fpr = np.r_[0.0, fp / n_neg]
+    tpr = np.r_[0.0, tp / n_pos]
+    thresholds = np.r_[np.inf, s_sorted[last]]
+    return fpr, tpr, thresholds
+
+
+def roc_curve(scores: Tensor, is_same: Tensor) -> dict:
+    """ROC of "same when score >= threshold", one point per distinct score.
+
+    Returns numpy arrays 'fpr', 'tpr', 'thresholds' (descending; the first is +inf, the point
+    (0, 0) that accepts nothing) and 'auc' (trapezoidal area, so tied genuine/impostor scores
+    count one half, as in the Mann-Whitney statistic).
+    """
+    s, y = _as_scores(scores, is_same)
+    if y.all() or not y.any():
+        raise ValueError("is_same needs both genuine (True) and impostor (False) pairs to draw a ROC curve")
+    fpr, tpr, thresholds = _roc_points(s, y)
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": auc}
+
+
+def _best_threshold(s: np.ndarray, y: np.ndarray) -> float:
+    """Threshold maximising the accuracy of "same when score > t" on (s, y); lowest on ties.
+
+    Candidates: midpoints between consecutive distinct scores, plus min - 1 (all "same") and
+    max + 1 (all "different"); every achievable accuracy is reached by one of them.
+    """
+    u = np.unique(s)
+    cand = np.r_[u[0] - 1.0, u[:-1] + (u[1:] - u[:-1]) / 2.0, u[-1] + 1.0]
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    tp = pos.size - np.searchsorted(pos, cand, side="right")
+    tn = np.searchsorted(neg, cand, side="right")
+    return float(cand[int(np.argmax(tp + tn))])  # argmax returns the first, i.e. lowest, best
+
+
+def kfold_accuracy(scores: Tensor, is_same: Tensor, folds: int = _FOLDS) -> dict:
+    """Accuracy under the LFW protocol: threshold chosen on the other folds, scored on the held-out one.
+
+    Folds are interleaved: pair i belongs to fold i % folds (no shuffle, so the result depends
+    only on the pair order; `make_pairs` puts genuine pairs first, so each fold gets a balanced
+    share of both kinds). A pair is predicted "same" when score > threshold; the threshold is
+    the candidate (midpoints of distinct training scores, or one below / above them all) with
+    the best training accuracy, the lowest one on ties. 'accuracy_std' is the population std
+    (ddof = 0) over folds.
+    """
+    s, y = _as_scores(scores, is_same)
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    if s.size < folds:
+        raise ValueError(f"need at least one pair per fold: {s.size} pairs < folds={folds}; pass more pairs or fewer folds")
+    fold_of = np.arange(s.size) % folds
+    accs, thrs = [], []
+    for k in range(folds):
+        test = fold_of == k
+        t = _best_threshold(s[~test], y[~test])
+        accs.append(float(np.mean((s[test] > t) == y[test])))
+        thrs.append(t)
+    return {
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "fold_accuracies": accs,
+        "thresholds": thrs,
+    }
+
+
+def _far_key(far: float) -> str:
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _check_fars(fars: Sequence[float]) -> list[float]:
+    if isinstance(fars, (int, float)):
+        fars = (fars,)
+    out = []
+    for far in fars:
+        if isinstance(far, bool) or not isinstance(far, (int, float, np.floating)) or not 0.0 < float(far) <= 1.0:
+            raise ValueError(f"each FAR in fars must be a number in (0, 1], got {far!r}")
+        out.append(float(far))
+    return out
+
+
+def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS) -> dict:
+    """Per FAR key ("1e-2", ...): {'tar', 'far_achieved', 'threshold', 'note'}.
+
+    The operating point is the ROC point whose FPR is nearest to the target FAR; on a tie in
+    distance the lower FPR wins, and among points of equal FPR the one with the highest TPR.
+    'threshold' uses "same when score >= threshold" (+inf: accept nothing). When there are
+    fewer than 1 / far impostor pairs the FAR cannot be estimated: 'tar', 'far_achieved' and
+    'threshold' are None and 'note' says why; otherwise 'note' is None.
+    """
+    far_list = _check_fars(fars)
+    s, y = _as_scores(scores, is_same)
+    n_neg = int((~y).sum())
+    if n_neg == 0 or y.sum() == 0:
+        raise ValueError("is_same needs both genuine (True) and impostor (False) pairs to estimate TAR at FAR")
+    fpr, tpr, thresholds = _roc_points(s, y)
+    report = {}
+    for far in far_list:
+        key = _far_key(far)
+        needed = math.ceil(1.0 / far - 1e-9)  # 1 / 1e-3 may round to 1000.0000000000001
+        if n_neg < needed:
+            report[key] = {
+                "tar": None,
+                "far_achieved": None,
+                "threshold": None,
+                "note": f"too few impostor pairs: {n_neg} < {needed} needed for FAR {key}",
+            }
+            continue
+        dist = np.abs(fpr - far)
+        near = np.nonzero(dist <= dist.min() + _TIE_TOL)[0]
+        near = near[fpr[near] == fpr[near].min()]
+        i = int(near[np.argmax(tpr[near])])
+        report[key] = {
+            "tar": float(tpr[i]),
+            "far_achieved": float(fpr[i]),
+            "threshold": float(thresholds[i]),
+            "note": None,
+        }
+    return report
+
+
+def tar_at_far(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS) -> dict:
+    """{"1e-2": TAR, ...}: TAR at the ROC point nearest each FAR, None where too few impostors.
+
+    See `tar_at_far_report` for the rule and for the reason behind a None.
+    """
+    return {k: v["tar"] for k, v in tar_at_far_report(scores, is_same, fars).items()}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = _ROC_MAX_POINTS) -> tuple[list, list]:
+    if fpr.size <= max_points:
+        keep = np.arange(fpr.size)
+    else:
+        # half the points evenly along the curve, half at log-spaced FPRs, because the plot's
+        # FAR axis is logarithmic and the low-FAR end would otherwise get almost no points
+        even = np.linspace(0, fpr.size - 1, max_points // 2).round().astype(int)
+        targets = np.logspace(-6, 0, max_points - max_points // 2)
+        logs = np.clip(np.searchsorted(fpr, targets, side="right") - 1, 0, fpr.size - 1)
+        keep = np.unique(np.r_[even, logs, 0, fpr.size - 1])
+    return [float(v) for v in fpr[keep]], [float(v) for v in tpr[keep]]
+
+
+def _quality_split(pair_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Low / high halves by pair quality: ranks below the median are 'low', the rest 'high'.
+
+    A split by rank rather than by value keeps the halves equal in size when many pairs share
+    the median quality; ties are broken by pair order (stable sort).
+    """
+    order = np.argsort(pair_q, kind="stable")
+    low = np.zeros(pair_q.size, dtype=bool)
+    low[order[: pair_q.size // 2]] = True
+    return low, ~low
+
+
+def evaluate_verification(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    qualities: Tensor | None = None,
+    num_pairs: int = 6000,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict:
+    """Embed, draw pairs, score by cosine similarity and report, as a JSON-serialisable dict.
+
+    Keys: 'num_pairs', 'num_genuine', 'num_impostor', 'accuracy_mean', 'accuracy_std' (10-fold),
+    'auc', 'tar_at_far' ({"1e-2": TAR or None, ...}), 'tar_at_far_notes' (reason for each None),
+    'roc' ({'fpr', 'tpr'} lists, at most ~500 points) and, with `qualities` (one value in [0, 1]
+    per image), 'by_quality': {'low': ..., 'high': ...}. A pair's quality is the lower of its
+    two images'; the pairs are split at the median pair quality into two halves of equal size
+    (ties at the median broken by pair order), each with 'accuracy_mean', 'accuracy_std',
+    'num_pairs', 'mean_quality' (accuracy None if a half has fewer than 2 * 10 pairs).
+    """
+    labels = _check_labels(labels)
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError("images must be a tensor of shape [N, 3, H, W]")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have one entry per image: {labels.shape[0]} labels for {images.shape[0]} images")
+    q = None
+    if qualities is not None:
+        q = torch.as_tensor(qualities).detach().cpu().double()
+        if q.dim() != 1 or q.shape[0] != images.shape[0]:
+            raise ValueError(f"qualities must be 1-D with one value per image ({images.shape[0]}), got shape {tuple(q.shape)}")
+        if not bool(((q >= 0) & (q <= 1)).all()):
+            raise ValueError("qualities must lie in [0, 1]")
+
+    idx_a, idx_b, is_same = make_pairs(labels, num_pairs, seed=seed)
+    emb = embed(model, images, batch_size=batch_size, device=device, progress=progress)
+    scores = (emb[idx_a] * emb[idx_b]).sum(dim=1)
+
+    acc = kfold_accuracy(scores, is_same, folds=_FOLDS)
+    roc = roc_curve(scores, is_same)
+    report = tar_at_far_report(scores, is_same)
+    fpr_list, tpr_list = _downsample_roc(roc["fpr"], roc["tpr"])
+    n_gen = int(is_same.sum())
+    results: dict[str, Any] = {
+        "num_pairs": int(is_same.numel()),
+        "num_genuine": n_gen,
+        "num_impostor": int(is_same.numel()) - n_gen,
+        "accuracy_mean": acc["accuracy_mean"],
+        "accuracy_std": acc["accuracy_std"],
+        "auc": roc["auc"],
+        "tar_at_far": {k: v["tar"] for k, v in report.items()},
+        "tar_at_far_notes": {k: v["note"] for k, v in report.items() if v["note"]},
+        "roc": {"fpr": fpr_list, "tpr": tpr_list},
+    }
+    if q is not None:
+        pair_q = torch.minimum(q[idx_a], q[idx_b]).numpy()
+        s_np, y_np = scores.double().numpy(), is_same.numpy()
+        by_quality = {}
+        for name, mask in zip(("low", "high"), _quality_split(pair_q)):
+            group: dict[str, Any] = {"num_pairs": int(mask.sum()), "mean_quality": float(pair_q[mask].mean()) if mask.any() else None}
+            if mask.sum() >= 2 * _FOLDS:
+                g = kfold_accuracy(s_np[mask], y_np[mask], folds=_FOLDS)
+                group.update(accuracy_mean=g["accuracy_mean"], accuracy_std=g["accuracy_std"])
+            else:
+                group.update(accuracy_mean=None, accuracy_std=None)
+            by_quality[name] = group
+        results["by_quality"] = {"high": by_quality["high"], "low": by_quality["low"]}
+    return results
+
+
+def verification_summary(results: dict) -> str:
+    """A few rounded lines describing a result of `evaluate_verification`."""
+    if not isinstance(results, dict) or "accuracy_mean" not in results:
+        raise ValueError("results must be a dict returned by evaluate_verification (it needs 'accuracy_mean')")
+    lines = []
+    if "num_pairs" in results:
+        extra = ""
+        if "num_genuine" in results and "num_impostor" in results:
+            extra = f" ({results['num_genuine']} genuine, {results['num_impostor']} impostor)"
+        lines.append(f"pairs: {results['num_pairs']}{extra}")
+    lines.append(f"10-fold accuracy: {results['accuracy_mean']:.3f} ± {results.get('accuracy_std', 0.0):.3f}")
+    if results.get("auc") is not None:
+        lines.append(f"AUC: {results['auc']:.4f}")
+    notes = results.get("tar_at_far_notes", {})
+    for key, tar in results.get("tar_at_far", {}).items():
+        if tar is None:
+            why = notes.get(key, "not enough impostor pairs")
+            lines.append(f"TAR@FAR={key}: n/a ({why})")
+        else:
+            lines.append(f"TAR@FAR={key}: {tar:.3f}")
+    for name in ("high", "low"):
+        group = results.get("by_quality", {}).get(name)
+        if group is None:
+            continue
+        if group.get("accuracy_mean") is None:
+            lines.append(f"{name}-quality pairs ({group['num_pairs']}): too few pairs for 10 folds")
+        else:
+            lines.append(
+                f"{name}-quality pairs ({group['num_pairs']}): accuracy {group['accuracy_mean']:.3f} ± {group['accuracy_std']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def plot_roc(results_or_list: dict | Sequence[dict], labels: str | Sequence[str] | None = None, ax: Any = None) -> Any:
+    """ROC curves (TAR against FAR on a log axis from 1e-4 to 1) of one or several results.
+
+    Each result is a dict from `evaluate_verification` (it needs 'roc'); its TAR@FAR values
+    are marked on the curve. Returns the matplotlib Axes; never calls plt.show().
+    """
+    import matplotlib.pyplot as plt
+
+    results = [results_or_list] if isinstance(results_or_list, dict) else list(results_or_list)
+    if not results:
+        raise ValueError("results_or_list is empty; pass a result dict or a list of them")
+    if labels is None:
+        names: list[str | None] = [None] * len(results)
+    else:
+        names = [labels] if isinstance(labels, str) else list(labels)
+        if len(names) != len(results):
+            raise ValueError(f"labels must have one entry per result: {len(names)} labels for {len(results)} results")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+
+    for i, (res, name) in enumerate(zip(results, names)):
+        if not isinstance(res, dict) or "roc" not in res:
+            raise ValueError(f"result {i} has no 'roc' entry; pass dicts returned by evaluate_verification")
+        fpr = np.asarray(res["roc"]["fpr"], dtype=float)
+        tpr = np.asarray(res["roc"]["tpr"], dtype=float)
+        label = name if name is not None else f"result {i}"
+        if res.get("auc") is not None:
+            label += f" (AUC {res['auc']:.3f})"
+        shown = fpr > 0  # FPR 0 has no place on a log axis
+        (line,) = ax.plot(fpr[shown], tpr[shown], label=label)
+        points = [(float(k), v) for k, v in res.get("tar_at_far", {}).items() if v is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o", color=line.get_color(), markersize=5)
+    chance = np.logspace(-4, 0, 50)
+    ax.plot(chance, chance, linestyle="--", color="grey", linewidth=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("FAR (false accept rate)")
+    ax.set_ylabel("TAR (true accept rate)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return ax
