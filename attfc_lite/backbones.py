@@ -110,6 +110,12 @@ class _ResNetEmbedding(nn.Module):
         self.embedding_dim, self.image_size = embedding_dim, image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Without this check a wrong size fails deep inside the Linear layer with a shape error.
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but the backbone was built for image_size={self.image_size}; "
+                "build it with the dataset's image_size"
+            )
         return self.head(self.trunk(images))
 
 

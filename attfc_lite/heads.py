@@ -63,6 +63,9 @@ class FullFC(Head):
             raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
         self.embedding_dim = int(embedding_dim)
         self.num_classes = int(num_classes)
+        if isinstance(margin, Margin) and margin_kwargs:
+            raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
+                             "ignored: pass them to the margin, or pass margin by name")
         self.margin = make_margin(margin, **margin_kwargs) if isinstance(margin, str) else margin
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
         nn.init.normal_(self.weight, std=0.01)

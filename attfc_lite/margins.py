@@ -25,6 +25,8 @@ _EPS = 1e-7
 def _check(cosine: torch.Tensor, target: torch.Tensor) -> None:
     if cosine.dim() != 2:
         raise ValueError(f"cosine must be [batch, classes], got shape {tuple(cosine.shape)}")
+    if target.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"target must be an integer tensor of class indices (int64), got {target.dtype}; use target.long()")
     if target.dim() != 1 or target.shape[0] != cosine.shape[0]:
         raise ValueError(
             f"target must be 1-D with one entry per row of cosine ({cosine.shape[0]}), got shape {tuple(target.shape)}"
@@ -51,7 +53,7 @@ class Margin(nn.Module):
     def forward(self, cosine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(cosine, target)
         rows = torch.nonzero(target >= 0).squeeze(1)
-        cols = target[rows]
+        cols = target[rows].long()
         logits = cosine.clone() if rows.numel() else cosine
         if rows.numel():
             logits = logits.index_put((rows, cols), self.positive_logit(cosine[rows, cols]))
@@ -135,3 +137,57 @@ def make_margin(name: str = "arcface", **kwargs) -> Margin:
     if key not in MARGINS:
         raise ValueError(f"margin must be one of {sorted(MARGINS)}, got {name!r}")
     return MARGINS[key](**kwargs)
+
+
+def plot_margin_curves(s: float = 1.0, ax=None, arcface_m: float = 0.5, cosface_m: float = 0.35):
+    """Target logit against the angle theta to the class centre: softmax, CosFace, ArcFace."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
+    theta = torch.linspace(0, math.pi, 361)
+    cos = torch.cos(theta).view(-1, 1)
+    target = torch.zeros(len(theta), dtype=torch.long)
+    degrees = torch.rad2deg(theta)
+    ax.plot(degrees, s * cos[:, 0], label="softmax: cos θ", color="0.4", ls="--")
+    ax.plot(degrees, CosFace(s, cosface_m)(cos, target)[:, 0], label=f"CosFace: cos θ − {cosface_m}")
+    ax.plot(degrees, ArcFace(s, arcface_m)(cos, target)[:, 0], label=f"ArcFace: cos(θ + {arcface_m})")
+    ax.set_xlabel("angle θ between embedding and its class centre (degrees)")
+    ax.set_ylabel("target logit" + (f" / {s:g}" if s != 1 else ""))
+    ax.axvline(180 - math.degrees(arcface_m), color="0.8", lw=0.8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_margin_2d(m: float = 0.5, angle_between: float = 80.0, ax=None):
+    """Two class centres on the unit circle: softmax's single boundary vs ArcFace's two.
+
+    With plain softmax a point belongs to the nearer centre (one boundary at the bisector).
+    ArcFace asks the angle to the own centre plus m to be smaller than the angle to the
+    other: each class keeps a wedge of half-width (gap / 2 - m / 2), leaving an empty
+    margin of m radians between the two decision boundaries.
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    half = math.radians(angle_between) / 2
+    t = torch.linspace(0, 2 * math.pi, 400)
+    ax.plot(torch.cos(t), torch.sin(t), color="0.7", lw=1)
+    centres = {"class 1": math.pi / 2 + half, "class 2": math.pi / 2 - half}
+    for (name, a), color in zip(centres.items(), ("C0", "C1")):
+        ax.annotate("", (math.cos(a), math.sin(a)), (0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2))
+        ax.text(1.12 * math.cos(a), 1.12 * math.sin(a), name, color=color, ha="center", va="center")
+    mid = math.pi / 2
+    ax.plot([0, 1.05 * math.cos(mid)], [0, 1.05 * math.sin(mid)], "k--", lw=1, label="softmax boundary")
+    for sign in (-1, 1):
+        b = mid + sign * m / 2
+        ax.plot([0, 1.05 * math.cos(b)], [0, 1.05 * math.sin(b)], color="C3", lw=1.5,
+                label="ArcFace boundaries" if sign < 0 else None)
+    wedge = torch.linspace(mid - m / 2, mid + m / 2, 50)
+    ax.fill(torch.cat([torch.zeros(1), torch.cos(wedge)]), torch.cat([torch.zeros(1), torch.sin(wedge)]),
+            color="C3", alpha=0.15, label=f"margin m = {m} rad")
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.3, 1.3), ax.set_ylim(-0.4, 1.3)
+    ax.axis("off")
+    ax.legend(loc="lower center", fontsize=8)
+    return ax

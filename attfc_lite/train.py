@@ -254,3 +254,21 @@ def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
     quality = torch.tensor([float(it[2]) for it in items])
     return (torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]),
             None if torch.isnan(quality).all() else quality)
+
+
+def plot_history(histories, labels=None, ax=None):
+    """Mean training loss per epoch for one run's history (or a list of them)."""
+    import matplotlib.pyplot as plt
+
+    if histories and isinstance(histories[0], dict):
+        histories = [histories]
+    labels = labels or [None] * len(histories)
+    ax = ax or plt.subplots(figsize=(5, 3))[1]
+    for history, label in zip(histories, labels):
+        ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.grid(alpha=0.3)
+    if any(labels):
+        ax.legend()
+    return ax

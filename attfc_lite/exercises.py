@@ -1,0 +1,66 @@
+"""Check functions for the lessons' exercises: each prints right / close / wrong.
+
+They print and return nothing, so a notebook cell shows just the verdict line.
+
+The expected values are computed here, from the library, so the notebooks never show the
+solution before the learner has tried. `None` means "not answered yet".
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .utils import check
+
+
+def _answered(name: str, answer) -> bool:
+    if answer is None:
+        print(f"{name}: not answered yet (replace None with your answer)")
+        return False
+    return True
+
+
+# -- lesson 00 ---------------------------------------------------------------------------
+def check_quality(answer, identity: int = 42, image: int = 3, seed: int = 0) -> None:
+    """Exercise 00.1: the ground-truth quality of one image, found without rendering it."""
+    from .faces import FaceWorld
+
+    if not _answered("quality", answer):
+        return
+    expected = float(FaceWorld(seed).quality(torch.tensor([identity]), torch.tensor([image]))[0])
+    check("quality", answer, expected, rtol=1e-4, atol=1e-5)
+
+
+def check_good_images(answer, identity: int = 7, images: int = 100, threshold: float = 0.8, seed: int = 0) -> None:
+    """Exercise 00.2: how many of an identity's first images have quality above a threshold."""
+    from .faces import FaceWorld
+
+    if not _answered("count", answer):
+        return
+    q = FaceWorld(seed).quality(torch.full((images,), identity), torch.arange(images))
+    check("count", answer, int((q > threshold).sum()), rtol=0, atol=0, close_factor=0)
+
+
+# -- lesson 01 ---------------------------------------------------------------------------
+def check_arcface_logit(answer, cos: float = 0.8, s: float = 64.0, m: float = 0.5) -> None:
+    """Exercise 01.1: the ArcFace target logit s * cos(theta + m) for a given cos(theta)."""
+    if not _answered("ArcFace logit", answer):
+        return
+    check("ArcFace logit", answer, s * math.cos(math.acos(cos) + m), rtol=1e-4, atol=1e-4)
+
+
+def check_fc_parameters(answer, num_classes: int = 93_431, embedding_dim: int = 512) -> None:
+    """Exercise 01.2: parameters of the FC head for MS1MV3 (one D-dim centre per identity)."""
+    if not _answered("FC parameters", answer):
+        return
+    check("FC parameters", answer, num_classes * embedding_dim, rtol=0, atol=0, close_factor=0)
+
+
+def check_pair_accuracy(answer, scores, is_same, threshold: float) -> None:
+    """Exercise 01.3: accuracy of the rule 'same identity if score > threshold'."""
+    if not _answered("accuracy", answer):
+        return
+    scores, is_same = torch.as_tensor(scores), torch.as_tensor(is_same, dtype=torch.bool)
+    expected = float(((scores > threshold) == is_same).float().mean())
+    check("accuracy", answer, expected, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,138 @@
+"""Interactive widgets of the lessons. Each widget's callback is a plain, tested function."""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from .memory import DATASETS, GiB, TERMS, _TERM_COLOURS, predict_memory, predicted_boundary
+
+DEVICE_CHOICES_GIB = (8.0, 12.0, 16.0, 24.0, 40.0, 48.0, 80.0, 141.0)
+#: The AttFC key encoder copies the backbone: an iResNet-50 has about 44 M parameters.
+KEY_ENCODER_PARAMS = 44_000_000
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / GiB:,.1f} GiB"
+
+
+def fit_verdict(
+    num_classes: int,
+    embedding_dim: int = 512,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    device_gib: float = 24.0,
+    head: str = "fc",
+    optimizer: str = "sgd",
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """Will one training step of this head fit on a device of `device_gib` GiB?
+
+    Returns `breakdown` (bytes of the terms that make up the predicted peak), `peak_bytes`,
+    `capacity_bytes`, `fits`, `headroom_bytes` (capacity - peak; negative when it does not
+    fit), `peak_phase`, `max_num_classes` (largest N that fits this device with the same
+    settings) and a one-line `verdict`. The head alone is counted: the backbone's
+    activations and the framework's own overhead come on top.
+    """
+    if isinstance(device_gib, bool) or not isinstance(device_gib, (int, float)) or not device_gib > 0:
+        raise ValueError(f"device_gib must be a positive number of GiB, got {device_gib!r}")
+    config = dict(embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype, optimizer=optimizer, head=head,
+                  **model_kwargs)
+    pred = predict_memory(num_classes, **config)
+    capacity = int(device_gib * GiB)
+    fits = pred.peak <= capacity
+    headroom = capacity - pred.peak
+    largest = predicted_boundary(capacity, **config)
+    share = pred.peak / capacity
+    if fits:
+        verdict = (f"fits: needs {_gib(pred.peak)} of {device_gib:g} GiB ({share:.0%}), "
+                   f"{_gib(headroom)} to spare; up to {largest:,} identities would fit")
+    else:
+        verdict = (f"does not fit: needs {_gib(pred.peak)}, {_gib(-headroom)} more than the {device_gib:g} GiB device; "
+                   f"at most {largest:,} identities fit")
+    return dict(
+        breakdown=pred.peak_terms(), peak_bytes=pred.peak, capacity_bytes=capacity, fits=fits, headroom_bytes=headroom,
+        peak_phase=pred.peak_phase, max_num_classes=largest, verdict=verdict,
+    )
+
+
+def verdict_html(result: dict[str, Any], width_px: int = 560) -> str:
+    """A stacked bar of the breakdown against the device (a red line), and the verdict, as HTML."""
+    scale = max(result["peak_bytes"], result["capacity_bytes"])
+    segments = []
+    for name, value in result["breakdown"].items():
+        w = width_px * value / scale
+        if w < 0.5:
+            continue
+        title = f"{name}: {_gib(value)} ({TERMS[name][2]})"
+        segments.append(
+            f'<div title="{html.escape(title)}" style="width:{w:.1f}px;height:22px;'
+            f'background:{_TERM_COLOURS.get(name, "#999")}"></div>'
+        )
+    cap_x = width_px * result["capacity_bytes"] / scale
+    legend = " ".join(
+        f'<span style="color:{_TERM_COLOURS.get(n, "#999")}">&#9632;</span>&nbsp;{html.escape(n)} {_gib(v)}'
+        for n, v in result["breakdown"].items()
+    )
+    colour = "#2a7a2a" if result["fits"] else "#b22222"
+    return (
+        f'<div style="position:relative;width:{width_px}px;display:flex;border:1px solid #ccc">{"".join(segments)}'
+        f'<div style="position:absolute;left:{cap_x:.1f}px;top:-4px;height:30px;border-left:2px solid #b22222"></div>'
+        f"</div>"
+        f'<div style="font-size:11px;margin:4px 0">{legend}</div>'
+        f'<div style="color:{colour};font-weight:bold">{html.escape(result["verdict"])}</div>'
+        f'<div style="font-size:11px">peak in phase: {html.escape(result["peak_phase"])}</div>'
+    )
+
+
+def will_it_fit_widget(
+    num_classes: int = DATASETS["MS1MV3"],
+    embedding_dim: int = 512,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    device_gib: float = 24.0,
+    head: str = "fc",
+):
+    """The "will it fit?" widget: N, D, B, dtype, head and device memory in; bar and verdict out.
+
+    Returns an ipywidgets.VBox with extra attributes: `controls` (name -> widget),
+    `output` (the HTML widget), `result` (the last `fit_verdict` dict) and `update()`.
+    """
+    import ipywidgets as w
+
+    presets = {f"{name} ({n:,})": n for name, n in DATASETS.items()}
+    controls = dict(
+        preset=w.Dropdown(options=["custom", *presets], value="custom", description="dataset"),
+        num_classes=w.BoundedIntText(value=int(num_classes), min=2, max=10**9, step=1000, description="identities N"),
+        embedding_dim=w.Dropdown(options=[128, 256, 512, 1024], value=embedding_dim, description="dim D"),
+        batch_size=w.IntSlider(value=batch_size, min=16, max=2048, step=16, description="batch B"),
+        dtype=w.Dropdown(options=["float32", "float16", "bfloat16"], value=dtype, description="dtype"),
+        head=w.Dropdown(options=[("full FC", "fc"), ("Partial FC r=0.1", "partial_fc"), ("AttFC + iResNet-50 key", "attfc")],
+                        value=head, description="head"),
+        device_gib=w.Dropdown(options=[(f"{g:g} GiB", g) for g in DEVICE_CHOICES_GIB], value=float(device_gib),
+                              description="device"),
+    )
+    output = w.HTML()
+    box = w.VBox([w.HBox([controls["preset"], controls["num_classes"]]),
+                  w.HBox([controls["embedding_dim"], controls["batch_size"]]),
+                  w.HBox([controls["dtype"], controls["head"], controls["device_gib"]]), output])
+
+    def update(*_: Any) -> None:
+        head_name = controls["head"].value
+        extra = {"backbone_params": KEY_ENCODER_PARAMS} if head_name == "attfc" else {}
+        box.result = fit_verdict(
+            controls["num_classes"].value, controls["embedding_dim"].value, controls["batch_size"].value,
+            controls["dtype"].value, controls["device_gib"].value, head_name, **extra,
+        )
+        output.value = verdict_html(box.result)
+
+    def on_preset(change: dict) -> None:
+        if change["new"] in presets:
+            controls["num_classes"].value = presets[change["new"]]
+
+    controls["preset"].observe(on_preset, names="value")
+    for name, control in controls.items():
+        if name != "preset":
+            control.observe(update, names="value")
+    box.controls, box.output, box.update = controls, output, update
+    update()
+    return box
