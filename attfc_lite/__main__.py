@@ -10,7 +10,7 @@ from pathlib import Path
 def _positive_int(text: str) -> int:
     try:
         value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=_positive_int, default=d.num_classes, help="training identities")
     t.add_argument("--images-per-identity", type=_positive_int, default=d.images_per_identity)
     t.add_argument("--eval-identities", type=_positive_int, default=d.eval_identities)
+    t.add_argument("--eval-images-per-identity", type=_positive_int, default=d.eval_images_per_identity)
+    t.add_argument("--num-pairs", type=_positive_int, default=d.num_pairs,
+                   help="verification pairs (half genuine); capped at what the evaluation split holds")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs)
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     t.add_argument("--image-size", type=_positive_int, default=d.image_size)
@@ -82,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dim", type=_positive_int, default=512, help="embedding dimension D")
     m.add_argument("--batch", type=_positive_int, default=128, help="batch size B")
     m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    m.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    m.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0 = no momentum buffer)")
+    m.add_argument("--weight-decay", type=float, default=0.0)
+    m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
     m.add_argument("--device", type=_device, default="auto")
     return parser
 
@@ -92,7 +98,8 @@ def _train(args) -> int:
     from .verification import verification_summary
 
     config = TrainConfig(head=args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
-                         eval_identities=args.eval_identities, epochs=args.epochs, batch_size=args.batch_size,
+                         eval_identities=args.eval_identities,
+                         eval_images_per_identity=args.eval_images_per_identity, num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
                          image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
                          margin=args.margin, lr=args.lr, seed=args.seed, device=args.device)
     out = args.out if args.out is not None else Path("runs") / args.head
@@ -135,7 +142,8 @@ def _memory(args) -> int:
     from .memory import memory_report
 
     report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
-                           dtype=args.dtype, optimizer=args.optimizer,
+                           dtype=args.dtype, optimizer=args.optimizer, measure=not args.no_measure,
+                           momentum=args.momentum, weight_decay=args.weight_decay,
                            device=None if args.device == "auto" else args.device)
     print(json.dumps(report))
     return 0

@@ -326,8 +326,12 @@ class FaceWorld:
         # Camera: roll, scale and shift as one warp, sampled on a coarser grid when the image
         # is downscaled (point-sampled low resolution, shown at full size).
         down = 1.0 + (MAX_DOWNSCALE - 1.0) * sp["d_down"]
+        # Below 1.25x a point-sampled downscale is invisible and would only shift edges by a
+        # fraction of a pixel (as blur below sigma 0.3 is skipped).
+        down = torch.where(down < 1.25, torch.ones_like(down), down)
         cells = torch.arange(size, device=device, dtype=torch.float32)
-        coarse = (torch.floor(cells.view(1, -1) / down.view(-1, 1)) + 0.5) * down.view(-1, 1)
+        # Cell centres (c + 0.5), so a factor of 1 + tiny leaves the grid where it was.
+        coarse = (torch.floor((cells.view(1, -1) + 0.5) / down.view(-1, 1)) + 0.5) * down.view(-1, 1)
         q = coarse.clamp(max=size - 0.5) / size * 2 - 1  # [n, size]
         u, v = q.view(n, 1, size), q.view(n, size, 1)
         cr, sr = _col(torch.cos(sp["roll"])), _col(torch.sin(sp["roll"]))
@@ -370,6 +374,8 @@ def _blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = int(math.ceil(3 * float(s.max())))
     t = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-0.5 * (t.view(1, -1) / s.view(-1, 1)) ** 2)
+    # Each image keeps its own support ceil(3 sigma), whatever else is in the batch.
+    k = k * (t.abs().view(1, -1) <= torch.ceil(3 * s).view(-1, 1))
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # [m*3, taps]
     m, c, h, w = sub.shape
     flat = sub.reshape(1, m * c, h, w)

@@ -79,7 +79,7 @@ TERMS: dict[str, tuple[str, str, str]] = {
     "head_temporaries": (
         "step",
         "2*B*C*e + M*B*Q*4 + B*Q",
-        "the margin's clone and index_put copy of the logits (softmax-side copies); AttFC's B x Q masks",
+        "the margin's clone of the cosines and its index_put copy; AttFC's B x Q mask temporaries",
     ),
     "key_activations": ("step", "A", "AttFC: activations of the K*B key images in the key encoder (a parameter)"),
     "normalize_backward": (
@@ -309,7 +309,8 @@ class StepMeasurement:
     real tensors. `step_peak_bytes`: the peak of allocations above that during the step, from
     the allocator (CUDA) or the profiler's allocation records (CPU). `peak_bytes` =
     held + step peak, comparable with `MemoryBreakdown.peak`. The timeline is bytes above held
-    at each allocation or free, in milliseconds from the step's start.
+    at each allocation or free, in milliseconds from the step's start (on CUDA the host time
+    of the allocator call: kernels run asynchronously, and the phase marks synchronise).
     """
 
     device: str
@@ -472,7 +473,10 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     record = torch.cuda.memory._record_memory_history
-    record(enabled="all", context=None, max_entries=1_000_000, clear_history=True)
+    try:
+        record(enabled="all", context=None, max_entries=1_000_000, clear_history=True)
+    except TypeError:  # torch without clear_history: the trace is split at `start` below
+        record(enabled="all", context=None, max_entries=1_000_000)
     index = device.index if device.index is not None else torch.cuda.current_device()
     boundaries: list[tuple[int, str]] = []
 
@@ -494,15 +498,18 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
     times, sizes, phases = [], [], []
     phase, b = "", 0
     t0 = None
+    start = boundaries[0][0] if boundaries else 0
     for i, entry in enumerate(trace):
+        if i < start:  # history from before the step
+            continue
         while b < len(boundaries) and boundaries[b][0] <= i:
             phase = boundaries[b][1]
             b += 1
+        stamp = entry.get("time_us", i * 1000.0)
+        t0 = stamp if t0 is None else t0
         action = entry.get("action")
         if action not in ("alloc", "free_completed"):
             continue
-        stamp = entry.get("time_us", i * 1000.0)
-        t0 = stamp if t0 is None else t0
         times.append((stamp - t0) / 1000.0)
         sizes.append(int(entry["size"]) if action == "alloc" else -int(entry["size"]))
         phases.append(phase)
@@ -510,13 +517,16 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
 
 
 def _running(sizes: Sequence[int], phases: Sequence[str]) -> tuple[list[int], int, dict[str, int]]:
+    """Running total of signed allocation sizes, its peak, and the peak within each phase."""
     total, peak, running, phase_peaks = 0, 0, [], {}
     for size, phase in zip(sizes, phases):
+        if phase and phase not in phase_peaks:
+            phase_peaks[phase] = total  # what is alive when the phase begins counts too
         total += size
         running.append(total)
         peak = max(peak, total)
         if phase:
-            phase_peaks[phase] = max(phase_peaks.get(phase, 0), total)
+            phase_peaks[phase] = max(phase_peaks[phase], total)
     return running, peak, phase_peaks
 
 
@@ -604,7 +614,10 @@ _MODEL_ONLY = ("container_ratio", "backbone_params", "key_activation_bytes", "ma
 def build_head(head: str, num_classes: int, embedding_dim: int = 512, dtype: str = "float32", **head_kwargs) -> Head:
     """`make_head(head, ...)` in `dtype`, dropping the knobs that only the memory model reads."""
     kwargs = {k: v for k, v in head_kwargs.items() if k not in _MODEL_ONLY}
-    built = make_head(head, embedding_dim, num_classes, **kwargs)
+    try:
+        built = make_head(head, embedding_dim, num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"head {head!r} does not take the options {sorted(kwargs)}: {exc}; drop them") from exc
     return built.to(getattr(torch, dtype_name(dtype)))
 
 
@@ -763,6 +776,8 @@ def _oom_child() -> None:
     """Entry point of the capped child: reads a pickled spec on stdin, reports JSON lines."""
     spec = pickle.loads(sys.stdin.buffer.read())
     device = torch.device(spec["device"])
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     factory = spec["factory"]
     steps = spec["steps"]
 
@@ -808,8 +823,13 @@ def _oom_child() -> None:
         cap = "RLIMIT_AS: address space after warm-up + budget"
     _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
 
+    def in_use() -> int:
+        return torch.cuda.memory_reserved(device) if device.type == "cuda" else _vm_size()
+
     def trial(n: int) -> bool:
         _emit({"event": "trying", "num_classes": n})
+        # What earlier trials left behind eats into this one's budget: report it.
+        left_over = in_use() - base
         start = time.perf_counter()
         error = None
         try:
@@ -820,7 +840,7 @@ def _oom_child() -> None:
                 raise
             fits, error = False, str(exc).strip().splitlines()[0][:160]
         cleanup()
-        _emit({"event": "trial", "num_classes": n, "fits": fits, "error": error,
+        _emit({"event": "trial", "num_classes": n, "fits": fits, "error": error, "left_over_bytes": left_over,
                "seconds": round(time.perf_counter() - start, 3)})
         return fits
 
@@ -928,10 +948,12 @@ def find_oom_boundary(
         warmup_classes=_positive_int("warmup_classes", warmup_classes, 2),
     )
     env = dict(os.environ)
-    # Freed memory must leave the address space at once, or the cap would count it again in
-    # the next trial: a fixed glibc mmap threshold unmaps every large block on free, and
-    # MKL's matmul buffers are released after each call instead of being cached.
+    # The cap counts address space, so memory that is reserved but unused must not pile up
+    # across trials: a fixed glibc mmap threshold unmaps every large block on free; one malloc
+    # arena stops glibc from reserving a fresh 64 MiB arena after a failed allocation; and
+    # MKL releases its matmul buffers after each call instead of caching them.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_ARENA_MAX", "1")
     env.setdefault("MKL_DISABLE_FAST_MM", "1")
     code = "from attfc_lite.memory import _oom_child; _oom_child()"
     started = time.perf_counter()
@@ -971,7 +993,7 @@ def find_oom_boundary(
             trying = event["num_classes"]
         elif event["event"] == "trial":
             trying = None
-            trials.append({k: event[k] for k in ("num_classes", "fits", "error", "seconds")})
+            trials.append({k: event[k] for k in ("num_classes", "fits", "error", "left_over_bytes", "seconds")})
         elif event["event"] == "done":
             done = event
     rc = proc.wait()
@@ -981,7 +1003,8 @@ def find_oom_boundary(
         tail = " | ".join(other[-3:])
         child_error = f"child ended without finishing (exit status {rc}): {tail}"
         if trying is not None:
-            trials.append({"num_classes": trying, "fits": False, "error": child_error, "seconds": None})
+            trials.append({"num_classes": trying, "fits": False, "error": child_error, "left_over_bytes": None,
+                           "seconds": None})
     fits = [t["num_classes"] for t in trials if t["fits"]]
     fails = [t["num_classes"] for t in trials if not t["fits"]]
     largest_fit = max(fits) if fits else None
@@ -1106,8 +1129,11 @@ def plot_breakdown(
         ax.text(i, bd.peak / scale, f"{bd.peak / scale:,.1f}", ha="center", va="bottom", fontsize=8)
     if capacity_gib is not None:
         ax.axhline(capacity_gib * GiB / scale, color="firebrick", lw=1, ls="--", label=f"device {capacity_gib:g} GiB")
+    top = max([bd.peak / scale for bd in breakdowns.values()] + [capacity_gib * GiB / scale if capacity_gib else 0])
+    ax.set_ylim(0, 1.08 * top)  # room for the labels above the bars
     ax.set_ylabel(f"predicted peak ({unit})")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, names = ax.get_legend_handles_labels()  # top of the stack first, as drawn
+    ax.legend(handles[::-1], names[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 

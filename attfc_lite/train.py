@@ -140,6 +140,13 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         where = "no out_dir was given" if out is None else f"there is no {out / CHECKPOINT}"
         raise FileNotFoundError(f"resume=True but {where}; start the run without resume first")
 
+    state = None
+    if resume:  # checked before any rendering, so a mismatch fails at once
+        state = load_checkpoint(out / CHECKPOINT)
+        saved = TrainConfig.from_dict(state["config"])
+        if asdict(saved) != asdict(config):
+            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
+            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now)")
     if train_set is None:
         train_set = SyntheticFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                    config.seed, progress=progress)
@@ -157,11 +164,6 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     start_epoch, step, history, seconds = 0, 0, [], 0.0
 
     if resume:
-        state = load_checkpoint(out / CHECKPOINT)
-        saved = TrainConfig.from_dict(state["config"])
-        if asdict(saved) != asdict(config):
-            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
-            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now)")
         backbone.load_state_dict(state["backbone"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
@@ -193,9 +195,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             loss = head(backbone(images), labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"the loss became {float(loss)} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "
+                    f"the loss became {loss.item()} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "
                     f"scale (now {config.scale}). The last good checkpoint is kept"
-                    + (f" in {out / CHECKPOINT}." if out is not None else " only when out_dir is given.")
+                    + (f" in {out / CHECKPOINT}." if out is not None and (out / CHECKPOINT).exists()
+                       else ": none was written yet (checkpoints are written after each epoch when out_dir is given).")
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,7 +241,11 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             eval_set = SyntheticFaces(config.eval_identities, config.eval_images_per_identity, "eval",
                                       config.image_size, config.seed, progress=progress)
         images, labels, quality = _all_items(eval_set)
-        metrics["verification"] = evaluate_verification(backbone, images, labels, quality, num_pairs=config.num_pairs,
+        # Never ask for more genuine pairs than the split holds (repeated pairs would be counted twice).
+        counts = torch.bincount(labels)
+        genuine = int((counts * (counts - 1) // 2).sum())
+        num_pairs = min(config.num_pairs, 2 * genuine)
+        metrics["verification"] = evaluate_verification(backbone, images, labels, quality, num_pairs=num_pairs,
                                                         seed=config.seed, device=device, progress=progress)
     if out is not None:
         tmp = out / (METRICS + ".tmp")

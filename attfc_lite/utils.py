@@ -8,14 +8,13 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int = 0) -> int:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a lesson reproduces. Returns the seed."""
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a lesson reproduces."""
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    return seed
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:

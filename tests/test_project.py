@@ -357,3 +357,18 @@ def test_make_lab_serves_the_notebooks_behind_a_token(tmp_path: Path) -> None:
     finally:
         _stop(proc)
     assert proc.returncode is not None and not _alive(proc.pid), "make lab left processes running"
+
+
+def test_seed_everything_makes_torch_and_numpy_repeat():
+    import numpy as np
+    import torch
+
+    from attfc_lite import seed_everything
+
+    seed_everything(3)
+    first = (torch.rand(3), np.random.rand(3))
+    seed_everything(3)
+    second = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    seed_everything(4)
+    assert not torch.equal(torch.rand(3), first[0])

@@ -1,0 +1,110 @@
+"""`python -m attfc_lite` in a subprocess: outputs, files and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+TINY_TRAIN = ["train", "--classes", "8", "--images-per-identity", "4", "--eval-identities", "6", "--epochs", "1",
+              "--batch-size", "8", "--embedding-dim", "16", "--quiet", "--out", "tmp", "--device", "cpu"]
+
+BAD_ARGS = {
+    "classes-zero": ["train", "--classes", "0"],
+    "classes-text": ["train", "--classes", "abc"],
+    "device-tpu": ["train", "--device", "tpu"],
+    "preview-txt": ["data", "preview", "--out", "x.txt"],
+    "classes-one": ["train", "--classes", "1", "--quiet", "--out", "tmp_one"],
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["MPLBACKEND"] = "Agg"
+    env["OMP_NUM_THREADS"] = "1"  # the commands run side by side; one thread each avoids oversubscription
+    return env
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "attfc_lite", *args], cwd=cwd, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every command of this file, started together: most of their time is importing torch."""
+    cwd = tmp_path_factory.mktemp("cli")
+    commands = {"bench": ["data", "bench", "--num-images", "2048", "--device", "cpu"],
+                "preview": ["data", "preview", "--out", "tmp/p.png"],
+                "train": TINY_TRAIN, **BAD_ARGS}
+    procs = {name: _start(args, cwd) for name, args in commands.items()}
+    return cwd, {name: _finish(p) for name, p in procs.items()}
+
+
+def test_data_bench_prints_one_json_object(runs):
+    _, r = runs
+    result = r["bench"]
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["images_per_second"] > 0 and report["num_images"] == 2048
+
+
+def test_data_preview_writes_a_png(runs):
+    cwd, r = runs
+    assert r["preview"].returncode == 0, r["preview"].stderr
+    data = (cwd / "tmp" / "p.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    # 6 identities x 8 images at 1.2 x 1.35 inches per cell, 120 dpi.
+    assert abs(width - 8 * 1.2 * 120) <= 1 and abs(height - 6 * 1.35 * 120) <= 1
+
+
+def test_tiny_train_writes_metrics(runs):
+    cwd, r = runs
+    result = r["train"]
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((cwd / "tmp" / "metrics.json").read_text())
+    for key in ("head", "num_classes", "steps", "seconds", "images_per_second", "verification"):
+        assert key in metrics, key
+    assert metrics["head"] == "fc" and metrics["num_classes"] == 8 and metrics["steps"] == 32 // 8
+    v = metrics["verification"]
+    assert {"accuracy_mean", "accuracy_std", "tar_at_far"} <= set(v)
+    assert set(v["tar_at_far"]) == {"1e-2", "1e-3", "1e-4"}
+    assert (cwd / "tmp" / "checkpoint.pt").is_file()
+
+
+def test_tiny_train_draws_no_repeated_pairs(runs):
+    _, r = runs
+    assert "Warning" not in r["train"].stderr
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARGS))
+def test_bad_arguments_exit_2_with_a_message(runs, name):
+    _, r = runs
+    result = r[name]
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "error" in result.stderr
+
+
+def test_bad_argument_messages_name_the_problem(runs):
+    _, r = runs
+    assert "--classes" in r["classes-zero"].stderr and "abc" in r["classes-text"].stderr
+    assert "tpu" in r["device-tpu"].stderr and "--out" in r["preview-txt"].stderr
+    assert "num_classes" in r["classes-one"].stderr
+

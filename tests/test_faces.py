@@ -1,0 +1,311 @@
+"""The synthetic face world: determinism, splits, quality and the dataset wrapper."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from attfc_lite.faces import (
+    MAX_BLUR_SIGMA,
+    MAX_DOWNSCALE,
+    MAX_IDENTITIES,
+    MAX_NOISE_STD,
+    MAX_OCCLUSION,
+    FaceWorld,
+    SyntheticFaces,
+    bench,
+    plot_preview,
+)
+
+WORLD = FaceWorld(seed=0)
+
+# 1100 images: more than two CPU chunks of 512, with identities spread over the id space.
+BIG_IDS = torch.arange(1100) * 9091 % MAX_IDENTITIES
+BIG_IDX = torch.arange(1100) % 7
+
+
+@pytest.fixture(scope="module")
+def big_render():
+    return WORLD.render(BIG_IDS, BIG_IDX)
+
+
+@pytest.fixture(scope="module")
+def clean_render():
+    """40 identities x 4 images without degradation, and the same images with it."""
+    ids = torch.arange(40).repeat_interleave(4)
+    idx = torch.arange(4).repeat(40)
+    return ids, idx, FaceWorld(seed=0, max_severity=0.0).render(ids, idx), WORLD.render(ids, idx)
+
+
+# -- determinism ---------------------------------------------------------------------------
+
+
+# Items that straddle chunk boundaries (511 | 512, 1023 | 1024), in a shuffled order.
+SUBSET = torch.tensor([1099, 0, 512, 511, 1024, 1023, 513, 700, 5, 5])
+
+
+def test_subset_rerender_matches_up_to_blur_truncation(big_render):
+    sub = WORLD.render(BIG_IDS[SUBSET], BIG_IDX[SUBSET])
+    # Parameters agree to float rounding (vectorised pow rounds by batch position).
+    for name in ("quality", "blur_sigma", "noise_std", "downscale", "occlusion"):
+        assert torch.allclose(getattr(sub, name), getattr(big_render, name)[SUBSET], rtol=1e-6, atol=1e-6), name
+    # Up to 1e-4: see the strict test below for why it is not exact.
+    assert torch.allclose(sub.images, big_render.images[SUBSET], rtol=0, atol=5e-4)
+    assert torch.equal(sub.images[-1], sub.images[-2])  # the same item twice in one batch
+
+
+def test_image_does_not_depend_on_its_batch_mates():
+    ids = torch.arange(5000)
+    idx = torch.zeros(5000, dtype=torch.long)
+    sigma = MAX_BLUR_SIGMA * WORLD.image_params(ids, idx)["d_blur"]
+    a = int(torch.argmin((sigma - 0.995).abs()))  # radius 3 alone
+    b = int(sigma.argmax())  # sigma ~ 1.6: radius 5
+    alone = WORLD.render(ids[[a]], idx[[a]]).images[0]
+    paired = WORLD.render(ids[[b, a]], idx[[b, a]]).images[1]
+    assert torch.allclose(alone, paired, rtol=0, atol=1e-6)
+
+
+def test_same_call_twice_is_bit_identical():
+    first = WORLD.render(BIG_IDS[:600], BIG_IDX[:600])
+    again = WORLD.render(BIG_IDS[:600], BIG_IDX[:600])
+    assert torch.equal(again.images, first.images) and torch.equal(again.quality, first.quality)
+
+
+def test_fresh_world_with_same_seed_renders_the_same():
+    ids, idx = torch.tensor([3, 77, 9_999_999]), torch.tensor([0, 4, 2])
+    a, b = FaceWorld(seed=5).render(ids, idx), FaceWorld(seed=5).render(ids, idx)
+    assert torch.equal(a.images, b.images) and torch.equal(a.quality, b.quality)
+
+
+def test_different_seeds_give_different_faces():
+    ids, idx = torch.arange(8), torch.zeros(8, dtype=torch.long)
+    a, b = FaceWorld(seed=0).render(ids, idx).images, FaceWorld(seed=1).render(ids, idx).images
+    per_image = (a - b).abs().flatten(1).mean(1)
+    assert bool((per_image > 0.02).all())
+
+
+def test_identity_and_image_index_both_matter():
+    out = WORLD.render(torch.tensor([10, 10, 11]), torch.tensor([0, 1, 0]))
+    assert (out.images[0] - out.images[1]).abs().mean() > 0.01
+    assert (out.images[0] - out.images[2]).abs().mean() > 0.01
+
+
+def test_scalar_image_index_broadcasts():
+    ids = torch.tensor([4, 9])
+    a = WORLD.render(ids, torch.tensor(3))
+    b = WORLD.render(ids, torch.tensor([3, 3]))
+    assert torch.equal(a.images, b.images)
+
+
+# -- identity range and arguments ----------------------------------------------------------
+
+
+def test_top_identity_renders_and_next_one_raises():
+    out = WORLD.render(torch.tensor([9_999_999, 0]), torch.tensor([0, 0]))
+    assert out.images.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="identities"):
+        WORLD.render(torch.tensor([10_000_000]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="identities"):
+        WORLD.render(torch.tensor([-1]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="identities"):
+        WORLD.render(torch.tensor([1.0]), torch.tensor([0]))
+
+
+def test_bad_image_indices_raise():
+    with pytest.raises(ValueError, match="image_indices"):
+        WORLD.render(torch.tensor([1, 2]), torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match="image_indices"):
+        WORLD.render(torch.tensor([1, 2]), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(image_size=4), "image_size"), (dict(max_severity=1.5), "max_severity")])
+def test_bad_world_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        FaceWorld(**kwargs)
+
+
+def test_other_image_size():
+    out = FaceWorld(image_size=48).render(torch.tensor([1, 2]), torch.tensor([0, 0]))
+    assert out.images.shape == (2, 3, 48, 48)
+
+
+# -- splits --------------------------------------------------------------------------------
+
+
+def test_train_and_eval_identities_are_disjoint():
+    train, ev = FaceWorld.train_identities(1000), FaceWorld.eval_identities(1000)
+    assert train.tolist() == list(range(1000))
+    assert ev.tolist() == [MAX_IDENTITIES - 1 - k for k in range(1000)]
+    assert not set(train.tolist()) & set(ev.tolist())
+    # At the limit the two still touch without overlap.
+    top_train = FaceWorld.train_identities(5, offset=MAX_IDENTITIES - 15)
+    assert int(top_train.max()) == MAX_IDENTITIES - 11
+    assert int(FaceWorld.eval_identities(10).min()) == MAX_IDENTITIES - 10
+    with pytest.raises(ValueError, match="num_identities"):
+        FaceWorld.train_identities(0)
+
+
+# -- quality -------------------------------------------------------------------------------
+
+
+def test_quality_in_unit_interval_and_equal_to_one_minus_severity(big_render):
+    q = big_render.quality
+    assert q.shape == (1100,) and bool(((q >= 0) & (q <= 1)).all())
+    severity = WORLD.image_params(BIG_IDS, BIG_IDX)["severity"]
+    assert torch.allclose(q, 1 - severity, atol=1e-7)
+    assert torch.equal(WORLD.quality(BIG_IDS, BIG_IDX), q)
+
+
+def test_images_in_unit_interval_with_right_shape(big_render):
+    imgs = big_render.images
+    assert imgs.shape == (1100, 3, 32, 32) and imgs.dtype == torch.float32
+    assert float(imgs.min()) >= 0 and float(imgs.max()) <= 1
+
+
+def test_severity_distribution_skews_to_good_images():
+    # severity = u ** 1.6 with u uniform, so P(quality > 0.5) = P(u < 0.5 ** (1 / 1.6)) = 0.5 ** 0.625.
+    ids = torch.arange(20000)
+    q = WORLD.quality(ids, ids % 13)
+    assert float((q > 0.5).float().mean()) == pytest.approx(0.5**0.625, abs=0.02)
+    assert float(q.mean()) == pytest.approx(1 - 1 / 2.6, abs=0.01)  # E[u^1.6] = 1 / 2.6
+    half = FaceWorld(seed=0, max_severity=0.5).quality(ids, ids % 13)
+    assert float(half.min()) >= 0.5
+
+
+def test_degradation_strengths_follow_severity(big_render):
+    out = big_render
+    severity = 1 - out.quality
+    d_blur = out.blur_sigma / MAX_BLUR_SIGMA
+    d_noise = out.noise_std / MAX_NOISE_STD
+    d_down = (out.downscale - 1) / (MAX_DOWNSCALE - 1)
+    d_occ = out.occlusion / MAX_OCCLUSION
+    strengths = torch.stack([d_blur, d_noise, d_down, d_occ], 1)
+    assert bool((strengths <= severity[:, None] + 1e-6).all())
+    # The strongest degradation of an image is at full severity (occlusion below 0.1 is dropped).
+    strong = severity > 0.1
+    assert torch.allclose(strengths.max(1).values[strong], severity[strong], atol=1e-5)
+
+
+def test_no_degradation_at_max_severity_zero(clean_render):
+    _, _, clean, _ = clean_render
+    assert torch.equal(clean.quality, torch.ones(160))
+    assert float(clean.blur_sigma.abs().max()) == 0 and float(clean.noise_std.abs().max()) == 0
+    assert float(clean.occlusion.abs().max()) == 0 and torch.equal(clean.downscale, torch.ones(160))
+
+
+def test_low_quality_images_are_further_from_their_clean_version(clean_render):
+    _, _, clean, degraded = clean_render
+    change = (clean.images - degraded.images).abs().flatten(1).mean(1)
+    q = degraded.quality
+    assert bool((q > 0.9).any()) and bool((q < 0.5).any())
+    assert float(change[q > 0.9].mean()) < 0.5 * float(change[q < 0.5].mean())
+
+
+def test_quality_near_one_means_nearly_unchanged():
+    ids, idx = torch.arange(16), torch.arange(16) % 3
+    clean = FaceWorld(seed=0, max_severity=0.0).render(ids, idx)
+    tiny = FaceWorld(seed=0, max_severity=1e-3).render(ids, idx)
+    assert float(tiny.quality.min()) > 0.999
+    # Sub-pixel resampling moves sharp edges a little, so compare per-image means, not the max.
+    assert float((clean.images - tiny.images).abs().flatten(1).mean(1).max()) < 1e-3
+
+
+def test_same_identity_is_closer_than_different_identities(clean_render):
+    _, _, clean, _ = clean_render
+    x = clean.images.view(40, 4, -1)
+    same = [float((x[i, a] - x[i, b]).abs().mean()) for i in range(40) for a in range(4) for b in range(a + 1, 4)]
+    diff = [float((x[i, 0] - x[j, 1]).abs().mean()) for i in range(40) for j in range(40) if i != j]
+    assert sum(same) / len(same) < 0.95 * sum(diff) / len(diff)
+
+
+# -- SyntheticFaces ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    return SyntheticFaces(num_identities=5, images_per_identity=3, split="train", seed=0)
+
+
+def test_synthetic_faces_length_labels_and_ids(small_set):
+    assert len(small_set) == 15 and small_set.num_classes == 5
+    assert small_set.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert small_set.identity_ids.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_synthetic_faces_stores_the_world_images(small_set):
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4])
+    idx = torch.tensor([0, 1, 2] * 5)
+    direct = WORLD.render(ids, idx)
+    images, labels, quality = small_set.get_batch(torch.arange(15))
+    assert images.dtype == torch.float32 and images.shape == (15, 3, 32, 32)
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    # Stored as uint8: within half a grey level (plus the small blur truncation effect).
+    assert torch.allclose(images, direct.images, rtol=0, atol=0.5 / 255 + 5e-4)
+    assert torch.allclose(quality, direct.quality)
+    assert torch.equal(labels, ids)
+
+
+def test_synthetic_faces_getitem(small_set):
+    image, label, quality = small_set[4]
+    assert isinstance(label, int) and label == 1
+    assert isinstance(quality, float) and 0 <= quality <= 1
+    assert quality == pytest.approx(float(WORLD.quality(torch.tensor([1]), torch.tensor([1]))[0]), abs=1e-6)
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert torch.equal(small_set[-1][0], small_set[14][0])
+    with pytest.raises(IndexError):
+        small_set[15]
+
+
+def test_eval_split_uses_top_identities():
+    ev = SyntheticFaces(num_identities=3, images_per_identity=2, split="eval", seed=0)
+    assert ev.identity_ids.tolist() == [9_999_999, 9_999_998, 9_999_997]
+    assert ev.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    direct = WORLD.render(torch.tensor([9_999_998]), torch.tensor([1])).images[0]
+    assert torch.allclose(ev[3][0], direct, atol=0.5 / 255 + 5e-4)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(split="test"), "split"), (dict(images_per_identity=0), "images_per_identity")])
+def test_synthetic_faces_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SyntheticFaces(num_identities=2, **{"images_per_identity": 2, **kwargs})
+
+
+# -- bench, preview, CUDA ------------------------------------------------------------------
+
+
+def test_bench_reports_a_positive_speed():
+    result = bench(num_images=256, repeats=1, device="cpu")
+    assert result["images_per_second"] > 0 and result["num_images"] == 256 and result["device"] == "cpu"
+    assert result["images_per_second"] == pytest.approx(256 / result["seconds"], rel=0.01)
+
+
+def test_plot_preview_grid_sorted_by_quality():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    world = FaceWorld(seed=0)
+    axes = plot_preview(world, identities=[3, 8], images_per_identity=4)
+    try:
+        assert len(axes) == 2 and all(len(row) == 4 for row in axes)
+        for r, ident in enumerate((3, 8)):
+            want = sorted(world.quality(torch.full((4,), ident), torch.arange(4)).tolist(), reverse=True)
+            titles = [float(axes[r][c].get_title().split("=")[1]) for c in range(4)]
+            assert titles == pytest.approx(want, abs=0.006)
+            assert str(ident) in axes[r][0].get_ylabel()
+    finally:
+        plt.close(axes[0][0].figure)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_render_matches_cpu():
+    ids = torch.arange(300) * 33331 % MAX_IDENTITIES
+    idx = torch.arange(300) % 11
+    cpu = WORLD.render(ids, idx)  # under one CPU chunk, so both sides blur with the same kernels
+    gpu = WORLD.render(ids.cuda(), idx.cuda())
+    assert gpu.images.is_cuda
+    assert torch.allclose(gpu.quality.cpu(), cpu.quality, rtol=0, atol=1e-6)
+    assert torch.allclose(gpu.images.cpu(), cpu.images, rtol=0, atol=1e-4)
+    also = WORLD.render(ids, idx, device="cuda")
+    assert torch.allclose(also.images.cpu(), cpu.images, rtol=0, atol=1e-4)

@@ -1,0 +1,220 @@
+"""The training loop on tiny runs: schedule, outputs, checkpoints, resume and failure modes."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+
+from attfc_lite.faces import SyntheticFaces
+from attfc_lite.heads import FullFC
+from attfc_lite.train import CHECKPOINT, METRICS, TrainConfig, load_checkpoint, lr_at, save_checkpoint, train
+
+# 8 identities x 4 images = 32 images, batch 8: 4 steps per epoch. Eval: 6 x 3 images give
+# 18 genuine pairs, so 30 pairs (15 genuine) need no repeats.
+TINY = TrainConfig(num_classes=8, images_per_identity=4, eval_identities=6, eval_images_per_identity=3, epochs=2,
+                   batch_size=8, embedding_dim=16, num_pairs=30, device="cpu")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), rtol=0, atol=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tiny run must not warn (e.g. about repeated pairs)
+        result = train(TINY, out, progress=False)
+    return out, result
+
+
+# -- schedule ------------------------------------------------------------------------------
+
+
+def test_lr_warmup_is_linear():
+    # step s < warmup: base * (s + 1) / warmup
+    assert lr_at(0, 100, 10, 0.1) == pytest.approx(0.01)
+    assert lr_at(4, 100, 10, 0.1) == pytest.approx(0.05)
+    assert lr_at(9, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_lr_cosine_after_warmup():
+    # base / 2 * (1 + cos(pi * (s - warmup) / (total - warmup)))
+    assert lr_at(10, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 10, 0.1) == pytest.approx(0.05)  # half way: cos(pi / 2) = 0
+    assert lr_at(40, 100, 10, 0.1) == pytest.approx(0.05 * (1 + math.cos(math.pi / 3)))
+    assert lr_at(100, 100, 10, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(150, 100, 10, 0.1) == pytest.approx(0.0, abs=1e-12)  # stays at zero past the end
+
+
+def test_lr_without_warmup_and_monotone_decay():
+    assert lr_at(0, 8, 0, 1.0) == pytest.approx(1.0)
+    values = [lr_at(s, 50, 5, 0.2) for s in range(50)]
+    assert max(values) == pytest.approx(0.2)
+    assert all(b <= a + 1e-12 for a, b in zip(values[5:], values[6:]))
+
+
+# -- a full run ----------------------------------------------------------------------------
+
+
+def test_tiny_run_metrics(full_run):
+    out, result = full_run
+    m = result.metrics
+    for key in ("head", "num_classes", "steps", "seconds", "images_per_second", "verification"):
+        assert key in m, key
+    assert m["head"] == "fc" and m["num_classes"] == 8
+    assert m["steps"] == 2 * (32 // 8)
+    assert m["seconds"] > 0 and m["images_per_second"] > 0
+    assert m["images_per_second"] == pytest.approx(m["steps"] * 8 / m["seconds"], rel=0.01)
+    v = m["verification"]
+    assert 0 <= v["accuracy_mean"] <= 1 and v["accuracy_std"] >= 0
+    assert set(v["tar_at_far"]) == {"1e-2", "1e-3", "1e-4"}
+    assert len(result.history) == 2 and [h["epoch"] for h in result.history] == [1, 2]
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+
+
+def test_tiny_run_writes_metrics_and_checkpoint(full_run):
+    out, result = full_run
+    assert (out / METRICS).is_file() and (out / CHECKPOINT).is_file()
+    written = json.loads((out / METRICS).read_text())
+    assert written["steps"] == result.metrics["steps"] and written["verification"]["tar_at_far"].keys() == {
+        "1e-2", "1e-3", "1e-4"}
+    assert not list(out.glob("*.tmp"))
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 8
+    assert TrainConfig.from_dict(state["config"]) == TINY
+    # The checkpoint holds the final weights.
+    for k, v in result.backbone.state_dict().items():
+        assert torch.equal(state["backbone"][k], v), k
+    assert torch.equal(state["head"]["weight"], result.head.weight.detach())
+
+
+def test_resume_ends_with_the_same_weights(full_run, tmp_path):
+    _, uninterrupted = full_run
+    first = train(TINY, tmp_path, progress=False, stop_after_epoch=1, evaluate=False)
+    assert first.metrics == {"stopped_after_epoch": 1}
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
+    resumed = train(TINY, tmp_path, resume=True, progress=False, evaluate=False)
+    _same_weights(resumed.backbone, uninterrupted.backbone)
+    _same_weights(resumed.head, uninterrupted.head)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["loss"] == pytest.approx(uninterrupted.history[1]["loss"], rel=1e-5)
+    assert resumed.metrics["steps"] == 8
+
+
+def test_interrupted_run_differs_from_finished_one(full_run, tmp_path):
+    # Guards the resume test: after one epoch the weights are not yet the final ones.
+    _, uninterrupted = full_run
+    first = train(TINY, tmp_path, progress=False, stop_after_epoch=1, evaluate=False)
+    diff = (first.head.weight - uninterrupted.head.weight).detach().abs().max()
+    assert float(diff) > 1e-4
+
+
+def test_resume_without_checkpoint_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume"):
+        train(TINY, tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="out_dir"):
+        train(TINY, None, resume=True, progress=False)
+
+
+def test_resume_with_a_different_config_raises(tmp_path):
+    train(replace(TINY, epochs=1), tmp_path, progress=False, evaluate=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(replace(TINY, epochs=1, lr=0.05), tmp_path, resume=True, progress=False, evaluate=False)
+
+
+def test_nan_loss_raises_naming_lr_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real_forward = FullFC.forward
+    calls = {"n": 0}
+
+    def forward(self, embeddings, labels):
+        calls["n"] += 1
+        loss = real_forward(self, embeddings, labels)
+        return loss * float("nan") if calls["n"] > 4 else loss  # epoch 2's first step
+
+    monkeypatch.setattr(FullFC, "forward", forward)
+    with pytest.raises(FloatingPointError, match="lr") as info:
+        train(TINY, tmp_path, progress=False)
+    assert "nan" in str(info.value).lower()
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert not (tmp_path / METRICS).exists()
+
+
+def test_infinite_loss_without_out_dir_also_raises(monkeypatch):
+    monkeypatch.setattr(FullFC, "forward", lambda self, e, l: (e.sum() * 0 + float("inf")))
+    with pytest.raises(FloatingPointError, match="lr"):
+        train(replace(TINY, epochs=1), None, progress=False, evaluate=False)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"w": torch.arange(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3))
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    # The previous checkpoint survives an interrupted save.
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3))
+
+
+def test_plain_dataset_path_matches_get_batch_path(tmp_path):
+    """A dataset without get_batch goes through __getitem__; the run must be the same."""
+    data = SyntheticFaces(8, 4, "train", 32, seed=0)
+
+    class Plain(torch.utils.data.Dataset):
+        num_classes = 8
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data[i]
+
+    cfg = replace(TINY, epochs=1)
+    a = train(cfg, None, progress=False, train_set=data, evaluate=False)
+    b = train(cfg, None, progress=False, train_set=Plain(), evaluate=False)
+    _same_weights(a.backbone, b.backbone)
+    _same_weights(a.head, b.head)
+
+
+def test_evaluate_false_has_no_verification():
+    result = train(replace(TINY, epochs=1), None, progress=False, evaluate=False)
+    assert "verification" not in result.metrics and result.metrics["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "change,name",
+    [(dict(num_classes=1), "num_classes"), (dict(lr=0.0), "lr"), (dict(head="nope"), "head"),
+     (dict(eval_images_per_identity=1), "eval_images_per_identity"), (dict(batch_size=0), "batch_size"),
+     (dict(image_size=4), "image_size")],
+)
+def test_bad_config_raises_naming_the_field(change, name):
+    with pytest.raises(ValueError, match=name):
+        train(replace(TINY, **change), None, progress=False)
+
+
+def test_train_set_with_other_num_classes_raises():
+    data = SyntheticFaces(4, 2, "train", 32, seed=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        train(TINY, None, progress=False, train_set=data)
+
+
+def test_config_from_dict_ignores_unknown_keys():
+    cfg = TrainConfig.from_dict({"num_classes": 12, "not_a_field": 1})
+    assert cfg.num_classes == 12 and cfg.epochs == TrainConfig().epochs

@@ -1,0 +1,73 @@
+"""The "will it fit?" callback against hand-computed bytes, and the widget wiring."""
+from __future__ import annotations
+
+import pytest
+
+from attfc_lite.widgets import KEY_ENCODER_PARAMS, fit_verdict, verdict_html, will_it_fit_widget
+
+GiB = 2**30
+D, B = 512, 128
+
+
+def fc_peak(n: int, d: int = D, b: int = B, e: int = 4) -> int:
+    """W + momentum + batch held, and the centre-gradient phase (5 N x D copies + one B x D)."""
+    return 7 * n * d * e + 2 * b * d * e + 8 * b
+
+
+def largest_fc(capacity: int, d: int = D, b: int = B, e: int = 4) -> int:
+    return (capacity - 2 * b * d * e - 8 * b) // (7 * d * e)
+
+
+def test_small_head_fits():
+    r = fit_verdict(1000, D, B, "float32", device_gib=1)
+    assert r["peak_bytes"] == fc_peak(1000) == 14_861_312
+    assert r["fits"] is True
+    assert r["capacity_bytes"] == GiB
+    assert r["headroom_bytes"] == GiB - 14_861_312
+    assert sum(r["breakdown"].values()) == r["peak_bytes"]
+    assert r["max_num_classes"] == largest_fc(GiB)
+    assert r["verdict"].startswith("fits")
+
+
+def test_webface42m_needs_more_than_24_gib_but_fits_80():
+    n = 2_059_906
+    small = fit_verdict(n, device_gib=24)
+    assert small["peak_bytes"] == fc_peak(n)
+    assert small["fits"] is False and small["headroom_bytes"] < 0
+    assert small["verdict"].startswith("does not fit")
+    assert f"{largest_fc(24 * GiB):,}" in small["verdict"]
+    big = fit_verdict(n, device_gib=80)
+    assert big["fits"] is True and big["headroom_bytes"] == 80 * GiB - fc_peak(n)
+
+
+def test_half_precision_halves_the_head():
+    r = fit_verdict(10_000, dtype="float16", device_gib=24)
+    assert r["peak_bytes"] == 7 * 10_000 * D * 2 + 2 * B * D * 2 + 8 * B
+
+
+def test_bad_device_memory():
+    for bad in (0, -1, "24", True):
+        with pytest.raises(ValueError, match="device_gib"):
+            fit_verdict(1000, device_gib=bad)
+
+
+def test_verdict_html_has_one_segment_per_visible_term():
+    r = fit_verdict(100_000, device_gib=1)
+    page = verdict_html(r)
+    assert "does not fit" in page
+    assert page.count('title="') == sum(1 for v in r["breakdown"].values() if 560 * v / r["peak_bytes"] >= 0.5)
+
+
+def test_widget_builds_and_follows_its_controls():
+    box = will_it_fit_widget(num_classes=1000, device_gib=24)
+    assert box.result["peak_bytes"] == fc_peak(1000) and box.result["fits"]
+    box.controls["num_classes"].value = 2_059_906
+    assert box.result["peak_bytes"] == fc_peak(2_059_906)
+    assert "does not fit" in box.output.value
+    box.controls["device_gib"].value = 80.0
+    assert box.result["fits"] and box.output.value.count("does not fit") == 0
+    preset = next(o for o in box.controls["preset"].options if o.startswith("MS1MV3"))
+    box.controls["preset"].value = preset
+    assert box.controls["num_classes"].value == 93_431
+    box.controls["head"].value = "attfc"
+    assert box.result["breakdown"]["key_encoder"] == 4 * KEY_ENCODER_PARAMS
