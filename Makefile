@@ -37,9 +37,10 @@ lab: $(STAMP)
 # One pytest run: with --nbval pytest still collects tests/test_*.py as usual and
 # adds each notebooks/*.ipynb as a file of cells; --nbval-current-env runs the
 # notebooks in this venv rather than whatever kernel their metadata names.
-test: export MPLBACKEND := Agg
+# MPLBACKEND is cleared so the notebooks' kernels keep the inline backend (their stored
+# figure outputs are compared); tests/conftest.py puts the unit tests on Agg.
 test: $(STAMP)
-	$(VENV_PYTHON) -m pytest tests notebooks $(NBVAL_ARGS) -q -p no:cacheprovider
+	env -u MPLBACKEND $(VENV_PYTHON) -m pytest tests notebooks $(NBVAL_ARGS) -q -p no:cacheprovider
 
 # Remove the venv only if it looks like one, so a stray VENV=/usr cannot wipe a system.
 clean:
