@@ -64,3 +64,37 @@ def check_pair_accuracy(answer, scores, is_same, threshold: float) -> None:
     scores, is_same = torch.as_tensor(scores), torch.as_tensor(is_same, dtype=torch.bool)
     expected = float(((scores > threshold) == is_same).float().mean())
     check("accuracy", answer, expected, rtol=1e-6, atol=1e-9)
+
+
+# -- lesson 02 ---------------------------------------------------------------------------
+def check_training_state_bytes(answer, num_classes: int = 2_059_906, embedding_dim: int = 512) -> None:
+    """Exercise 02.1: bytes of W, its gradient and the SGD momentum in float32."""
+    from .memory import predict_memory
+
+    if not _answered("training state", answer):
+        return
+    bd = predict_memory(num_classes, embedding_dim, 128)
+    expected = bd.terms["class_centres"] + bd.terms["centre_grad"] + bd.terms["optimizer_state"]
+    check("training state", answer, expected, rtol=0, atol=0, close_factor=0)
+
+
+def check_fit_boundary(answer, device_gib: float = 24.0, embedding_dim: int = 512, batch_size: int = 128) -> None:
+    """Exercise 02.2: the largest number of identities whose FC step fits the device."""
+    from .memory import predicted_boundary
+
+    if not _answered("largest N", answer):
+        return
+    expected = predicted_boundary(int(device_gib * 2**30), embedding_dim=embedding_dim, batch_size=batch_size)
+    check("largest N", answer, expected, rtol=1e-4, atol=0)
+
+
+def check_logits_batch(answer, num_classes: int = 100_000, embedding_dim: int = 512) -> None:
+    """Exercise 02.3: the smallest batch from which a logits phase sets the peak."""
+    from .memory import predict_memory
+
+    if not _answered("batch size", answer):
+        return
+    logits_phases = ("forward", "backward: logits")
+    expected = next(b for b in range(1, 8 * embedding_dim)
+                    if predict_memory(num_classes, embedding_dim, b).peak_phase in logits_phases)
+    check("batch size", answer, expected, rtol=0, atol=0, close_factor=0)
