@@ -309,3 +309,15 @@ def test_cuda_render_matches_cpu():
     assert torch.allclose(gpu.images.cpu(), cpu.images, rtol=0, atol=1e-4)
     also = WORLD.render(ids, idx, device="cuda")
     assert torch.allclose(also.images.cpu(), cpu.images, rtol=0, atol=1e-4)
+
+
+def test_a_dataloader_batches_the_synthetic_split():
+    data = SyntheticFaces(num_identities=5, images_per_identity=3, image_size=16)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)
+    images, labels, quality = next(iter(loader))
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
+    assert labels.tolist() == [0, 0, 0, 1]  # identity-major order, as the labels say
+    assert torch.allclose(quality, data.quality[:4].double())
+    # The stored uint8 image is the render rounded to 1/255.
+    fresh = data.world.render(data.identity_ids[:1], torch.tensor([0])).images[0]
+    assert (images[0] - fresh).abs().max() <= 0.5 / 255 + 1e-6
