@@ -458,6 +458,8 @@ def evaluate_verification(
     two images'; the pairs are split at the median pair quality into two halves of equal size
     (ties at the median broken by pair order), each with 'accuracy_mean', 'accuracy_std',
     'num_pairs', 'mean_quality' (accuracy None if a half has fewer than 2 * 10 pairs).
+    `num_pairs` is capped at twice the number of distinct genuine pairs the images hold, so
+    that no pair is counted twice in the folds.
     """
     labels = _check_labels(labels)
     if not isinstance(images, Tensor) or images.dim() != 4:
@@ -472,6 +474,8 @@ def evaluate_verification(
         if not bool(((q >= 0) & (q <= 1)).all()):
             raise ValueError("qualities must lie in [0, 1]")
 
+    counts = torch.bincount(labels)
+    num_pairs = min(int(num_pairs), 2 * int((counts * (counts - 1) // 2).sum()))
     idx_a, idx_b, is_same = make_pairs(labels, num_pairs, seed=seed)
     emb = embed(model, images, batch_size=batch_size, device=device, progress=progress)
     scores = (emb[idx_a] * emb[idx_b]).sum(dim=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 
 import matplotlib
 
@@ -455,3 +456,14 @@ def test_plot_roc_returns_axes():
             plot_roc(results, labels=["only one"])
     finally:
         plt.close("all")
+
+
+def test_evaluate_caps_pairs_at_what_the_images_hold():
+    # 4 identities x 3 images: 4 * C(3, 2) = 12 distinct genuine pairs, so at most 24 pairs.
+    labels = torch.arange(4).repeat_interleave(3)
+    images = torch.rand(12, 3, 4, 4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "some pairs repeat" warning
+        res = evaluate_verification(model, images, labels, num_pairs=1000)
+    assert res["num_genuine"] == 12 and res["num_pairs"] == 24
