@@ -38,6 +38,25 @@ def _check(cosine: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
+def angular_margin(cos: torch.Tensor, m1: float, m2: float) -> torch.Tensor:
+    """cos(m1 * theta + m2) for theta = acos(cos), with a linear fallback past m1 * theta + m2 = pi.
+
+    Past theta_max = (pi - m2) / m1 the angle would wrap round and the logit rise again, so the
+    fallback is the line cos(theta) - d * sin(theta_max), d = pi - theta_max (the extra angle at
+    theta_max): for ArcFace (m1 = 1) that is insightface's cos(theta) - m * sin(m). Its slope in
+    cos is 1 everywhere, -1 included (the input is clamped only where sqrt or acos need it).
+    """
+    theta_max = (math.pi - m2) / m1
+    inside = cos > math.cos(theta_max)
+    fallback = cos - (math.pi - theta_max) * math.sin(theta_max)
+    c = cos.clamp(-1 + _EPS, 1 - _EPS)
+    if m1 == 1.0:  # cos(theta + m) expanded: no acos, more precise and cheaper
+        with_margin = c * math.cos(m2) - torch.sqrt(1.0 - c * c) * math.sin(m2)
+    else:
+        with_margin = torch.cos(m1 * torch.acos(c) + m2)
+    return torch.where(inside, with_margin, fallback)
+
+
 class Margin(nn.Module):
     """Base: applies `positive_logit` to the target column and scales everything by s."""
 
@@ -65,7 +84,8 @@ class ArcFace(Margin):
 
     When theta + m > pi, cos(theta + m) would start to increase again as theta grows, which
     would reward moving away from the centre; the usual fallback replaces it there by the
-    line cos(theta) - m * sin(m), which keeps the logit decreasing in theta.
+    line cos(theta) - m * sin(m), which keeps the logit decreasing in theta (see
+    `angular_margin`). `CombinedMargin(m1=1, m2=m, m3=0)` is the same function, bit for bit.
     """
 
     def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
@@ -75,11 +95,7 @@ class ArcFace(Margin):
         self.m = float(m)
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:
-        cos_pos = cos_pos.clamp(-1 + _EPS, 1 - _EPS)
-        sin_pos = torch.sqrt(1.0 - cos_pos * cos_pos)
-        with_margin = cos_pos * math.cos(self.m) - sin_pos * math.sin(self.m)
-        fallback = cos_pos - self.m * math.sin(self.m)
-        return torch.where(cos_pos > math.cos(math.pi - self.m), with_margin, fallback)
+        return angular_margin(cos_pos, 1.0, self.m)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m={self.m}"
@@ -104,8 +120,9 @@ class CosFace(Margin):
 class CombinedMargin(Margin):
     """s * (cos(m1 * theta + m2) - m3): SphereFace (m1), ArcFace (m2), CosFace (m3) in one.
 
-    Where m1 * theta + m2 > pi the same linear fallback as ArcFace is used, so the logit
-    keeps decreasing with theta.
+    Where m1 * theta + m2 > pi the same linear fallback as ArcFace is used (`angular_margin`),
+    so the logit keeps decreasing with theta, and m1=1, m3=0 gives exactly `ArcFace(m2)`.
+    `make_margin("combined", m=(m1, m2, m3))` builds it from one `m`, as the training config does.
     """
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
@@ -115,14 +132,7 @@ class CombinedMargin(Margin):
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:
-        theta = torch.acos(cos_pos.clamp(-1 + _EPS, 1 - _EPS))
-        angle = self.m1 * theta + self.m2
-        # theta_max: the angle where m1*theta + m2 reaches pi; beyond it use a line with the same value there.
-        theta_max = (math.pi - self.m2) / self.m1
-        cos_max = math.cos(theta_max)
-        value_at_max = -1.0 - self.m3
-        fallback = value_at_max + (cos_pos - cos_max) * 1.0
-        return torch.where(theta <= theta_max, torch.cos(angle) - self.m3, fallback)
+        return angular_margin(cos_pos, self.m1, self.m2) - self.m3
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
@@ -132,10 +142,20 @@ MARGINS = {"arcface": ArcFace, "cosface": CosFace, "combined": CombinedMargin}
 
 
 def make_margin(name: str = "arcface", **kwargs) -> Margin:
-    """Build a margin by name: 'arcface', 'cosface' or 'combined'."""
+    """Build a margin by name: 'arcface', 'cosface' or 'combined'.
+
+    Every margin takes `s` and `m`; for 'combined', `m` is the triple (m1, m2, m3) (or pass
+    m1, m2, m3 by name).
+    """
     key = str(name).lower()
     if key not in MARGINS:
         raise ValueError(f"margin must be one of {sorted(MARGINS)}, got {name!r}")
+    if key == "combined" and "m" in kwargs:
+        m = kwargs.pop("m")
+        if isinstance(m, (int, float)) or len(m) != 3:
+            raise ValueError(f"margin 'combined' needs m=(m1, m2, m3), e.g. (1.0, 0.3, 0.2) for ArcFace 0.3 plus "
+                             f"CosFace 0.2; got m={m!r}")
+        kwargs.update(m1=float(m[0]), m2=float(m[1]), m3=float(m[2]))
     return MARGINS[key](**kwargs)
 
 

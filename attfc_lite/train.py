@@ -50,6 +50,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.5
+    # Max norm of the backbone's gradient (0: off). Only the backbone is clipped, as in
+    # insightface's arcface_torch: clipping the head too would shrink the backbone's step
+    # by the head's gradient, and differently for each head (AttFC's head has no weights).
     clip_grad_norm: float = 5.0
     seed: int = 0
     device: str = "auto"
@@ -155,6 +158,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                          f"{train_set.num_classes} identities; set num_classes to match")
     backbone, head = build(config, device)
     params = list(backbone.parameters()) + list(head.parameters())
+    backbone_params = list(backbone.parameters())
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     n = len(train_set)
@@ -203,7 +207,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad_norm:
-                nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
             optimizer.step()
             losses.append(loss.item())
             step += 1

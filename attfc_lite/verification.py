@@ -56,7 +56,11 @@ def _check_labels(labels: Tensor) -> Tensor:
         raise ValueError(f"labels must be 1-D (one identity id per image), got shape {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}; use labels.long()")
-    return labels.detach().to("cpu", torch.int64)
+    labels = labels.detach().to("cpu", torch.int64)
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"labels must be identity ids >= 0, got min {int(labels.min())}; "
+                         "map them to 0..n-1 (for example with torch.unique(labels, return_inverse=True))")
+    return labels
 
 
 def _unrank_pair(r: Tensor) -> tuple[Tensor, Tensor]:
@@ -305,11 +309,16 @@ def roc_curve(scores: Tensor, is_same: Tensor) -> dict:
 def _best_threshold(s: np.ndarray, y: np.ndarray) -> float:
     """Threshold maximising the accuracy of "same when score > t" on (s, y); lowest on ties.
 
-    Candidates: midpoints between consecutive distinct scores, plus min - 1 (all "same") and
-    max + 1 (all "different"); every achievable accuracy is reached by one of them.
+    Candidates: one between each two consecutive distinct scores (their midpoint, or the lower
+    score where the midpoint of two adjacent floats rounds onto the upper one), one below them
+    all (all "same") and one above them all (all "different"); every achievable accuracy is
+    reached by one of them.
     """
     u = np.unique(s)
-    cand = np.r_[u[0] - 1.0, u[:-1] + (u[1:] - u[:-1]) / 2.0, u[-1] + 1.0]
+    mid = u[:-1] + (u[1:] - u[:-1]) / 2.0
+    between = np.where((mid >= u[:-1]) & (mid < u[1:]), mid, u[:-1])  # always u[k] <= t < u[k+1]
+    below = u[0] - 1.0 if u[0] - 1.0 < u[0] else np.nextafter(u[0], -np.inf)
+    cand = np.r_[below, between, u[-1] + 1.0]  # u[-1] + 1 may equal u[-1]: still all 'different'
     pos, neg = np.sort(s[y]), np.sort(s[~y])
     tp = pos.size - np.searchsorted(pos, cand, side="right")
     tn = np.searchsorted(neg, cand, side="right")
@@ -347,7 +356,12 @@ def kfold_accuracy(scores: Tensor, is_same: Tensor, folds: int = _FOLDS) -> dict
 
 
 def _far_key(far: float) -> str:
-    mantissa, exponent = f"{far:.0e}".split("e")
+    """'1e-3', '1.4e-3', '1.5e-3': the shortest mantissa that gives back `far` exactly."""
+    for digits in range(17):
+        text = f"{far:.{digits}e}"
+        if float(text) == far:
+            break
+    mantissa, exponent = text.split("e")
     return f"{mantissa}e{int(exponent)}"
 
 
@@ -359,19 +373,33 @@ def _check_fars(fars: Sequence[float]) -> list[float]:
         if isinstance(far, bool) or not isinstance(far, (int, float, np.floating)) or not 0.0 < float(far) <= 1.0:
             raise ValueError(f"each FAR in fars must be a number in (0, 1], got {far!r}")
         out.append(float(far))
+    if len(set(out)) != len(out):
+        raise ValueError(f"fars holds the same FAR twice: {fars!r}; pass each target once")
     return out
 
 
-def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS) -> dict:
-    """Per FAR key ("1e-2", ...): {'tar', 'far_achieved', 'threshold', 'note'}.
+FAR_RULES = ("at_most", "nearest")
 
-    The operating point is the ROC point whose FPR is nearest to the target FAR; on a tie in
-    distance the lower FPR wins, and among points of equal FPR the one with the highest TPR.
-    'threshold' uses "same when score >= threshold" (+inf: accept nothing). When there are
-    fewer than 1 / far impostor pairs the FAR cannot be estimated: 'tar', 'far_achieved' and
-    'threshold' are None and 'note' says why; otherwise 'note' is None.
+
+def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS,
+                      rule: str = "at_most") -> dict:
+    """Per FAR key ("1e-2", "1.4e-3", ...): the TAR there and the FAR actually achieved.
+
+    Each entry: {'tar', 'far_achieved', 'impostors_accepted', 'threshold', 'above_target',
+    'note'}. Two conventions for the operating point:
+
+    - rule='at_most' (default, the conservative one): the highest TAR among ROC points whose
+      FPR is at most the target, so 'far_achieved' <= target always;
+    - rule='nearest': the ROC point whose FPR is nearest to the target (lower FPR on a tie in
+      distance, highest TPR among equal FPRs); it can sit above the target, and then
+      'above_target' is True and 'note' says so.
+
+    'threshold' uses "same when score >= threshold" (+inf: accept nothing). With fewer than
+    1 / far impostor pairs the FAR cannot be estimated: the numbers are None and 'note' says why.
     """
     far_list = _check_fars(fars)
+    if rule not in FAR_RULES:
+        raise ValueError(f"rule must be one of {FAR_RULES}, got {rule!r}")
     s, y = _as_scores(scores, is_same)
     n_neg = int((~y).sum())
     if n_neg == 0 or y.sum() == 0:
@@ -383,31 +411,33 @@ def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = D
         needed = math.ceil(1.0 / far - 1e-9)  # 1 / 1e-3 may round to 1000.0000000000001
         if n_neg < needed:
             report[key] = {
-                "tar": None,
-                "far_achieved": None,
-                "threshold": None,
-                "note": f"too few impostor pairs: {n_neg} < {needed} needed for FAR {key}",
+                "tar": None, "far_achieved": None, "impostors_accepted": None, "threshold": None,
+                "above_target": None, "note": f"too few impostor pairs: {n_neg} < {needed} needed for FAR {key}",
             }
             continue
-        dist = np.abs(fpr - far)
-        near = np.nonzero(dist <= dist.min() + _TIE_TOL)[0]
-        near = near[fpr[near] == fpr[near].min()]
-        i = int(near[np.argmax(tpr[near])])
+        if rule == "at_most":
+            # fpr and tpr never decrease along the curve: the last point within the target is the best
+            i = int(np.nonzero(fpr <= far + _TIE_TOL)[0][-1])
+        else:
+            dist = np.abs(fpr - far)
+            near = np.nonzero(dist <= dist.min() + _TIE_TOL)[0]
+            near = near[fpr[near] == fpr[near].min()]
+            i = int(near[np.argmax(tpr[near])])
+        above = bool(fpr[i] > far + _TIE_TOL)
         report[key] = {
             "tar": float(tpr[i]),
             "far_achieved": float(fpr[i]),
+            "impostors_accepted": int(round(fpr[i] * n_neg)),
             "threshold": float(thresholds[i]),
-            "note": None,
+            "above_target": above,
+            "note": f"the nearest ROC point is above the target: FAR {fpr[i]:.3g} > {key}" if above else None,
         }
     return report
 
 
-def tar_at_far(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS) -> dict:
-    """{"1e-2": TAR, ...}: TAR at the ROC point nearest each FAR, None where too few impostors.
-
-    See `tar_at_far_report` for the rule and for the reason behind a None.
-    """
-    return {k: v["tar"] for k, v in tar_at_far_report(scores, is_same, fars).items()}
+def tar_at_far(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS, rule: str = "at_most") -> dict:
+    """{"1e-2": TAR, ...}, None where too few impostors; see `tar_at_far_report` for the rule."""
+    return {k: v["tar"] for k, v in tar_at_far_report(scores, is_same, fars, rule).items()}
 
 
 # --------------------------------------------------------------------------- end to end
@@ -452,14 +482,16 @@ def evaluate_verification(
     """Embed, draw pairs, score by cosine similarity and report, as a JSON-serialisable dict.
 
     Keys: 'num_pairs', 'num_genuine', 'num_impostor', 'accuracy_mean', 'accuracy_std' (10-fold),
-    'auc', 'tar_at_far' ({"1e-2": TAR or None, ...}), 'tar_at_far_notes' (reason for each None),
+    'auc', 'tar_at_far' ({"1e-2": TAR or None, ...}), 'far_achieved' (the FAR at which each TAR
+    was read: at most the target, `tar_at_far_report`'s 'at_most' rule), 'impostors_accepted'
+    (how many impostor pairs that FAR is), 'tar_at_far_notes' (reason for each None),
     'roc' ({'fpr', 'tpr'} lists, at most ~500 points) and, with `qualities` (one value in [0, 1]
     per image), 'by_quality': {'low': ..., 'high': ...}. A pair's quality is the lower of its
     two images'; the pairs are split at the median pair quality into two halves of equal size
     (ties at the median broken by pair order), each with 'accuracy_mean', 'accuracy_std',
     'num_pairs', 'mean_quality' (accuracy None if a half has fewer than 2 * 10 pairs).
-    `num_pairs` is capped at twice the number of distinct genuine pairs the images hold, so
-    that no pair is counted twice in the folds.
+    `num_pairs` is capped so that neither the genuine nor the impostor pairs repeat (half of
+    the pairs are each kind): no pair is counted twice in the folds.
     """
     labels = _check_labels(labels)
     if not isinstance(images, Tensor) or images.dim() != 4:
@@ -474,8 +506,10 @@ def evaluate_verification(
         if not bool(((q >= 0) & (q <= 1)).all()):
             raise ValueError("qualities must lie in [0, 1]")
 
-    counts = torch.bincount(labels)
-    num_pairs = min(int(num_pairs), 2 * int((counts * (counts - 1) // 2).sum()))
+    counts = torch.unique(labels, return_counts=True)[1]
+    genuine_pool = int((counts * (counts - 1) // 2).sum())
+    impostor_pool = (labels.numel() ** 2 - int((counts * counts).sum())) // 2
+    num_pairs = min(int(num_pairs), 2 * min(genuine_pool, impostor_pool))
     idx_a, idx_b, is_same = make_pairs(labels, num_pairs, seed=seed)
     emb = embed(model, images, batch_size=batch_size, device=device, progress=progress)
     scores = (emb[idx_a] * emb[idx_b]).sum(dim=1)
@@ -493,6 +527,8 @@ def evaluate_verification(
         "accuracy_std": acc["accuracy_std"],
         "auc": roc["auc"],
         "tar_at_far": {k: v["tar"] for k, v in report.items()},
+        "far_achieved": {k: v["far_achieved"] for k, v in report.items()},
+        "impostors_accepted": {k: v["impostors_accepted"] for k, v in report.items()},
         "tar_at_far_notes": {k: v["note"] for k, v in report.items() if v["note"]},
         "roc": {"fpr": fpr_list, "tpr": tpr_list},
     }
@@ -526,10 +562,17 @@ def verification_summary(results: dict) -> str:
     if results.get("auc") is not None:
         lines.append(f"AUC: {results['auc']:.4f}")
     notes = results.get("tar_at_far_notes", {})
+    achieved = results.get("far_achieved", {})
+    accepted = results.get("impostors_accepted", {})
     for key, tar in results.get("tar_at_far", {}).items():
         if tar is None:
             why = notes.get(key, "not enough impostor pairs")
             lines.append(f"TAR@FAR={key}: n/a ({why})")
+        elif achieved.get(key) is not None:
+            where = f"at FAR {achieved[key]:.2g}"
+            if accepted.get(key) is not None:
+                where += f": {accepted[key]} of {results.get('num_impostor', '?')} impostor pairs accepted"
+            lines.append(f"TAR@FAR={key}: {tar:.3f} ({where})")
         else:
             lines.append(f"TAR@FAR={key}: {tar:.3f}")
     for name in ("high", "low"):
@@ -549,7 +592,8 @@ def plot_roc(results_or_list: dict | Sequence[dict], labels: str | Sequence[str]
     """ROC curves (TAR against FAR on a log axis from 1e-4 to 1) of one or several results.
 
     Each result is a dict from `evaluate_verification` (it needs 'roc'); its TAR@FAR values
-    are marked on the curve. Returns the matplotlib Axes; never calls plt.show().
+    are marked on the curve at the FAR where they were read ('far_achieved'). Returns the
+    matplotlib Axes; never calls plt.show().
     """
     import matplotlib.pyplot as plt
 
@@ -575,9 +619,13 @@ def plot_roc(results_or_list: dict | Sequence[dict], labels: str | Sequence[str]
             label += f" (AUC {res['auc']:.3f})"
         shown = fpr > 0  # FPR 0 has no place on a log axis
         (line,) = ax.plot(fpr[shown], tpr[shown], label=label)
-        points = [(float(k), v) for k, v in res.get("tar_at_far", {}).items() if v is not None]
+        achieved = res.get("far_achieved", {})
+        # FAR 0 (no impostor accepted) has no place on a log axis either
+        points = [(achieved.get(k, float(k)), v) for k, v in res.get("tar_at_far", {}).items()
+                  if v is not None and achieved.get(k, float(k))]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o", color=line.get_color(), markersize=5)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o", color=line.get_color(), markersize=5,
+                    label="TAR@FAR operating points" if i == 0 else None)
     chance = np.logspace(-4, 0, 50)
     ax.plot(chance, chance, linestyle="--", color="grey", linewidth=0.8, label="chance")
     ax.set_xscale("log")

@@ -180,3 +180,31 @@ def test_make_margin_by_name_and_unknown_name():
     with pytest.raises(ValueError, match="margin") as info:
         make_margin("sphereface")
     assert "arcface" in str(info.value)  # says what is allowed
+
+
+def test_combined_m1_1_m3_0_equals_arcface_everywhere_values_and_gradients():
+    # Both sides of theta = pi - m, the switch itself, and cos = -1 and 1. Reference values
+    # by hand at 155 degrees (past pi - 0.5 rad = 151.4 degrees): cos(155 deg) - 0.5 sin 0.5.
+    m = 0.5
+    c155 = math.cos(math.radians(155))
+    grid = torch.cat([torch.linspace(-1, 1, 4001, dtype=torch.float64),
+                      torch.tensor([c155, math.cos(math.pi - m), -1.0, 1.0], dtype=torch.float64)])
+    cos = grid.view(-1, 1).clone().requires_grad_(True)
+    target = torch.zeros(grid.numel(), dtype=torch.long)
+    arc = ArcFace(s=1.0, m=m)(cos, target)
+    (g_arc,) = torch.autograd.grad(arc.sum(), cos)
+    comb = CombinedMargin(s=1.0, m1=1.0, m2=m, m3=0.0)(cos, target)
+    (g_comb,) = torch.autograd.grad(comb.sum(), cos)
+    assert torch.equal(arc, comb)
+    assert torch.equal(g_arc, g_comb)
+    at155 = float(comb.detach()[grid.numel() - 4, 0])
+    assert at155 == pytest.approx(c155 - m * math.sin(m), abs=1e-9)  # -1.146, not -1.029
+    # The fallback line has slope 1 in cos, at cos = -1 too (no clamp there).
+    assert float(g_comb[grid.numel() - 2, 0]) == pytest.approx(1.0)
+
+
+def test_make_margin_combined_takes_m_as_a_triple():
+    built = make_margin("combined", s=10.0, m=(1.0, 0.3, 0.2))
+    assert (built.m1, built.m2, built.m3) == (1.0, 0.3, 0.2)
+    with pytest.raises(ValueError, match=r"m=\(m1, m2, m3\)"):
+        make_margin("combined", m=0.5)

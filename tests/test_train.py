@@ -218,3 +218,31 @@ def test_train_set_with_other_num_classes_raises():
 def test_config_from_dict_ignores_unknown_keys():
     cfg = TrainConfig.from_dict({"num_classes": 12, "not_a_field": 1})
     assert cfg.num_classes == 12 and cfg.epochs == TrainConfig().epochs
+
+
+def test_gradient_clipping_covers_the_backbone_only(monkeypatch):
+    # The reference recipe (arcface_torch) clips the backbone's gradient alone; a head's
+    # gradient must neither be clipped nor count towards the backbone's norm.
+    import attfc_lite.train as train_module
+
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        seen.append({id(p) for p in parameters})
+        return real(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    built = {}
+    real_build = train_module.build
+
+    def keep(config, device):
+        built["backbone"], built["head"] = real_build(config, device)
+        return built["backbone"], built["head"]
+
+    monkeypatch.setattr(train_module, "build", keep)
+    train(replace(TINY, epochs=1), progress=False, evaluate=False)
+    backbone_ids = {id(p) for p in built["backbone"].parameters()}
+    assert seen and all(ids == backbone_ids for ids in seen)
+    assert not any(id(p) in ids for p in built["head"].parameters() for ids in seen)

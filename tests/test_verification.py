@@ -124,7 +124,7 @@ def test_tar_at_far_hand_case():
     # (.4,.5,.6) (.4,.75,.5) (.6,.75,.4) (.8,.75,.3) (.8,1,.2) (1,1,.1)
     scores = torch.tensor([0.9, 0.7, 0.5, 0.2, 0.8, 0.6, 0.4, 0.3, 0.1])
     same = torch.tensor([True] * 4 + [False] * 5)
-    rep = tar_at_far_report(scores, same, fars=(0.2, 0.3, 0.5, 0.7, 0.85, 0.1))
+    rep = tar_at_far_report(scores, same, fars=(0.2, 0.3, 0.5, 0.7, 0.85, 0.1), rule="nearest")
     assert rep["2e-1"]["tar"] == pytest.approx(0.5)  # FPR 0.2 exactly: the higher of its two TPRs
     assert rep["2e-1"]["threshold"] == pytest.approx(0.7)
     assert rep["3e-1"]["tar"] == pytest.approx(0.5)  # 0.2 and 0.4 equally near: lower FPR wins
@@ -133,11 +133,73 @@ def test_tar_at_far_hand_case():
     assert rep["5e-1"]["threshold"] == pytest.approx(0.5)
     assert rep["7e-1"]["tar"] == pytest.approx(0.75)
     assert rep["7e-1"]["threshold"] == pytest.approx(0.4)
-    assert rep["8e-1"]["tar"] == pytest.approx(1.0)  # 0.85 is nearest to 0.8
+    assert rep["8.5e-1"]["tar"] == pytest.approx(1.0)  # 0.85 is nearest to 0.8
     assert rep["1e-1"]["tar"] is None  # needs 10 impostor pairs, has 5
     assert rep["1e-1"]["note"] == "too few impostor pairs: 5 < 10 needed for FAR 1e-1"
     assert rep["2e-1"]["note"] is None
-    assert tar_at_far(scores, same, fars=(0.2, 0.1)) == {"2e-1": pytest.approx(0.5), "1e-1": None}
+    assert tar_at_far(scores, same, fars=(0.2, 0.1), rule="nearest") == {"2e-1": pytest.approx(0.5), "1e-1": None}
+    # The nearest point for 0.7 is at FPR 0.8: above the target, and said so.
+    assert rep["7e-1"]["far_achieved"] == pytest.approx(0.6)
+    assert rep["8.5e-1"]["far_achieved"] == pytest.approx(0.8) and not rep["8.5e-1"]["above_target"]
+    above = tar_at_far_report(scores, same, fars=(0.35,), rule="nearest")["3.5e-1"]
+    assert above["far_achieved"] == pytest.approx(0.4) and above["above_target"] and "above the target" in above["note"]
+
+
+def naive_tar_at_most(scores, same, far):
+    """The conservative rule by brute force: the highest TPR among points with FPR <= far."""
+    best = None
+    for fpr, tpr, t in naive_roc_points(scores, same):
+        if fpr <= far + 1e-12 and (best is None or tpr > best[0]):
+            best = (tpr, fpr, t)
+    return best
+
+
+def test_tar_at_far_at_most_never_reads_above_the_target():
+    # Same hand case: the points within FPR 0.3 are (0, .25) and (.2, .5): TAR 0.5 at FPR 0.2;
+    # within 0.7: (.6, .75); within 0.85: (.8, 1).
+    scores = torch.tensor([0.9, 0.7, 0.5, 0.2, 0.8, 0.6, 0.4, 0.3, 0.1])
+    same = torch.tensor([True] * 4 + [False] * 5)
+    rep = tar_at_far_report(scores, same, fars=(0.3, 0.7, 0.85, 0.35))
+    assert (rep["3e-1"]["tar"], rep["3e-1"]["far_achieved"], rep["3e-1"]["impostors_accepted"]) == (0.5, 0.2, 1)
+    assert rep["7e-1"]["tar"] == pytest.approx(0.75) and rep["7e-1"]["far_achieved"] == pytest.approx(0.6)
+    assert rep["8.5e-1"]["tar"] == pytest.approx(1.0)
+    assert rep["3.5e-1"]["tar"] == pytest.approx(0.5)  # the nearest rule would read 0.75 at FPR 0.4
+    assert not any(r["above_target"] for r in rep.values())
+
+
+def test_tar_at_far_at_most_when_the_nearest_point_is_just_above():
+    # 2000 impostors; target FAR 1.4e-3 (2.8 impostors). Two impostors (FPR 1e-3) let 10 % of
+    # the genuine pairs in; the 3rd impostor sits above the other 90 %, so the nearest ROC point
+    # (FPR 1.5e-3, 3 impostors) accepts every genuine pair, above the target.
+    genuine = torch.cat([torch.full((10,), 0.95), torch.full((90,), 0.80)])
+    impostors = torch.cat([torch.tensor([0.99, 0.97, 0.90]), torch.linspace(-0.5, 0.5, 1997)])
+    scores = torch.cat([genuine, impostors])
+    same = torch.cat([torch.ones(100, dtype=torch.bool), torch.zeros(2000, dtype=torch.bool)])
+    conservative = tar_at_far_report(scores, same, fars=(1.4e-3,))["1.4e-3"]
+    assert conservative["tar"] == pytest.approx(0.1) and conservative["far_achieved"] == pytest.approx(1e-3)
+    nearest = tar_at_far_report(scores, same, fars=(1.4e-3,), rule="nearest")["1.4e-3"]
+    assert nearest["tar"] == pytest.approx(1.0) and nearest["far_achieved"] == pytest.approx(1.5e-3)
+    assert nearest["above_target"]
+
+
+def test_tar_at_far_at_most_matches_naive_reference_with_ties():
+    gen = torch.Generator().manual_seed(5)
+    same = torch.rand(500, generator=gen) < 0.4
+    scores = torch.round((torch.randn(500, generator=gen) + 1.5 * same.float()) * 8) / 8
+    fars = (0.01, 0.03, 0.1, 0.25, 0.5)
+    rep = tar_at_far_report(scores, same, fars=fars)
+    for far in fars:
+        tar, fpr, t = naive_tar_at_most(scores, same, far)
+        key = next(k for k in rep if float(k) == far)
+        assert (rep[key]["tar"], rep[key]["far_achieved"]) == (pytest.approx(tar), pytest.approx(fpr)), key
+        assert rep[key]["threshold"] == pytest.approx(t), key
+
+
+def test_tar_at_far_keys_are_unique_and_exact():
+    rep = tar_at_far_report(HAND_SCORES, HAND_SAME, fars=(1e-3, 1.4e-3, 1.5e-3, 0.25, 1.0))
+    assert list(rep) == ["1e-3", "1.4e-3", "1.5e-3", "2.5e-1", "1e0"]
+    with pytest.raises(ValueError, match="fars"):
+        tar_at_far(HAND_SCORES, HAND_SAME, fars=(1e-3, 0.001))
 
 
 def test_tar_at_far_matches_naive_reference_with_ties():
@@ -145,9 +207,9 @@ def test_tar_at_far_matches_naive_reference_with_ties():
     same = torch.rand(400, generator=gen) < 0.5
     scores = torch.round((torch.randn(400, generator=gen) + 1.5 * same.float()) * 8) / 8
     fars = (0.01, 0.05, 0.1, 0.25, 0.5)
-    rep = tar_at_far_report(scores, same, fars=fars)
+    rep = tar_at_far_report(scores, same, fars=fars, rule="nearest")
     for far in fars:
-        key = f"{far:.0e}".replace("e-0", "e-")
+        key = next(k for k in rep if float(k) == far)
         tar, fpr, t = naive_tar(scores, same, far)
         assert rep[key]["tar"] == pytest.approx(tar), key
         assert rep[key]["far_achieved"] == pytest.approx(fpr), key
@@ -467,3 +529,58 @@ def test_evaluate_caps_pairs_at_what_the_images_hold():
         warnings.simplefilter("error")  # no "some pairs repeat" warning
         res = evaluate_verification(model, images, labels, num_pairs=1000)
     assert res["num_genuine"] == 12 and res["num_pairs"] == 24
+
+
+def test_evaluate_caps_pairs_by_the_impostor_pool_too():
+    # One identity with 40 images and two with 2: 780 + 2 genuine pairs but only
+    # (44^2 - 40^2 - 2^2 - 2^2) / 2 = 164 impostor pairs, so at most 2 * 164 pairs.
+    labels = torch.cat([torch.zeros(40, dtype=torch.long), torch.tensor([1, 1, 2, 2])])
+    images = torch.rand(44, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "some pairs repeat" warning
+        res = evaluate_verification(model, images, labels, num_pairs=5000)
+    assert res["num_impostor"] == 164 and res["num_pairs"] == 328
+
+
+def test_evaluate_rejects_negative_labels_by_name():
+    images = torch.rand(6, 3, 4, 4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8))
+    with pytest.raises(ValueError, match="labels must be identity ids >= 0"):
+        evaluate_verification(model, images, torch.tensor([-1, -1, 0, 0, 1, 1]), num_pairs=10)
+
+
+def test_threshold_separates_adjacent_floats():
+    # Two distinct scores one float apart: their midpoint rounds onto one of them. The rule
+    # "same when score > t" must still separate them, so accuracy 1.0 is reachable.
+    lo = np.float64(0.3)
+    hi = np.nextafter(lo, np.inf)
+    assert lo + (hi - lo) / 2.0 in (lo, hi)  # the case under test
+    scores = torch.tensor([lo, hi] * 10, dtype=torch.float64)
+    same = torch.tensor([False, True] * 10)
+    res = kfold_accuracy(scores, same)
+    assert res["accuracy_mean"] == 1.0
+    assert all(lo <= t < hi for t in res["thresholds"])
+    # the same at float32 precision, the scores' usual dtype
+    lo32 = np.float32(0.7)
+    hi32 = np.nextafter(lo32, np.float32(1))
+    res32 = kfold_accuracy(torch.tensor([lo32, hi32] * 10), same)
+    assert res32["accuracy_mean"] == 1.0
+
+
+def test_summary_and_roc_markers_use_the_achieved_far():
+    images, labels, _ = _toy_world(k=20, per_id=12)
+    res = evaluate_verification(OneHotPlusNoise(20, 6.0), images, labels, num_pairs=6000)
+    assert set(res["far_achieved"]) == set(res["tar_at_far"]) == {"1e-2", "1e-3", "1e-4"}
+    key = "1e-2"
+    assert res["far_achieved"][key] <= 1e-2
+    assert res["impostors_accepted"][key] == round(res["far_achieved"][key] * res["num_impostor"])
+    assert f"at FAR {res['far_achieved'][key]:.2g}" in verification_summary(res)
+    ax = plot_roc(res)
+    try:
+        markers = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        xs = sorted(markers[0].get_xdata())
+        want = sorted(v for k, v in res["far_achieved"].items() if v and res["tar_at_far"][k] is not None)
+        assert xs == pytest.approx(want)
+    finally:
+        plt.close("all")
