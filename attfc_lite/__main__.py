@@ -27,6 +27,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _margin_m(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, or m1,m2,m3 for the combined margin, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected one number, or three (m1,m2,m3) for the combined margin, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def _device(text: str) -> str:
     if text != "auto" and text.split(":")[0] not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"device must be auto, cpu or cuda[:N], got {text!r}")
@@ -35,6 +45,7 @@ def _device(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .heads import HEADS
+    from .margins import DEFAULT_M, MARGINS
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -56,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive_int, default=d.image_size)
     t.add_argument("--backbone", default=d.backbone, choices=["small", "resnet18", "resnet34", "resnet50"])
     t.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim)
-    t.add_argument("--margin", default=d.margin, choices=["arcface", "cosface"])
+    t.add_argument("--margin", default=d.margin, choices=sorted(MARGINS))
+    t.add_argument("--margin-m", type=_margin_m, default=None,
+                   help="the margin m; m1,m2,m3 for combined; default: "
+                        + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in DEFAULT_M.items()))
+    t.add_argument("--scale", type=_positive_float, default=d.scale, help="the logit scale s")
     t.add_argument("--lr", type=_positive_float, default=d.lr)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
@@ -93,15 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(args):
+    """The TrainConfig that `train` arguments describe (validated: a bad value raises ValueError)."""
+    from .train import TrainConfig
+
+    return TrainConfig(head=args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
+                       eval_identities=args.eval_identities, eval_images_per_identity=args.eval_images_per_identity,
+                       num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
+                       image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
+                       margin=args.margin, margin_m=args.margin_m, scale=args.scale, lr=args.lr, seed=args.seed,
+                       device=args.device).validate()
+
+
 def _train(args) -> int:
-    from .train import TrainConfig, train
+    from .train import train
     from .verification import verification_summary
 
-    config = TrainConfig(head=args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
-                         eval_identities=args.eval_identities,
-                         eval_images_per_identity=args.eval_images_per_identity, num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
-                         image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
-                         margin=args.margin, lr=args.lr, seed=args.seed, device=args.device)
+    config = config_from_args(args)
     out = args.out if args.out is not None else Path("runs") / args.head
     result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet)
     m = result.metrics

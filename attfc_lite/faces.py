@@ -89,6 +89,20 @@ def _draw(seed: int, stream: int, table: dict, *keys: torch.Tensor) -> dict[str,
     return {name: lo + (hi - lo) * u[:, j] for j, (name, (lo, hi)) in enumerate(table.items())}
 
 
+# Bit-exact whatever the batch: PyTorch's CPU kernels for sigmoid and pow compute the last
+# few elements of a tensor with the scalar C library and the rest with SIMD code, which can
+# differ in the last bit, so a face would depend on its place in the batch. exp and log
+# (vectorised to the very end) and + - * / sqrt (exact everywhere) do not, so these two
+# are written with them.
+def _sigmoid(z: torch.Tensor) -> torch.Tensor:
+    return torch.neg(z).exp_().add_(1.0).reciprocal_()
+
+
+def _pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """x ** exponent for x >= 0 (log(0) = -inf gives exp(-inf) = 0)."""
+    return torch.exp(exponent * torch.log(x))
+
+
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], dim=1)
     return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
@@ -140,6 +154,7 @@ class FaceWorld:
     def train_identities(num_identities: int, offset: int = 0) -> torch.Tensor:
         """Training identities count up from 0; evaluation ones count down from the top."""
         _check_count("num_identities", num_identities)
+        _check_offset(offset, num_identities)
         return torch.arange(offset, offset + num_identities, dtype=torch.int64)
 
     @staticmethod
@@ -147,6 +162,7 @@ class FaceWorld:
         """Identities from the top of the id space, disjoint from `train_identities` as long as
         the two counts add up to less than 10,000,000."""
         _check_count("num_identities", num_identities)
+        _check_offset(offset, num_identities)
         top = MAX_IDENTITIES - 1 - offset
         return torch.arange(top, top - num_identities, -1, dtype=torch.int64)
 
@@ -161,7 +177,7 @@ class FaceWorld:
         identities, image_indices = torch.broadcast_tensors(identities, image_indices)
         p = _draw(self.seed, _IMAGE, IMAGE_PARAMS, identities, image_indices)
         # Most images are fine, some are bad: severity skews towards 0 (as in real datasets).
-        p["severity"] = self.max_severity * p["severity"] ** 1.6
+        p["severity"] = self.max_severity * _pow(p["severity"], 1.6)
         w = torch.stack([p["w_blur"], p["w_noise"], p["w_down"], p["w_occ"]], 1) ** 3
         w = w / w.max(dim=1, keepdim=True).values
         for j, name in enumerate(("blur", "noise", "down", "occ")):
@@ -224,12 +240,12 @@ class FaceWorld:
             k = _col(torch.minimum(rx, ry) / (2 * px))
             ex = k * ((x - _col(cx)) / _col(rx)) ** 2
             ey = k * ((y - _col(cy)) / _col(ry)) ** 2 - k
-            return torch.sigmoid(-(ex + ey))
+            return _sigmoid(-(ex + ey))
 
         # Colours.
         tone = ip["skin"]
         skin = torch.stack([0.93 - 0.55 * tone + ip["skin_r"], 0.78 - 0.52 * tone + ip["skin_g"], 0.66 - 0.48 * tone], 1)
-        hair = _hsv_to_rgb(0.02 + 0.1 * ip["hair_h"], 0.35 + 0.4 * ip["hair_h"], 0.1 + 0.8 * ip["hair_v"] ** 1.5)
+        hair = _hsv_to_rgb(0.02 + 0.1 * ip["hair_h"], 0.35 + 0.4 * ip["hair_h"], 0.1 + 0.8 * ip["hair_v"] * torch.sqrt(ip["hair_v"]))
         iris = _hsv_to_rgb(ip["iris_h"], 0.3 + 0.4 * ip["iris_v"], 0.15 + 0.5 * ip["iris_v"])
         lips = torch.stack([0.55 + 0.3 * ip["lip_h"], 0.22 + 0.1 * ip["lip_h"], 0.25 + 0.1 * ip["lip_h"]], 1)
         lips = lips * (1 - 0.35 * tone[:, None])
@@ -253,19 +269,19 @@ class FaceWorld:
         below = torch.relu(y - _col(face_cy)) / _col(ry)
         width = _col(rx) * (1 - _col(ip["jaw"]) * below**2)
         k = _col(torch.minimum(rx, ry) / (2 * px))
-        face = torch.sigmoid(k - k * ((x - _col(face_cx)) ** 2 / width**2 + ((y - _col(face_cy)) / _col(ry)) ** 2))
+        face = _sigmoid(k - k * ((x - _col(face_cx)) ** 2 / width**2 + ((y - _col(face_cy)) / _col(ry)) ** 2))
         _paint(img, face, skin)
 
         # Hair on top: the head ellipse above an identity-specific hairline.
         has_hair = (ip["bald"] > 0.12).float()
         hairline = _col(face_cy - ry * ip["hairline"]) + _col(ip["hair_curve"]) * (x - _col(face_cx)) ** 2
         top = ellipse(face_cx, face_cy - 0.04, rx * 1.06 * ip["hair_volume"], ry * 1.04)
-        _paint(img, top * torch.sigmoid((hairline - y) / px) * _col(has_hair), hair)
+        _paint(img, top * _sigmoid((hairline - y) / px) * _col(has_hair), hair)
 
         # Beard: lower face below the nose.
         beard = (ip["beard"] > 0.75).float() * (0.55 + 0.45 * (ip["beard"] - 0.75) / 0.25)
         if bool(beard.any()):
-            chin = torch.sigmoid((y - _col(at_y(face_cy + ip["nose_y"] + 0.12, 0.1))) / (2 * px))
+            chin = _sigmoid((y - _col(at_y(face_cy + ip["nose_y"] + 0.12, 0.1))) / (2 * px))
             _paint(img, face * (chin * _col(beard)), hair * 0.8)
 
         eye_y = at_y(face_cy + ip["eye_y"], 0.1)
@@ -278,7 +294,7 @@ class FaceWorld:
             dxb = x - _col(ex + side * 0.01)
             yr = (y - _col(by)) - _col(side * ip["brow_tilt"]) * dxb
             kb = _col(ip["brow_thick"] / (2 * px))
-            brow = torch.sigmoid(kb - kb * ((dxb / _col(ip["brow_len"] * cyaw)) ** 2 + (yr / _col(ip["brow_thick"])) ** 2))
+            brow = _sigmoid(kb - kb * ((dxb / _col(ip["brow_len"] * cyaw)) ** 2 + (yr / _col(ip["brow_thick"])) ** 2))
             _paint(img, brow, hair * 0.7)
             # Eye white, then the iris and pupil clipped to it.
             ew, eh = ip["eye_w"] * cyaw, ip["eye_h"] * open_
@@ -305,10 +321,10 @@ class FaceWorld:
         thick = ip["lip"] * (1 + sp["mouth_open"] * 0.8)
         km = _col(thick / (2 * px))
         dxm = ((x - _col(mx)) / _col(mw)) ** 2
-        _paint(img, torch.sigmoid(km - km * (dxm + ((y - bend) / _col(thick)) ** 2)), lips)
+        _paint(img, _sigmoid(km - km * (dxm + ((y - bend) / _col(thick)) ** 2)), lips)
         inner_h = thick * sp["mouth_open"] * 0.6 + 1e-3
         ki = _col(inner_h / (2 * px))
-        _paint(img, torch.sigmoid(ki - ki * (dxm / 0.64 + ((y - bend) / _col(inner_h)) ** 2)), dark * 1.5)
+        _paint(img, _sigmoid(ki - ki * (dxm / 0.64 + ((y - bend) / _col(inner_h)) ** 2)), dark * 1.5)
 
         mole = (ip["mole"] > 0.7).float()
         if bool(mole.any()):
@@ -345,7 +361,7 @@ class FaceWorld:
         if bool((occ > 0).any()):
             area = occ * 4.0  # fraction of the [-1, 1]^2 image
             half_w, half_h = torch.sqrt(area * sp["occ_aspect"]) / 2, torch.sqrt(area / sp["occ_aspect"]) / 2
-            box = torch.sigmoid((_col(half_w) - (x - _col(sp["occ_x"])).abs()) / px) * torch.sigmoid(
+            box = _sigmoid((_col(half_w) - (x - _col(sp["occ_x"])).abs()) / px) * _sigmoid(
                 (_col(half_h) - (y - _col(sp["occ_y"])).abs()) / px
             )
             _paint(img, box * _col((occ > 0).float()), torch.stack([sp["occ_r"], sp["occ_g"], sp["occ_b"]], 1))
@@ -366,30 +382,68 @@ class FaceWorld:
 
 
 def _blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma (support ceil(3 sigma), edges replicated).
+
+    Written as a sum of shifted copies over a fixed number of taps (set by the largest sigma
+    the image size allows, not by the batch), each tap one multiply and one add per pixel: so
+    an image blurs to the same bits whatever else is in its batch. A convolution would pick
+    its algorithm, and its order of summation, from the batch's shape.
+    """
     need = sigma > 0.3
     if not bool(need.any()):
         return img
     idx = torch.nonzero(need).squeeze(1)
     sub, s = img[idx], sigma[idx]
-    radius = int(math.ceil(3 * float(s.max())))
+    size = img.shape[-1]
+    radius = int(math.ceil(3 * MAX_BLUR_SIGMA * size / DEFAULT_IMAGE_SIZE))
     t = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-0.5 * (t.view(1, -1) / s.view(-1, 1)) ** 2)
-    # Each image keeps its own support ceil(3 sigma), whatever else is in the batch.
-    k = k * (t.abs().view(1, -1) <= torch.ceil(3 * s).view(-1, 1))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # [m*3, taps]
-    m, c, h, w = sub.shape
-    flat = sub.reshape(1, m * c, h, w)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
-    flat = F.conv2d(flat, k.view(m * c, 1, 1, -1), groups=m * c)
-    flat = F.conv2d(flat, k.view(m * c, 1, -1, 1), groups=m * c)
+    k = k * (t.abs().view(1, -1) <= torch.ceil(3 * s).view(-1, 1))  # each image keeps its own support
+    total = k[:, 0].clone()
+    for j in range(1, k.shape[1]):  # an explicit sum: the same order for every image
+        total = total + k[:, j]
+    k = k / total.view(-1, 1)
+
+    def one_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        padded = torch.cat([x.narrow(dim, 0, 1).expand_as(x.narrow(dim, 0, radius)), x,
+                            x.narrow(dim, n - 1, 1).expand_as(x.narrow(dim, 0, radius))], dim)
+        shape = [-1, 1, 1, 1]
+        out = padded.narrow(dim, 0, n) * k[:, 0].view(shape)
+        for j in range(1, 2 * radius + 1):
+            out = out + padded.narrow(dim, j, n) * k[:, j].view(shape)
+        return out
+
     out = img.clone()
-    out[idx] = flat.view(m, c, h, w)
+    out[idx] = one_axis(one_axis(sub, 3), 2)
     return out
+
+
+def check_disjoint_splits(train_ids: torch.Tensor, eval_ids: torch.Tensor) -> None:
+    """Raise ValueError if an identity of the world is in both the training and the evaluation split.
+
+    Verification is meant for identities never seen in training; with identity offsets, the
+    split counted up from the bottom and the one counted down from the top can meet.
+    """
+    train_ids, eval_ids = torch.as_tensor(train_ids).reshape(-1).cpu(), torch.as_tensor(eval_ids).reshape(-1).cpu()
+    shared = train_ids[torch.isin(train_ids, eval_ids)]
+    if shared.numel():
+        raise ValueError(
+            f"the training and evaluation identities overlap: {shared.numel()} shared (world ids "
+            f"{int(shared.min())}..{int(shared.max())}); choose identity_offset values (or counts) that keep the "
+            f"training ids [offset, offset + n) below the evaluation ids (counted down from {MAX_IDENTITIES - 1:,} - offset)"
+        )
 
 
 def _check_count(name: str, value: int) -> None:
     if not 0 < int(value) <= MAX_IDENTITIES:
         raise ValueError(f"{name} must be in [1, {MAX_IDENTITIES:,}], got {value}")
+
+
+def _check_offset(offset: int, num_identities: int) -> None:
+    if not 0 <= int(offset) <= MAX_IDENTITIES - int(num_identities):
+        raise ValueError(f"identity_offset must be in [0, {MAX_IDENTITIES:,} - num_identities = "
+                         f"{MAX_IDENTITIES - int(num_identities):,}] so that every id exists, got {offset:,}")
 
 
 def _check_ids(identities) -> torch.Tensor:

@@ -139,6 +139,9 @@ class CombinedMargin(Margin):
 
 
 MARGINS = {"arcface": ArcFace, "cosface": CosFace, "combined": CombinedMargin}
+#: The usual margin of each: ArcFace 0.5 and CosFace 0.35 (their papers), and insightface's
+#: combined (1.0, 0.3, 0.2) (an ArcFace 0.3 plus a CosFace 0.2).
+DEFAULT_M = {"arcface": 0.5, "cosface": 0.35, "combined": (1.0, 0.3, 0.2)}
 
 
 def make_margin(name: str = "arcface", **kwargs) -> Margin:

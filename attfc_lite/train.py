@@ -13,15 +13,16 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .backbones import count_parameters, make_backbone
-from .faces import SyntheticFaces
+from .faces import MAX_IDENTITIES, FaceWorld, SyntheticFaces, check_disjoint_splits
 from .heads import HEADS, Head, make_head
+from .margins import DEFAULT_M, MARGINS, make_margin
 from .utils import default_device, seed_everything
 from .verification import evaluate_verification
 
@@ -41,9 +42,11 @@ class TrainConfig:
     image_size: int = 32
     backbone: str = "small"
     embedding_dim: int = 128
-    margin: str = "arcface"
+    margin: str = "arcface"  # arcface, cosface or combined
     scale: float = 32.0
-    margin_m: float = 0.5
+    # The margin m: a number, or (m1, m2, m3) for 'combined'; None: the margin's usual value
+    # (margins.DEFAULT_M). `validate()` fills it in, so a run records the value it used.
+    margin_m: float | tuple | None = None
     epochs: int = 6
     batch_size: int = 128
     lr: float = 0.1
@@ -60,6 +63,7 @@ class TrainConfig:
     head_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
+        """Check every field; returns a copy with the defaults that depend on others filled in."""
         positive = ("num_classes", "images_per_identity", "eval_identities", "eval_images_per_identity", "epochs",
                     "batch_size", "embedding_dim", "num_pairs")
         for name in positive:
@@ -75,7 +79,20 @@ class TrainConfig:
             raise ValueError(f"image_size must be in [8, 512], got {self.image_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        return self
+        if self.num_classes + self.eval_identities > MAX_IDENTITIES:
+            raise ValueError(f"num_classes + eval_identities must be at most {MAX_IDENTITIES:,} (the synthetic world's "
+                             f"identities; training and evaluation must not share one), got {self.num_classes:,} + "
+                             f"{self.eval_identities:,}")
+        margin = str(self.margin).lower()
+        if margin not in MARGINS:
+            raise ValueError(f"margin must be one of {sorted(MARGINS)}, got {self.margin!r}")
+        m = DEFAULT_M[margin] if self.margin_m is None else self.margin_m
+        m = tuple(float(v) for v in m) if isinstance(m, (tuple, list)) else m
+        try:
+            make_margin(margin, s=self.scale, m=m)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"margin_m={m!r} does not suit margin={margin!r}: {exc}") from None
+        return replace(self, margin=margin, margin_m=m)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -150,6 +167,13 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         if asdict(saved) != asdict(config):
             diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
             raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now)")
+    # Before any rendering or training: verification must be on identities never trained on.
+    train_ids = getattr(train_set, "identity_ids", None) if train_set is not None else \
+        FaceWorld.train_identities(config.num_classes)
+    eval_ids = getattr(eval_set, "identity_ids", None) if eval_set is not None else \
+        FaceWorld.eval_identities(config.eval_identities)
+    if evaluate and train_ids is not None and eval_ids is not None:
+        check_disjoint_splits(train_ids, eval_ids)
     if train_set is None:
         train_set = SyntheticFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                    config.seed, progress=progress)

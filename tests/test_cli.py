@@ -21,6 +21,8 @@ BAD_ARGS = {
     "device-tpu": ["train", "--device", "tpu"],
     "preview-txt": ["data", "preview", "--out", "x.txt"],
     "classes-one": ["train", "--classes", "1", "--quiet", "--out", "tmp_one"],
+    "combined-one-m": ["train", "--margin", "combined", "--margin-m", "0.5", "--quiet", "--out", "tmp_m"],
+    "margin-m-text": ["train", "--margin-m", "big"],
 }
 
 
@@ -107,4 +109,18 @@ def test_bad_argument_messages_name_the_problem(runs):
     assert "--classes" in r["classes-zero"].stderr and "abc" in r["classes-text"].stderr
     assert "tpu" in r["device-tpu"].stderr and "--out" in r["preview-txt"].stderr
     assert "num_classes" in r["classes-one"].stderr
+    assert "margin_m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
+
+
+def test_cli_offers_every_margin_the_library_has():
+    from attfc_lite.__main__ import build_parser, config_from_args
+    from attfc_lite.margins import MARGINS
+
+    parser = build_parser()
+    for name in MARGINS:
+        parser.parse_args(["train", "--margin", name])
+    args = parser.parse_args(["train", "--margin", "combined", "--margin-m", "1,0.3,0.2", "--scale", "48"])
+    config = config_from_args(args)
+    assert (config.margin, config.margin_m, config.scale) == ("combined", (1.0, 0.3, 0.2), 48.0)
+    assert config_from_args(parser.parse_args(["train", "--margin", "cosface"])).margin_m == 0.35
 

@@ -89,7 +89,7 @@ def test_tiny_run_writes_metrics_and_checkpoint(full_run):
     assert not list(out.glob("*.tmp"))
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 8
-    assert TrainConfig.from_dict(state["config"]) == TINY
+    assert TrainConfig.from_dict(state["config"]) == TINY.validate()  # the margin m filled in
     # The checkpoint holds the final weights.
     for k, v in result.backbone.state_dict().items():
         assert torch.equal(state["backbone"][k], v), k
@@ -246,3 +246,53 @@ def test_gradient_clipping_covers_the_backbone_only(monkeypatch):
     backbone_ids = {id(p) for p in built["backbone"].parameters()}
     assert seen and all(ids == backbone_ids for ids in seen)
     assert not any(id(p) in ids for p in built["head"].parameters() for ids in seen)
+
+
+def test_overlapping_identity_splits_are_rejected_before_training(monkeypatch):
+    import attfc_lite.train as train_module
+
+    # train ids 500,000..500,019; eval ids counted down from 9,999,999 - 9,499,990 = 500,009.
+    train_set = SyntheticFaces(20, 2, "train", identity_offset=500_000)
+    eval_set = SyntheticFaces(10, 2, "eval", identity_offset=9_499_990)
+    monkeypatch.setattr(train_module, "build", lambda *a: pytest.fail("training started"))
+    config = replace(TINY, num_classes=20, eval_identities=10, eval_images_per_identity=2)
+    with pytest.raises(ValueError, match="identity_offset") as info:
+        train(config, progress=False, train_set=train_set, eval_set=eval_set)
+    assert "10 shared" in str(info.value)
+    # A training set that meets the config's default evaluation identities (the top 6).
+    top = SyntheticFaces(8, 4, "train", identity_offset=9_999_990)
+    with pytest.raises(ValueError, match="overlap"):
+        train(TINY, progress=False, train_set=top)
+
+
+def test_identity_offset_past_the_world_is_named():
+    with pytest.raises(ValueError, match="identity_offset"):
+        SyntheticFaces(8, 1, "train", identity_offset=9_999_995)
+    with pytest.raises(ValueError, match="identity_offset"):
+        SyntheticFaces(8, 1, "eval", identity_offset=-1)
+
+
+def test_config_rejects_more_identities_than_the_world_splits():
+    with pytest.raises(ValueError, match="num_classes \\+ eval_identities"):
+        TrainConfig(num_classes=9_999_900, eval_identities=300).validate()
+
+
+def test_combined_margin_trains_and_a_float_m_is_named():
+    # TrainConfig(margin="combined") once crashed with a TypeError deep in the head.
+    config = replace(TINY, margin="combined", epochs=1).validate()
+    assert config.margin_m == (1.0, 0.3, 0.2)  # insightface's combined default
+    result = train(replace(TINY, margin="combined", margin_m=(1.0, 0.2, 0.1), epochs=1), progress=False,
+                   evaluate=False)
+    margin = result.head.margin
+    assert (type(margin).__name__, margin.m1, margin.m2, margin.m3) == ("CombinedMargin", 1.0, 0.2, 0.1)
+    with pytest.raises(ValueError, match="margin_m"):
+        replace(TINY, margin="combined", margin_m=0.5).validate()
+    with pytest.raises(ValueError, match="margin must be one of"):
+        replace(TINY, margin="sphereface").validate()
+    assert replace(TINY, margin="cosface").validate().margin_m == 0.35
+
+
+def test_validate_returns_a_copy_and_leaves_the_config_alone():
+    config = replace(TINY)
+    checked = config.validate()
+    assert config.margin_m is None and checked.margin_m == 0.5
