@@ -13,12 +13,13 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL_ARGS := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lab test clean
+.PHONY: help venv lab test notebooks clean
 
 help:
 	@echo "make lab    set up $(VENV) and open JupyterLab on notebooks/ (PORT=$(PORT), LAB_ARGS=...)"
 	@echo "make test   set up $(VENV), run the unit tests and re-run every notebook with nbval"
 	@echo "make venv   only set up $(VENV): pip install -e '.[course]'"
+	@echo "make notebooks  re-run every lesson top to bottom and store its outputs (NOTEBOOKS=... for some)"
 	@echo "make clean  remove $(VENV) and caches"
 
 venv: $(STAMP)
@@ -41,6 +42,13 @@ lab: $(STAMP)
 # figure outputs are compared); tests/conftest.py puts the unit tests on Agg.
 test: $(STAMP)
 	env -u MPLBACKEND $(VENV_PYTHON) -m pytest tests notebooks $(NBVAL_ARGS) -q -p no:cacheprovider
+
+# Re-execute lessons in a fresh kernel and store their outputs (and widget state), without
+# per-cell timing metadata, so a re-run only changes what the lesson shows.
+NOTEBOOKS ?= notebooks/*.ipynb
+notebooks: $(STAMP)
+	env -u MPLBACKEND $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=900 --ExecutePreprocessor.record_timing=False $(NOTEBOOKS)
 
 # Remove the venv only if it looks like one, so a stray VENV=/usr cannot wipe a system.
 clean:

@@ -311,6 +311,13 @@ class StepMeasurement:
     held + step peak, comparable with `MemoryBreakdown.peak`. The timeline is bytes above held
     at each allocation or free, in milliseconds from the step's start (on CUDA the host time
     of the allocator call: kernels run asynchronously, and the phase marks synchronise).
+
+    What is counted: on CUDA, `allocator_peak_bytes` is the peak of memory handed out to
+    tensors (`max_memory_allocated`), and `reserved_peak_bytes` the peak the caching allocator
+    held from the driver (`max_memory_reserved`): cached blocks and fragmentation included,
+    and the one an out-of-memory is raised against; neither counts the CUDA context. On the CPU
+    the profiler counts PyTorch's tensor allocations only (the process's resident memory also
+    holds the interpreter, libraries and the allocator's slack): `reserved_peak_bytes` is None.
     """
 
     device: str
@@ -326,6 +333,7 @@ class StepMeasurement:
     timeline_phase: list[str] = field(repr=False)
     steady_state: bool = True
     allocator_peak_bytes: int | None = None
+    reserved_peak_bytes: int | None = None
 
     def as_dict(self, timeline: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -467,8 +475,9 @@ def _profile_cpu_step(run: Callable[[Callable], Any]) -> tuple[list[float], list
     return [(r[0] - t0) / 1e6 for r in records], [r[1] for r in records], [r[2] for r in records]
 
 
-def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tuple[list[float], list[int], list[str], int]:
-    """Allocator history of one step on CUDA: (ms, signed bytes, phase) and the allocator's peak."""
+def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tuple[list[float], list[int], list[str], int, int]:
+    """Allocator history of one step on CUDA: (ms, signed bytes, phase), the allocated peak above
+    the start and the peak reserved from the driver (absolute)."""
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -492,6 +501,7 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
         run(mark)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
+        reserved = torch.cuda.max_memory_reserved(device)
         trace = torch.cuda.memory._snapshot()["device_traces"][index]
     finally:
         record(enabled=None)
@@ -513,7 +523,7 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
         times.append((stamp - t0) / 1000.0)
         sizes.append(int(entry["size"]) if action == "alloc" else -int(entry["size"]))
         phases.append(phase)
-    return times, sizes, phases, int(peak)
+    return times, sizes, phases, int(peak), int(reserved)
 
 
 def _running(sizes: Sequence[int], phases: Sequence[str]) -> tuple[list[int], int, dict[str, int]]:
@@ -582,17 +592,19 @@ def measure_head_step(
         step_seconds = time.perf_counter() - start
     gc.collect()
     held = _unique_bytes(_held_tensors(head, opt, embeddings, labels))
-    allocator_peak = None
+    allocator_peak = reserved_peak = None
     if dev.type == "cuda":
         before = torch.cuda.memory_allocated(dev)
-        times, sizes, phases, step_peak = _trace_cuda_step(run, dev)
+        times, sizes, phases, step_peak, reserved_peak = _trace_cuda_step(run, dev)
         allocator_peak = before + step_peak
         running, _, phase_peaks = _running(sizes, phases)
-        method = "cuda allocator: max_memory_allocated, timeline from _record_memory_history"
+        method = ("cuda allocator: max_memory_allocated (tensors; max_memory_reserved, what an out-of-memory is "
+                  "raised against, is reported beside it), timeline from _record_memory_history")
     else:
         times, sizes, phases = _profile_cpu_step(run)
         running, step_peak, phase_peaks = _running(sizes, phases)
-        method = "cpu: torch.profiler allocation records (profile_memory=True)"
+        method = ("cpu: torch.profiler allocation records (profile_memory=True): PyTorch's tensor allocations, "
+                  "not the process's resident memory")
     config = dict(
         head=type(head).__name__, num_classes=head.num_classes, embedding_dim=head.embedding_dim, batch_size=b,
         dtype=dtype_name(dtype), optimizer=str(optimizer).lower(), momentum=momentum, weight_decay=weight_decay,
@@ -601,7 +613,7 @@ def measure_head_step(
         device=str(dev), method=method, config=config, held_bytes=held, step_peak_bytes=int(step_peak),
         peak_bytes=held + int(step_peak), phase_peaks=phase_peaks, step_seconds=step_seconds,
         timeline_ms=times, timeline_bytes=running, timeline_phase=phases,
-        steady_state=warmup_steps > 0, allocator_peak_bytes=allocator_peak,
+        steady_state=warmup_steps > 0, allocator_peak_bytes=allocator_peak, reserved_peak_bytes=reserved_peak,
     )
 
 
@@ -636,8 +648,9 @@ def memory_report(
 
     Keys: the configuration, `predicted` (named byte counts with `held`, `step_peak`,
     `peak`), `predicted_peak_phase`, `formulas`, `measured_peak_bytes` (held + step peak),
-    `measured_step_peak_bytes`, `measured_held_bytes`, `relative_error` of the peak and
-    `step_relative_error`, `step_seconds`, `method`. With `measure=False` the measured
+    `measured_step_peak_bytes`, `measured_held_bytes`, `measured_reserved_peak_bytes` (CUDA:
+    the caching allocator's reserved peak, what an out-of-memory is raised against; None on
+    the CPU), `relative_error` of the peak and `step_relative_error`, `step_seconds`, `method`. With `measure=False` the measured
     entries are None. `head_kwargs` go to the head (e.g. margin) and to the model
     (sample_rate, container_size, num_keys, backbone_params, momentum, weight_decay).
     """
@@ -649,7 +662,7 @@ def memory_report(
     report.update(
         predicted=pred.as_dict(), predicted_peak_phase=pred.peak_phase, formulas=pred.formulas,
         device=None, measured_peak_bytes=None, measured_step_peak_bytes=None, measured_held_bytes=None,
-        measured_phase_peaks=None, relative_error=None, step_relative_error=None, step_seconds=None,
+        measured_phase_peaks=None, measured_reserved_peak_bytes=None, relative_error=None, step_relative_error=None, step_seconds=None,
         method=None, steady_state=None,
     )
     if not measure:
@@ -665,6 +678,7 @@ def memory_report(
         measured_step_peak_bytes=meas.step_peak_bytes,
         measured_held_bytes=meas.held_bytes,
         measured_phase_peaks=meas.phase_peaks,
+        measured_reserved_peak_bytes=meas.reserved_peak_bytes,
         relative_error=(pred.peak - meas.peak_bytes) / meas.peak_bytes,
         step_relative_error=(pred.step_peak - meas.step_peak_bytes) / max(meas.step_peak_bytes, 1),
         step_seconds=meas.step_seconds,

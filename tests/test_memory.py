@@ -185,6 +185,20 @@ def test_memory_report_is_json_and_agrees():
         memory_report("fc")
 
 
+def test_report_says_what_is_measured_on_the_cpu():
+    r = memory_report("fc", 2000, D, B, device="cpu")
+    assert "measured_reserved_peak_bytes" in r and r["measured_reserved_peak_bytes"] is None
+    assert "tensor allocations" in r["method"] and "resident" in r["method"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_report_gives_the_reserved_peak_beside_the_allocated_one():
+    r = memory_report("fc", 20_000, D, B, device="cuda")
+    # reserved (what an out-of-memory is raised against) holds at least what was allocated
+    assert r["measured_reserved_peak_bytes"] >= r["measured_peak_bytes"] > 0
+    assert "max_memory_reserved" in r["method"]
+
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU cap uses RLIMIT_AS and /proc")
 
 
