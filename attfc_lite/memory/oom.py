@@ -1,0 +1,329 @@
+"""A real out-of-memory: the head step in a capped child process, and the largest N that fits."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..heads import Head
+from .measure import _MODEL_KNOBS, build_head, head_step, make_optimizer
+from .model import _positive_int, canonical_head, dtype_name, predicted_boundary
+
+# --------------------------------------------------------------------------- out of memory
+
+
+@dataclass
+class OOMBoundary:
+    """Where one head step stops fitting under a memory budget, measured and predicted.
+
+    `largest_fit`/`first_fail`: from real steps in a capped child process (None when the
+    search did not reach one). `predicted_boundary`: largest N whose predicted `peak` is
+    within the budget. `trials`: every attempt in order.
+    """
+
+    budget_bytes: int
+    device: str
+    cap: str
+    largest_fit: int | None
+    first_fail: int | None
+    predicted_boundary: int
+    trials: list[dict[str, Any]]
+    config: dict[str, Any]
+    seconds: float
+    child_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def ratio(self) -> float | None:
+        """predicted boundary / measured boundary (midpoint of largest fit and first fail)."""
+        if self.largest_fit is None or self.first_fail is None:
+            return None
+        return self.predicted_boundary / ((self.largest_fit + self.first_fail) / 2)
+
+
+_CHILD_TAG = "ATTFC_OOM "
+_OOM_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory", "allocation failed")
+
+
+def _emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(_CHILD_TAG + json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _vm_size() -> int:
+    """Address space of this process (VmSize), the quantity RLIMIT_AS caps."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")  # pragma: no cover
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return any(msg in str(exc).lower() for msg in _OOM_MESSAGES)
+
+
+def _oom_child() -> None:
+    """Entry point of the capped child: reads a pickled spec on stdin, reports JSON lines."""
+    spec = pickle.loads(sys.stdin.buffer.read())
+    device = torch.device(spec["device"])
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    factory = spec["factory"]
+    steps = spec["steps"]
+
+    def attempt(n: int) -> None:
+        # Every tensor lives in this frame, so a failure frees them all once the exception is gone.
+        if isinstance(factory, str):
+            head = build_head(factory, n, spec["embedding_dim"], spec["dtype"], **spec["head_kwargs"])
+        else:
+            head = factory(n)
+        head = head.to(device)
+        measure_dtype = next(iter(head.parameters())).dtype if list(head.parameters()) else torch.float32
+        emb = torch.randn(spec["batch_size"], head.embedding_dim, device=device, dtype=measure_dtype)
+        emb.requires_grad_(True)
+        labels = torch.randint(0, n, (spec["batch_size"],), device=device)
+        opt = make_optimizer(list(head.parameters()), spec["optimizer"], **spec["optimizer_kwargs"])
+        for _ in range(steps):
+            head_step(head, emb, labels, opt)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def cleanup() -> None:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # Warm up outside the cap: threads, allocator arenas and kernels are set up once, so the
+    # cap measures only what the step itself needs.
+    attempt(spec["warmup_classes"])
+    cleanup()
+    budget = spec["budget_bytes"]
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        base = torch.cuda.memory_reserved(device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (base + budget) / total), device)
+        cap = f"torch.cuda.set_per_process_memory_fraction: {base} bytes reserved + budget, of {total}"
+    else:
+        import resource
+
+        base = _vm_size()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = base + budget if hard == resource.RLIM_INFINITY else min(hard, base + budget)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        cap = "RLIMIT_AS: address space after warm-up + budget"
+    _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
+
+    def in_use() -> int:
+        return torch.cuda.memory_reserved(device) if device.type == "cuda" else _vm_size()
+
+    def trial(n: int) -> bool:
+        _emit({"event": "trying", "num_classes": n})
+        # What earlier trials left behind eats into this one's budget: report it.
+        left_over = in_use() - base
+        start = time.perf_counter()
+        error = None
+        try:
+            attempt(n)
+            fits = True
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            fits, error = False, str(exc).strip().splitlines()[0][:160]
+        cleanup()
+        _emit({"event": "trial", "num_classes": n, "fits": fits, "error": error, "left_over_bytes": left_over,
+               "seconds": round(time.perf_counter() - start, 3)})
+        return fits
+
+    fit, fail = None, None
+    n, growth, rtol = spec["start"], spec["growth"], spec["rtol"]
+    max_classes = spec["max_classes"]
+    for _ in range(spec["max_trials"]):
+        if fail is None:  # climb the ladder until a failure
+            if max_classes is not None and n > max_classes:
+                break
+            if trial(n):
+                fit, n = n, max(n + 1, int(math.ceil(n * growth)))
+            else:
+                fail = n
+        elif fit is None:  # even the start failed: go down
+            n = int(fail / growth)
+            if n < 2:
+                break
+            if trial(n):
+                fit = n
+            else:
+                fail = n
+        else:
+            if fail - fit <= max(1, int(rtol * fit)):
+                break
+            mid = (fit + fail) // 2
+            if trial(mid):
+                fit = mid
+            else:
+                fail = mid
+    _emit({"event": "done", "largest_fit": fit, "first_fail": fail})
+
+
+def find_oom_boundary(
+    budget_bytes: int,
+    head: str | Callable[[int], Head] = "fc",
+    embedding_dim: int = 512,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    device: str | torch.device = "cpu",
+    *,
+    start: int = 4096,
+    growth: float = 2.0,
+    rtol: float = 0.05,
+    max_classes: int | None = None,
+    max_trials: int = 12,
+    steps: int = 2,
+    warmup_classes: int = 1000,
+    timeout_s: float = 300.0,
+    model_head: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    **head_kwargs: Any,
+) -> OOMBoundary:
+    """Find the largest N whose head step fits in `budget_bytes`, by really running out of memory.
+
+    The steps run in a child process (`python -c`), so a failed allocation, or a crash, can
+    never take this process down. On the CPU the child caps its address space with
+    RLIMIT_AS at (its size after a warm-up step) + budget; on CUDA it sets its memory
+    fraction to (reserved after warm-up + budget) / device memory. N climbs a geometric
+    ladder from `start` (x `growth`) until a step fails, then bisects to `rtol`. Each trial
+    runs `steps` steps (two: the second one holds the optimizer state, the steady state).
+
+    `head` is a head name for `make_head` (with `head_kwargs`) or a picklable factory
+    `num_classes -> Head` (e.g. `functools.partial(FullFC, 512)`); then `model_head` and
+    `model_kwargs` tell the memory model what to predict.
+    """
+    budget = _positive_int("budget_bytes", budget_bytes)
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if dev.type == "cpu" and not sys.platform.startswith("linux"):
+        raise ValueError("the CPU memory cap needs Linux (RLIMIT_AS and /proc); run it on Linux or on CUDA")
+    if not growth > 1:
+        raise ValueError(f"growth must be > 1, got {growth}")
+    if isinstance(head, str):
+        model_name = canonical_head(head) if model_head is None else model_head
+    elif callable(head):
+        model_name = model_head or "fc"
+        try:
+            pickle.dumps(head)
+        except Exception as exc:
+            raise TypeError(
+                "head factory must be picklable to reach the child process: use a module-level function or "
+                "functools.partial of a head class, not a lambda"
+            ) from exc
+    else:
+        raise TypeError(f"head must be a head name or a factory num_classes -> Head, got {type(head).__name__}")
+    mkw = dict(model_kwargs or {})
+    mkw.update({k: v for k, v in head_kwargs.items() if k in _MODEL_KNOBS})
+    okw = dict(optimizer_kwargs or {})
+    for k in ("momentum", "weight_decay"):
+        if k in mkw:
+            okw.setdefault(k, mkw[k])
+    predicted = predicted_boundary(
+        budget, embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype, optimizer=optimizer,
+        head=model_name, **mkw,
+    )
+    spec = dict(
+        factory=head, head_kwargs=head_kwargs, embedding_dim=embedding_dim, batch_size=batch_size,
+        dtype=dtype_name(dtype), optimizer=optimizer, optimizer_kwargs=okw, device=str(dev), budget_bytes=budget,
+        start=_positive_int("start", start, 2), growth=float(growth), rtol=float(rtol), max_classes=max_classes,
+        max_trials=_positive_int("max_trials", max_trials), steps=_positive_int("steps", steps),
+        warmup_classes=_positive_int("warmup_classes", warmup_classes, 2),
+    )
+    env = dict(os.environ)
+    # The cap counts address space, so memory that is reserved but unused must not pile up
+    # across trials: a fixed glibc mmap threshold unmaps every large block on free; one malloc
+    # arena stops glibc from reserving a fresh 64 MiB arena after a failed allocation; and
+    # MKL releases its matmul buffers after each call instead of caching them.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_ARENA_MAX", "1")
+    env.setdefault("MKL_DISABLE_FAST_MM", "1")
+    code = "from attfc_lite.memory.oom import _oom_child; _oom_child()"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    lines: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        for raw in proc.stdout:
+            lines.put(raw.decode(errors="replace"))
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    proc.stdin.write(pickle.dumps(spec))
+    proc.stdin.close()
+    trials: list[dict[str, Any]] = []
+    other: list[str] = []
+    cap, trying, done = "", None, None
+    deadline = started + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.perf_counter()))
+        except queue.Empty:
+            proc.kill()
+            other.append(f"timed out after {timeout_s} s")
+            break
+        if line is None:
+            break
+        if not line.startswith(_CHILD_TAG):
+            other.append(line.rstrip())
+            continue
+        event = json.loads(line[len(_CHILD_TAG):])
+        if event["event"] == "ready":
+            cap = event["cap"]
+        elif event["event"] == "trying":
+            trying = event["num_classes"]
+        elif event["event"] == "trial":
+            trying = None
+            trials.append({k: event[k] for k in ("num_classes", "fits", "error", "left_over_bytes", "seconds")})
+        elif event["event"] == "done":
+            done = event
+    rc = proc.wait()
+    child_error = None
+    if done is None:
+        # The child died or hung: a trial in flight counts as a failure, and the reason is kept.
+        tail = " | ".join(other[-3:])
+        child_error = f"child ended without finishing (exit status {rc}): {tail}"
+        if trying is not None:
+            trials.append({"num_classes": trying, "fits": False, "error": child_error, "left_over_bytes": None,
+                           "seconds": None})
+    fits = [t["num_classes"] for t in trials if t["fits"]]
+    fails = [t["num_classes"] for t in trials if not t["fits"]]
+    largest_fit = max(fits) if fits else None
+    above = [n for n in fails if largest_fit is None or n > largest_fit]
+    first_fail = min(above) if above else None
+    config = dict(
+        head=head if isinstance(head, str) else getattr(head, "__name__", repr(head)), model_head=model_name,
+        embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype_name(dtype), optimizer=optimizer,
+        steps=steps, **mkw,
+    )
+    return OOMBoundary(
+        budget_bytes=budget, device=str(dev), cap=cap, largest_fit=largest_fit, first_fail=first_fail,
+        predicted_boundary=predicted, trials=trials, config=config,
+        seconds=time.perf_counter() - started, child_error=child_error,
+    )
+
