@@ -1,8 +1,12 @@
 """Classification heads behind one interface.
 
 A head maps (embeddings, labels) to a scalar loss and says what it holds in memory between
-steps (`held_tensors`), so that the memory model and the benchmarks can take any head.
-Partial FC and AttFC join `FullFC` here as the lessons build them.
+steps (`held_tensors`), so that the memory model and the benchmarks can take any head. A head
+that needs key embeddings (AttFC) says how many per query in `num_keys` and takes them as a
+third argument `keys` [B, K, D]; the others ignore it.
+
+`make_head` builds any of them by name: 'fc' (`FullFC`, here), 'partial_fc'
+(`partial_fc.PartialFC`) and 'attfc' (`attfc.AttFC`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class Head(nn.Module):
 
     embedding_dim: int
     num_classes: int
+    num_keys: int = 0  # key embeddings per query that forward needs (AttFC: K)
 
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the head keeps between steps (parameters and buffers), by name.
@@ -74,7 +79,7 @@ class FullFC(Head):
         """Cosines between each embedding and every class centre, [B, num_classes]."""
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1, 1)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)
         labels = labels.long()
         logits = self.margin(self.cosine(embeddings), labels)
@@ -84,11 +89,15 @@ class FullFC(Head):
         return f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}"
 
 
-HEADS = {"fc": FullFC}
+# The other heads build on Head and FullFC above.
+from .partial_fc import PartialFC  # noqa: E402
+from .attfc import AttFC  # noqa: E402
+
+HEADS = {"fc": FullFC, "partial_fc": PartialFC, "attfc": AttFC}
 
 
 def make_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> Head:
-    """Build a head by its CLI name ('fc' for now)."""
+    """Build a head by its CLI name: 'fc', 'partial_fc' or 'attfc'."""
     key = str(name).lower()
     if key not in HEADS:
         raise ValueError(f"head must be one of {sorted(HEADS)}, got {name!r}")

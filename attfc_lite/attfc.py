@@ -1,0 +1,151 @@
+"""The AttFC head: attention loader + generative class centres + dynamic class container.
+
+One step, for a batch of B query embeddings (from encoder_q, with gradient), their labels,
+and K key embeddings per query ([B, K, D], from encoder_k under no_grad):
+
+1. q = normalize(query embedding);
+2. attention weights and the GCC of each query from its K keys (`attention`), as constants;
+3. logits [B, 1 + Q]: column 0 the positive q . GCC, columns 1..Q the cosines to the Q
+   centres in the container as it was before this batch;
+4. mask: container entries of the query's own identity, and empty slots, leave the softmax
+   (their logit is -inf: exactly zero weight; the official code clamps them to -1 instead,
+   e^-s, negligible);
+5. clamp to [-1, 1]; the course's margin on column 0 only; scale s; cross-entropy, target 0;
+6. enqueue the B GCCs and labels (training mode only): a step never sees its own GCCs.
+
+Only encoder_q receives gradients: the GCCs, the keys and the container are constants, and
+the head itself has no parameters (nothing to optimise, no optimizer state).
+
+Memory. A plain autograd version of step 3-5 keeps several B x (1 + Q) buffers for its
+backward and, since the enqueue overwrites the container that the logits' matmul saved,
+needs either a copy of the container or the enqueue moved after backward. `attfc_loss`
+computes the loss and its gradient in one pass instead: one B x Q buffer of logits becomes
+the softmax probabilities in place, the gradient of q ((p0 - 1) * dz0/dq + s * P @ centres)
+is formed right away, and backward only hands it on. The result equals autograd's (the
+tests compare them); lesson 08 writes the plain version out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import generative_class_centres
+from .container import EMPTY, DynamicClassContainer
+from .heads import Head
+from .margins import Margin, make_margin
+
+__all__ = ["AttFC", "attfc_loss", "container_capacity", "DEFAULT_CONTAINER_RATIO", "DEFAULT_NUM_KEYS"]
+
+DEFAULT_CONTAINER_RATIO = 0.3  # the official configuration: Q = 30 % of the identities
+DEFAULT_NUM_KEYS = 2  # the official configuration: sample_num = 3, one query and two keys
+
+
+def container_capacity(num_classes: int, container_ratio: float | None = DEFAULT_CONTAINER_RATIO,
+                       container_size: int | None = None) -> int:
+    """Q: `container_size` if given, else floor(container_ratio * num_classes), at least 1."""
+    if container_size is not None:
+        if isinstance(container_size, bool) or not isinstance(container_size, int) or container_size < 1:
+            raise ValueError(f"container_size must be an int >= 1, got {container_size!r}")
+        return container_size
+    if isinstance(container_ratio, bool) or not isinstance(container_ratio, (int, float)) \
+            or not 0 < float(container_ratio) <= 1:
+        raise ValueError(f"container_ratio must be a number in (0, 1] (the container's size as a share of the "
+                         f"identities), got {container_ratio!r}; or give container_size")
+    return max(1, int(float(container_ratio) * num_classes))
+
+
+class _AttFCLoss(torch.autograd.Function):
+    """Loss and gradient of q in one pass (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, gcc, centres, centre_labels, labels, margin):
+        batch = q.shape[0]
+        s = margin.s
+        # Column 0: the margin's positive logit, and its derivative by autograd on B numbers.
+        cos_pos = (q * gcc).sum(1).detach().requires_grad_(True)
+        with torch.enable_grad():
+            z0 = margin.positive_logit(cos_pos.clamp(-1, 1)) * s
+            dz0 = torch.autograd.grad(z0.sum(), cos_pos)[0] if ctx.needs_input_grad[0] else None
+        z0 = z0.detach()
+        # Columns 1..Q in one buffer, transformed in place: cosines, scaled logits, then exp.
+        logits = q.detach() @ centres.to(q.dtype).t()
+        logits.clamp_(-1, 1).mul_(s)
+        logits.masked_fill_(centre_labels == EMPTY, float("-inf"))  # [Q] mask, broadcast over rows
+        logits.masked_fill_(centre_labels[None, :] == labels[:, None], float("-inf"))
+        top = torch.maximum(z0, logits.max(dim=1).values)  # all masked: -inf, and z0 wins
+        logits.sub_(top[:, None]).exp_()
+        e0 = torch.exp(z0 - top)
+        denom = e0 + logits.sum(dim=1)
+        loss = (top + torch.log(denom) - z0).mean()
+        if dz0 is not None:
+            p0 = e0 / denom
+            probs = logits.div_(denom[:, None])
+            grad_q = ((p0 - 1.0) * dz0)[:, None] * gcc + s * (probs @ centres.to(q.dtype))
+            ctx.save_for_backward(grad_q / batch)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_q,) = ctx.saved_tensors
+        return grad_output * grad_q, None, None, None, None, None
+
+
+def attfc_loss(q: torch.Tensor, gcc: torch.Tensor, centres: torch.Tensor, centre_labels: torch.Tensor,
+               labels: torch.Tensor, margin: Margin) -> torch.Tensor:
+    """Mean cross-entropy of [margin(q . gcc) | q . centres (masked)] with target 0; gradient to q only.
+
+    `q` [B, D] normalised queries, `gcc` [B, D] unit positive centres, `centres` [Q, D] and
+    `centre_labels` [Q] (int64, -1 empty) the container, `labels` [B] the queries' identities.
+    """
+    return _AttFCLoss.apply(q, gcc.detach(), centres.detach(), centre_labels, labels, margin)
+
+
+class AttFC(Head):
+    """Attention FC: no weight matrix; the GCC as the positive and a container of past GCCs as negatives.
+
+    `container_size` Q (or `container_ratio` of `num_classes`, 0.3 by default), `num_keys` K
+    key embeddings per query, `temperature` of the attention softmax (1, the paper's), and the
+    margin (ArcFace s=64, m=0.5 by default, as the official code) on the positive column.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, container_size: int | None = None,
+                 container_ratio: float = DEFAULT_CONTAINER_RATIO, num_keys: int = DEFAULT_NUM_KEYS,
+                 temperature: float = 1.0, margin: Margin | str = "arcface", **margin_kwargs) -> None:
+        super().__init__()
+        if embedding_dim < 1 or num_classes < 2:
+            raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
+        if isinstance(num_keys, bool) or not isinstance(num_keys, int) or num_keys < 1:
+            raise ValueError(f"num_keys (K, key images per query) must be an int >= 1, got {num_keys!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not float(temperature) > 0:
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if isinstance(margin, Margin) and margin_kwargs:
+            raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
+                             "ignored: pass them to the margin, or pass margin by name")
+        self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
+        self.num_keys, self.temperature = int(num_keys), float(temperature)
+        self.margin = make_margin(margin, **margin_kwargs) if isinstance(margin, str) else margin
+        self.container = DynamicClassContainer(container_capacity(num_classes, container_ratio, container_size),
+                                               self.embedding_dim)
+        self.last_weights: torch.Tensor | None = None  # attention weights of the last batch, for the lessons
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(embeddings, labels)
+        if keys is None:
+            raise ValueError(f"AttFC needs keys: the key encoder's embeddings of K={self.num_keys} key images per "
+                             f"query, shape [batch, K, embedding_dim]")
+        if keys.dim() != 3 or keys.shape[0] != embeddings.shape[0] or keys.shape[2] != self.embedding_dim:
+            raise ValueError(f"keys must be [batch={embeddings.shape[0]}, K, embedding_dim={self.embedding_dim}], "
+                             f"got shape {tuple(keys.shape)}")
+        labels = labels.long()
+        q = F.normalize(embeddings, dim=1)
+        with torch.no_grad():
+            weights, gcc = generative_class_centres(q.detach(), keys.to(q.dtype), self.temperature)
+        loss = attfc_loss(q, gcc, self.container.centres, self.container.labels, labels, self.margin)
+        if self.training:
+            self.container.enqueue(gcc, labels)
+        self.last_weights = weights
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, num_keys={self.num_keys}, "
+                f"temperature={self.temperature}")

@@ -1,0 +1,80 @@
+"""The key encoder: encoder_k follows encoder_q by an exponential moving average (EMA).
+
+AttFC embeds its key images with a second copy of the backbone, `encoder_k`, that takes no
+gradient. It starts as a copy of `encoder_q` (the trained, evaluated backbone) and, at the
+start of every step, moves a fraction (1 - momentum) of the way towards it:
+
+    theta_k <- momentum * theta_k + (1 - momentum) * theta_q
+
+so encoder_k is a slowly moving average of encoder_q over the last ~1 / (1 - momentum) steps,
+and the GCCs it produces change smoothly from step to step (the container holds GCCs from
+many steps back, which must stay comparable with today's queries).
+
+- Momentum: the paper's 0.999 averages over ~1,000 steps, longer than a whole CPU lesson run
+  (750 steps), so encoder_k would still mostly be the random initial network at the end.
+  The course's default for short runs is in `DEFAULT_MOMENTUM`, chosen from a measured sweep
+  (lesson 04); pass 0.999 for paper-length runs.
+- BatchNorm: only parameters are averaged, as in the official code. encoder_k runs in train
+  mode, so its BatchNorm normalises each key batch by that batch's own statistics (K x B
+  images: plenty); its running statistics are updated by its own forward passes but never
+  used, because encoder_k is never evaluated: encoder_q is the model that is saved and tested.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["KeyEncoder", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM"]
+
+PAPER_MOMENTUM = 0.999
+#: The course's default for CPU-length runs (hundreds of steps); see lesson 04 for the sweep.
+DEFAULT_MOMENTUM = 0.99
+
+
+def _check_momentum(momentum: float) -> float:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not math.isfinite(momentum) \
+            or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1] (0: copy encoder_q every step, 1: never move), "
+                         f"got {momentum!r}")
+    return float(momentum)
+
+
+class KeyEncoder(nn.Module):
+    """encoder_k: a frozen copy of `encoder_q` moved towards it by `update(encoder_q)`."""
+
+    def __init__(self, encoder_q: nn.Module, momentum: float = DEFAULT_MOMENTUM) -> None:
+        super().__init__()
+        if not isinstance(encoder_q, nn.Module):
+            raise TypeError(f"encoder_q must be a torch.nn.Module, got {type(encoder_q).__name__}")
+        self.momentum = _check_momentum(momentum)
+        self.encoder = copy.deepcopy(encoder_q)
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, encoder_q: nn.Module) -> None:
+        """One EMA step of the parameters: theta_k <- m * theta_k + (1 - m) * theta_q."""
+        mine, theirs = list(self.encoder.parameters()), list(encoder_q.parameters())
+        if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+            raise ValueError("encoder_q does not have the parameters encoder_k was copied from; "
+                             "pass the same backbone the key encoder was built from")
+        torch._foreach_mul_(mine, self.momentum)
+        torch._foreach_add_(mine, [p.detach() for p in theirs], alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the key images, without gradient."""
+        return self.encoder(images)
+
+    @torch.no_grad()
+    def drift(self, encoder_q: nn.Module) -> float:
+        """||theta_k - theta_q|| / ||theta_q|| over all parameters: how far encoder_k lags."""
+        diff = sum(float((k - q).pow(2).sum()) for k, q in zip(self.encoder.parameters(), encoder_q.parameters()))
+        norm = sum(float(q.pow(2).sum()) for q in encoder_q.parameters())
+        return math.sqrt(diff / max(norm, 1e-30))
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"

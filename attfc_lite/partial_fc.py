@@ -1,0 +1,89 @@
+"""Partial FC: the full weight matrix, but only a sample of its class centres in each step's logits.
+
+An et al. (insightface's `arcface_torch`, `PartialFC_V2`): each step keeps the positive class
+centres of the batch (every identity in it) and fills up to S = max(ceil(sample_rate * N),
+number of positives) centres with others drawn uniformly at random; the logits are B x S
+instead of B x N, and the labels are renumbered into the sample. With sample_rate = 1 it is
+the full FC layer.
+
+What it saves and what it cannot: the logits, their gradients and the normalised copy of the
+centres shrink from N to S columns; W itself, its gradient and its optimizer state stay
+N x D, because every centre must be kept for the steps that will sample it (lesson 03).
+
+Centres that were not sampled in a step (as insightface with `torch.optim.SGD`):
+- their gradient is exactly zero (W.grad is a dense N x D tensor, zero on those rows);
+- SGD still moves them: their momentum buffer is multiplied by the momentum and applied
+  again, so a centre keeps drifting in the direction it last moved, fading geometrically;
+- weight decay shrinks them every step, sampled or not (it adds weight_decay * W to the
+  gradient of every row).
+
+The sample is drawn from a generator seeded by (seed, step), with the step counter saved in
+the state_dict, so a resumed run samples exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .heads import FullFC
+from .margins import Margin
+
+__all__ = ["PartialFC", "DEFAULT_SAMPLE_RATE"]
+
+DEFAULT_SAMPLE_RATE = 0.1  # insightface's Partial FC default
+
+
+class PartialFC(FullFC):
+    """FullFC's W [num_classes, embedding_dim]; logits over the positives plus a random sample of the rest."""
+
+    def __init__(self, embedding_dim: int, num_classes: int, sample_rate: float = DEFAULT_SAMPLE_RATE,
+                 margin: Margin | str = "arcface", seed: int = 0, **margin_kwargs) -> None:
+        super().__init__(embedding_dim, num_classes, margin, **margin_kwargs)
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
+                or not 0 < float(sample_rate) <= 1:
+            raise ValueError(f"sample_rate must be a number in (0, 1] (the share of class centres in each step's "
+                             f"logits; 1 is the full FC), got {sample_rate!r}")
+        self.sample_rate = float(sample_rate)
+        self.num_sample = min(self.num_classes, max(1, math.ceil(self.sample_rate * self.num_classes)))
+        self.seed = int(seed)
+        self.step = 0  # steps sampled so far: part of the state_dict (extra state)
+
+    def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, target): the sorted centres used this step, and each label's column among them.
+
+        Every positive is kept; the others are the top of a random permutation (positives get
+        the score 2, above any uniform draw, as in insightface), so the draw is uniform among
+        the non-positive centres.
+        """
+        device = self.weight.device
+        positive = torch.unique(labels)  # sorted
+        if positive.numel() >= self.num_sample:
+            index = positive
+        else:
+            gen = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.step)
+            score = torch.rand(self.num_classes, generator=gen, device=device)
+            score[positive] = 2.0
+            index = torch.topk(score, self.num_sample, sorted=False).indices.sort().values
+        return index, torch.searchsorted(index, labels)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(embeddings, labels)
+        labels = labels.long()
+        if not self.training:  # evaluation: the loss over every centre
+            return super().forward(embeddings, labels)
+        index, target = self.sample(labels)
+        self.step += 1
+        centres = F.normalize(self.weight[index], dim=1)  # W.grad: zero on the rows not in index
+        cosine = F.linear(F.normalize(embeddings, dim=1), centres).clamp(-1, 1)
+        return F.cross_entropy(self.margin(cosine, target), target)
+
+    def get_extra_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, sample_rate={self.sample_rate}, num_sample={self.num_sample}"
