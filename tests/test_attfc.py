@@ -213,7 +213,7 @@ def _run_head_against_reference(capacity, batch, k, seed, num_classes=12, steps=
         x = emb.clone().requires_grad_(True)
         loss = head(x, labels, keys)
         loss.backward()
-        assert float(loss) == pytest.approx(want_loss, rel=1e-9, abs=1e-9), (step, capacity)
+        assert float(loss.detach()) == pytest.approx(want_loss, rel=1e-9, abs=1e-9), (step, capacity)
         assert torch.allclose(x.grad, want_grad, rtol=1e-7, atol=1e-9), (step, capacity)
         # the enqueue: this batch's GCCs and labels, after the loss
         _, gccs = generative_class_centres(emb, keys)
@@ -247,7 +247,7 @@ def test_head_matches_the_loop_in_the_fallback_region_and_with_cosface():
     x = emb.clone().requires_grad_(True)
     loss = head(x, labels, keys)
     loss.backward()
-    assert float(loss) == pytest.approx(want_loss, rel=1e-9)
+    assert float(loss.detach()) == pytest.approx(want_loss, rel=1e-9)
     assert torch.allclose(x.grad, want_grad, rtol=1e-7, atol=1e-9)
     # CosFace on the positive: s * (c - m), against autograd on the same expression
     cos_head = AttFC(4, 10, container_size=6, margin="cosface", s=8.0, m=0.35).double()
