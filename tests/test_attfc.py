@@ -357,7 +357,7 @@ def test_ema_hand_computed():
     k.update(q)  # 0.75 * 1.5 + 0.25 * 3
     assert float(k.encoder.weight) == 1.875
     assert k.drift(q) == pytest.approx(abs(1.875 - 3.0) / 3.0)
-    assert float(q.weight) == 3.0  # encoder_q untouched
+    assert float(q.weight.detach()) == 3.0  # encoder_q untouched
 
 
 def test_ema_momentum_zero_copies_and_one_freezes():
