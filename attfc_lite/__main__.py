@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in DEFAULT_M.items()))
     t.add_argument("--scale", type=_positive_float, default=d.scale, help="the logit scale s")
     t.add_argument("--lr", type=_positive_float, default=d.lr)
+    g = t.add_argument_group("Partial FC and AttFC")
+    g.add_argument("--sample-rate", type=_positive_float, default=d.sample_rate,
+                   help="partial_fc: share of class centres in each step's logits, in (0, 1]")
+    g.add_argument("--k", type=_positive_int, default=d.num_keys, help="attfc: key images per query")
+    g.add_argument("--dcc-ratio", type=_positive_float, default=d.dcc_ratio,
+                   help="attfc: container size as a share of the identities, in (0, 1]")
+    g.add_argument("--container-size", type=_positive_int, default=None,
+                   help="attfc: container size in entries (overrides --dcc-ratio)")
+    g.add_argument("--ema-momentum", type=float, default=d.ema_momentum,
+                   help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper: 0.999, for much longer runs)")
+    g.add_argument("--temperature", type=_positive_float, default=d.temperature,
+                   help="attfc: temperature of the attention softmax")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -117,7 +129,9 @@ def config_from_args(args):
                        num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
                        image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
                        margin=args.margin, margin_m=args.margin_m, scale=args.scale, lr=args.lr, seed=args.seed,
-                       device=args.device).validate()
+                       device=args.device, sample_rate=args.sample_rate, num_keys=args.k, dcc_ratio=args.dcc_ratio,
+                       container_size=args.container_size, ema_momentum=args.ema_momentum,
+                       temperature=args.temperature).validate()
 
 
 def _train(args) -> int:

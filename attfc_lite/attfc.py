@@ -62,13 +62,14 @@ class _AttFCLoss(torch.autograd.Function):
         batch = q.shape[0]
         s = margin.s
         # Column 0: the margin's positive logit, and its derivative by autograd on B numbers.
-        cos_pos = (q * gcc).sum(1).detach().requires_grad_(True)
+        cos_pos = torch.bmm(q.detach().unsqueeze(1), gcc.unsqueeze(2)).view(batch).requires_grad_(True)
         with torch.enable_grad():
             z0 = margin.positive_logit(cos_pos.clamp(-1, 1)) * s
             dz0 = torch.autograd.grad(z0.sum(), cos_pos)[0] if ctx.needs_input_grad[0] else None
         z0 = z0.detach()
         # Columns 1..Q in one buffer, transformed in place: cosines, scaled logits, then exp.
-        logits = q.detach() @ centres.to(q.dtype).t()
+        centres = centres.to(q.dtype)
+        logits = q.detach() @ centres.t()
         logits.clamp_(-1, 1).mul_(s)
         logits.masked_fill_(centre_labels == EMPTY, float("-inf"))  # [Q] mask, broadcast over rows
         logits.masked_fill_(centre_labels[None, :] == labels[:, None], float("-inf"))
@@ -78,10 +79,11 @@ class _AttFCLoss(torch.autograd.Function):
         denom = e0 + logits.sum(dim=1)
         loss = (top + torch.log(denom) - z0).mean()
         if dz0 is not None:
-            p0 = e0 / denom
+            # dL/dq = ((p0 - 1) * dz0/dc0 * gcc + s * sum_i p_i * centre_i) / B, built in place
             probs = logits.div_(denom[:, None])
-            grad_q = ((p0 - 1.0) * dz0)[:, None] * gcc + s * (probs @ centres.to(q.dtype))
-            ctx.save_for_backward(grad_q / batch)
+            grad_q = (probs @ centres).mul_(s / batch)
+            grad_q.addcmul_(gcc, ((e0 / denom - 1.0) * dz0 / batch)[:, None])
+            ctx.save_for_backward(grad_q)
         return loss
 
     @staticmethod

@@ -27,14 +27,15 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["KeyEncoder", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM"]
+__all__ = ["KeyEncoder", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM", "check_momentum"]
 
 PAPER_MOMENTUM = 0.999
 #: The course's default for CPU-length runs (hundreds of steps); see lesson 04 for the sweep.
 DEFAULT_MOMENTUM = 0.99
 
 
-def _check_momentum(momentum: float) -> float:
+def check_momentum(momentum: float) -> float:
+    """`momentum` as a float, or ValueError naming it."""
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not math.isfinite(momentum) \
             or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1] (0: copy encoder_q every step, 1: never move), "
@@ -49,7 +50,7 @@ class KeyEncoder(nn.Module):
         super().__init__()
         if not isinstance(encoder_q, nn.Module):
             raise TypeError(f"encoder_q must be a torch.nn.Module, got {type(encoder_q).__name__}")
-        self.momentum = _check_momentum(momentum)
+        self.momentum = check_momentum(momentum)
         self.encoder = copy.deepcopy(encoder_q)
         for p in self.encoder.parameters():
             p.requires_grad_(False)

@@ -21,8 +21,12 @@ from torch import nn
 
 from .backbones import count_parameters, make_backbone
 from .faces import MAX_IDENTITIES, FaceWorld, SyntheticFaces, check_disjoint_splits
+from .attfc import DEFAULT_CONTAINER_RATIO, DEFAULT_NUM_KEYS
+from .encoders import DEFAULT_MOMENTUM, KeyEncoder, check_momentum
 from .heads import HEADS, Head, make_head
 from .margins import DEFAULT_M, MARGINS, make_margin
+from .partial_fc import DEFAULT_SAMPLE_RATE
+from .sampling import identity_index, sample_keys
 from .utils import default_device, seed_everything
 from .verification import evaluate_verification
 
@@ -60,7 +64,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_pairs: int = 20000
-    head_kwargs: dict = field(default_factory=dict)
+    # Partial FC: the share of class centres in each step's logits (insightface's 0.1).
+    sample_rate: float = DEFAULT_SAMPLE_RATE
+    # AttFC: K key images per query, the container's size (a share of num_classes, or an
+    # absolute count that overrides it), encoder_k's EMA momentum, the attention temperature.
+    num_keys: int = DEFAULT_NUM_KEYS
+    dcc_ratio: float = DEFAULT_CONTAINER_RATIO
+    container_size: int | None = None
+    ema_momentum: float = DEFAULT_MOMENTUM
+    temperature: float = 1.0
+    head_kwargs: dict = field(default_factory=dict)  # anything else make_head takes
 
     def validate(self) -> "TrainConfig":
         """Check every field; returns a copy with the defaults that depend on others filled in."""
@@ -92,7 +105,25 @@ class TrainConfig:
             make_margin(margin, s=self.scale, m=m)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"margin_m={m!r} does not suit margin={margin!r}: {exc}") from None
-        return replace(self, margin=margin, margin_m=m)
+        checked = replace(self, margin=margin, margin_m=m)
+        if self.head == "partial_fc" and not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1] (the share of class centres in each step's logits), "
+                             f"got {self.sample_rate}")
+        if self.head == "attfc":
+            if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 1:
+                raise ValueError(f"num_keys (K, key images per query) must be an int >= 1, got {self.num_keys!r}")
+            if self.container_size is None and not 0 < self.dcc_ratio <= 1:
+                raise ValueError(f"dcc_ratio must be in (0, 1] (the container's size as a share of num_classes), "
+                                 f"got {self.dcc_ratio}; or set container_size")
+            try:
+                check_momentum(self.ema_momentum)
+            except ValueError as exc:
+                raise ValueError(f"ema_momentum: {exc}") from None
+        with torch.device("meta"):  # the head's own checks, before anything is rendered; no memory
+            build_head = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
+                                   s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
+        del build_head
+        return checked
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -133,10 +164,20 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
+def head_settings(config: TrainConfig) -> dict:
+    """The options of `config` that its head takes (recorded in metrics.json)."""
+    if config.head == "partial_fc":
+        return {"sample_rate": config.sample_rate, "seed": config.seed}
+    if config.head == "attfc":
+        return {"num_keys": config.num_keys, "container_ratio": config.dcc_ratio,
+                "container_size": config.container_size, "temperature": config.temperature}
+    return {}
+
+
 def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
     backbone = make_backbone(config.backbone, config.embedding_dim, config.image_size).to(device)
     head = make_head(config.head, config.embedding_dim, config.num_classes, margin=config.margin,
-                     s=config.scale, m=config.margin_m, **config.head_kwargs).to(device)
+                     s=config.scale, m=config.margin_m, **head_settings(config), **config.head_kwargs).to(device)
     return backbone, head
 
 
@@ -183,6 +224,11 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     backbone, head = build(config, device)
     params = list(backbone.parameters()) + list(head.parameters())
     backbone_params = list(backbone.parameters())
+    # AttFC: encoder_k follows the backbone (encoder_q) by EMA and embeds K key images per query.
+    encoder_k = KeyEncoder(backbone, config.ema_momentum) if head.num_keys else None
+    if encoder_k is not None:
+        train_labels = _labels_of(train_set)
+        key_index = identity_index(train_labels)
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     n = len(train_set)
@@ -194,14 +240,17 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     if resume:
         backbone.load_state_dict(state["backbone"])
         head.load_state_dict(state["head"])
+        if encoder_k is not None:
+            encoder_k.load_state_dict(state["encoder_k"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, history, seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
 
-    get_batch = getattr(train_set, "get_batch", None)
     bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
     for epoch in range(start_epoch, config.epochs):
         backbone.train()
         head.train()
+        if encoder_k is not None:
+            encoder_k.train()  # BatchNorm on each key batch's own statistics, as the official code
         gen = _epoch_generator(config.seed, epoch)
         order = torch.randperm(n, generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5
@@ -209,18 +258,19 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            if get_batch is not None:
-                images, labels, _ = get_batch(idx)
-            else:
-                items = [train_set[int(i)] for i in idx]
-                images = torch.stack([it[0] for it in items])
-                labels = torch.tensor([it[1] for it in items])
-            flip = flips[idx]
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            images, labels = _load(train_set, idx, flips[idx])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
-            loss = head(backbone(images), labels)
+            keys = None
+            if encoder_k is not None:
+                # EMA first, then the keys: K images of each query's identity, drawn with
+                # replacement from this epoch's generator (so a resumed run draws the same).
+                encoder_k.update(backbone)
+                key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen, index=key_index).reshape(-1)
+                key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
+                keys = encoder_k(key_images.to(device, non_blocking=True)).view(idx.numel(), head.num_keys, -1)
+            loss = head(backbone(images), labels) if keys is None else head(backbone(images), labels, keys)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "
@@ -242,6 +292,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         if out is not None:
             save_checkpoint(out / CHECKPOINT, {
                 "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
+                "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
                 "seconds": seconds,
             })
@@ -260,6 +311,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         "device": device.type,
         "backbone_parameters": count_parameters(backbone),
         "head_parameters": sum(p.numel() for p in head.parameters()),
+        "head_settings": {**head_settings(config), **({"container_capacity": head.container.capacity,
+                                                         "ema_momentum": config.ema_momentum}
+                                                        if config.head == "attfc" else {})},
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "config": asdict(config),
@@ -276,6 +330,24 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         tmp.write_text(json.dumps(metrics, indent=2))
         os.replace(tmp, out / METRICS)
     return TrainResult(backbone, head, metrics, history)
+
+
+def _load(dataset, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (mirrored where `flip`) and labels of the items `idx` of a dataset."""
+    if hasattr(dataset, "get_batch"):
+        images, labels, _ = dataset.get_batch(idx)
+    else:
+        items = [dataset[int(i)] for i in idx]
+        images, labels = torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+    return torch.where(flip[:, None, None, None], images.flip(-1), images), labels
+
+
+def _labels_of(dataset) -> torch.Tensor:
+    """Every item's label, without loading the images when the dataset keeps them apart."""
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and labels.numel() == len(dataset):
+        return labels.long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

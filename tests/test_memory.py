@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from attfc_lite.heads import FullFC
+from attfc_lite.memory.model import HEAD_PHASES
 from attfc_lite.memory import (
     DATASETS,
     GiB,
@@ -67,8 +68,10 @@ def test_fc_terms_by_hand():
 def test_every_term_has_formula_and_phase_names_exist():
     for name, (kind, formula, text) in TERMS.items():
         assert kind in ("held", "step") and formula and text, name
-    for names in PHASES.values():
-        assert set(names) <= set(TERMS)
+    for phases in HEAD_PHASES.values():
+        for names in phases.values():
+            assert set(names) <= set(TERMS)
+    assert PHASES == HEAD_PHASES["fc"]
 
 
 def test_dtype_and_optimizer_scale_the_terms():
@@ -95,23 +98,39 @@ def test_logits_dominate_when_batch_exceeds_dim():
     assert p.step_peak == forward
 
 
-def test_partial_fc_and_attfc_terms():
+def test_partial_fc_terms_by_hand():
     n = 100_000
     pfc = predict_memory(n, D, B, head="partial_fc", sample_rate=0.1)
-    assert pfc.terms["class_centres"] == n * D * 4  # W is still N x D
-    assert pfc.terms["logits"] == 2 * B * 10_000 * 4
-    assert pfc.terms["normalized_centres"] == 2 * 10_000 * D * 4 + 2 * 10_000 * 4
+    s = 10_000
+    assert pfc.terms["class_centres"] == pfc.terms["centre_grad"] == n * D * 4  # W and W.grad are still N x D
+    assert pfc.terms["logits"] == 2 * B * s * 4
+    assert pfc.terms["gathered_centres"] == s * D * 4
+    assert pfc.terms["normalized_centres"] == s * D * 4 + 2 * s * 4
+    # the scatter into a dense W.grad, with the gathered rows' gradient alive: N + S rows
+    assert pfc.phases["backward: scatter"] == (n + s) * D * 4 + B * D * 4
+    assert pfc.peak_phase == "backward: scatter"
+    # at r = 0.5 the normalize backward on the S rows (6 S x D) outweighs N + S rows
+    half = predict_memory(n, D, B, head="partial_fc", sample_rate=0.5)
+    assert half.phases["backward: centres"] == 6 * 50_000 * D * 4 + 2 * 50_000 * 4 + B * D * 4
+    assert half.peak_phase == "backward: centres"
+    assert predict_memory(1000, D, B, head="partial_fc", sample_rate=0.01).symbols["S"] == B  # at most B positives
+
+
+def test_attfc_terms_by_hand():
     att = predict_memory(10_000, D, B, head="attfc", backbone_params=44_000_000, num_keys=2)
-    q = (3000 // 128) * 128  # floor(0.3 N / B) * B = 2944
-    assert att.config["container_size"] == q == 2944
+    q = 3000  # floor(0.3 N), the head's own rule
+    assert att.config["container_size"] == q
     assert att.terms["class_centres"] == att.terms["centre_grad"] == att.terms["optimizer_state"] == 0
+    assert att.terms["logits"] == att.terms["logit_grads"] == att.terms["head_temporaries"] == 0
     assert att.terms["container"] == q * (4 * D + 8)
+    assert att.terms["inputs"] == 3 * B * D * 4 + 8 * B  # queries and K = 2 keys each
     assert att.terms["key_encoder"] == 4 * 44_000_000
-    assert att.terms["logits"] == 2 * B * (1 + q) * 4
-    assert att.terms["head_temporaries"] == 2 * B * (1 + q) * 4 + 2 * B * q * 4 + B * q
-    assert att.terms["embedding_temporaries"] == 3 * B * D * 4
-    small = predict_memory(100, D, B, head="attfc")
-    assert small.config["container_size"] == B  # never an empty container
+    assert att.terms["container_logits"] == B * q * 4 + B * q  # B*Q bools > B*D floats here
+    assert att.phases["forward: container"] == 2 * B * D * 4 + B * q * 4 + B * q
+    assert att.phases["forward: attention"] == 4 * B * D * 4
+    assert att.phases["backward"] == 5 * B * D * 4
+    assert predict_memory(100, D, B, head="attfc").config["container_size"] == 30
+    assert predict_memory(10_000, D, B, head="attfc", container_size=77).config["container_size"] == 77
 
 
 @pytest.mark.parametrize(
@@ -183,6 +202,15 @@ def test_memory_report_is_json_and_agrees():
     assert memory_report("fc", 2000, measure=False)["measured_peak_bytes"] is None
     with pytest.raises(ValueError, match="num_classes"):
         memory_report("fc")
+
+
+@pytest.mark.parametrize("head,kwargs,n", [("partial_fc", dict(sample_rate=0.1), 20_000),
+                                           ("partial_fc", dict(sample_rate=0.5), 5_000),
+                                           ("attfc", dict(container_ratio=0.3, num_keys=2), 50_000),
+                                           ("attfc", dict(container_size=100, num_keys=4), 1_000)])
+def test_partial_fc_and_attfc_measured_steps_agree_with_the_model(head, kwargs, n):
+    r = memory_report(head, n, D, B, device="cpu", **kwargs)
+    assert abs(r["relative_error"]) < 0.02 and abs(r["step_relative_error"]) < 0.02, r["predicted_peak_phase"]
 
 
 def test_report_says_what_is_measured_on_the_cpu():

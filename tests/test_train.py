@@ -23,7 +23,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
-        assert torch.allclose(sa[k].float(), sb[k].float(), rtol=0, atol=1e-6), k
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.allclose(sa[k].float(), sb[k].float(), rtol=0, atol=1e-6), k
+        else:  # extra state, e.g. Partial FC's step counter
+            assert sa[k] == sb[k], k
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +299,85 @@ def test_validate_returns_a_copy_and_leaves_the_config_alone():
     config = replace(TINY)
     checked = config.validate()
     assert config.margin_m is None and checked.margin_m == 0.5
+
+
+# -- Partial FC and AttFC through the same loop ---------------------------------------------
+
+ATT = replace(TINY, head="attfc", num_keys=2, container_size=12, ema_momentum=0.9)
+
+
+def test_attfc_run_records_its_settings_and_fills_the_container(tmp_path):
+    result = train(ATT, tmp_path, progress=False)
+    m = result.metrics
+    assert m["head"] == "attfc" and m["head_parameters"] == 0
+    assert m["head_settings"] == {"num_keys": 2, "container_ratio": 0.3, "container_size": 12, "temperature": 1.0,
+                                  "container_capacity": 12, "ema_momentum": 0.9}
+    written = json.loads((tmp_path / METRICS).read_text())
+    assert written["config"]["head"] == "attfc" and written["config"]["ema_momentum"] == 0.9
+    # 8 steps of 8 queries through a container of 12: full, and every label a training identity
+    assert int(result.head.container.filled()) == 12
+    assert 0 <= int(result.head.container.labels.min()) and int(result.head.container.labels.max()) < 8
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert 0 <= m["verification"]["accuracy_mean"] <= 1
+
+
+def test_attfc_keys_come_from_the_query_identity_and_encoder_k_follows_by_ema(monkeypatch):
+    import attfc_lite.train as train_module
+    from attfc_lite.attfc import AttFC
+
+    seen = []
+    real_forward = AttFC.forward
+
+    def spy(self, embeddings, labels, keys=None):
+        seen.append(keys.shape)
+        return real_forward(self, embeddings, labels, keys)
+
+    monkeypatch.setattr(AttFC, "forward", spy)
+    drawn = []
+    real_sample = train_module.sample_keys
+
+    def spy_sample(labels, query_indices, k, generator=None, index=None):
+        keys = real_sample(labels, query_indices, k, generator=generator, index=index)
+        drawn.append((labels[torch.as_tensor(query_indices)], labels[keys]))
+        return keys
+
+    monkeypatch.setattr(train_module, "sample_keys", spy_sample)
+    train(replace(ATT, epochs=1), progress=False, evaluate=False)
+    assert seen == [torch.Size([8, 2, 16])] * 4
+    for query_labels, key_labels in drawn:
+        assert torch.equal(key_labels, query_labels[:, None].expand_as(key_labels))
+
+
+def test_attfc_resume_restores_encoder_k_and_the_container(tmp_path):
+    uninterrupted = train(ATT, tmp_path / "a", progress=False, evaluate=False)
+    first = train(ATT, tmp_path / "b", progress=False, stop_after_epoch=1, evaluate=False)
+    state = load_checkpoint(tmp_path / "b" / CHECKPOINT)
+    assert state["encoder_k"] is not None and "container.labels" in state["head"]
+    assert not torch.equal(first.head.container.centres, uninterrupted.head.container.centres)
+    resumed = train(ATT, tmp_path / "b", resume=True, progress=False, evaluate=False)
+    _same_weights(resumed.backbone, uninterrupted.backbone)
+    _same_weights(resumed.head, uninterrupted.head)  # the container: centres, labels, pointer
+    assert torch.equal(resumed.head.container.labels, uninterrupted.head.container.labels)
+
+
+def test_partial_fc_run_and_resume(tmp_path):
+    config = replace(TINY, head="partial_fc", sample_rate=0.5)
+    uninterrupted = train(config, tmp_path / "a", progress=False, evaluate=False)
+    assert uninterrupted.metrics["head_settings"] == {"sample_rate": 0.5, "seed": 0}
+    assert uninterrupted.head.step == 8
+    train(config, tmp_path / "b", progress=False, stop_after_epoch=1, evaluate=False)
+    resumed = train(config, tmp_path / "b", resume=True, progress=False, evaluate=False)
+    _same_weights(resumed.backbone, uninterrupted.backbone)
+    _same_weights(resumed.head, uninterrupted.head)
+
+
+@pytest.mark.parametrize("bad,word", [(dict(head="attfc", ema_momentum=1.5), "ema_momentum"),
+                                      (dict(head="attfc", dcc_ratio=0.0), "dcc_ratio"),
+                                      (dict(head="attfc", num_keys=0), "num_keys"),
+                                      (dict(head="partial_fc", sample_rate=2.0), "sample_rate")])
+def test_head_settings_are_checked_before_anything_renders(bad, word, monkeypatch):
+    import attfc_lite.train as train_module
+
+    monkeypatch.setattr(train_module, "SyntheticFaces", lambda *a, **k: pytest.fail("rendered"))
+    with pytest.raises(ValueError, match=word):
+        train(replace(TINY, **bad), progress=False)

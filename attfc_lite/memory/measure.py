@@ -77,21 +77,44 @@ def make_optimizer(
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def head_dtype(head: Head) -> torch.dtype:
+    """The floating dtype of a head's parameters, or of its buffers when it has none (AttFC)."""
+    for t in list(head.parameters()) + list(head.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def step_inputs(head: Head, batch_size: int, device: torch.device,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What a backbone would hand the head: embeddings [B, D] (requiring grad), labels [B] and,
+    for a head with `num_keys` K (AttFC), the key encoder's embeddings [B, K, D] (no grad)."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = head_dtype(head)
+    embeddings = torch.randn(batch_size, head.embedding_dim, generator=gen).to(device=device, dtype=dtype)
+    labels = torch.randint(0, head.num_classes, (batch_size,), generator=gen).to(device)
+    keys = None
+    if head.num_keys:
+        keys = torch.randn(batch_size, head.num_keys, head.embedding_dim, generator=gen).to(device=device, dtype=dtype)
+    return embeddings.requires_grad_(True), labels, keys
+
+
 def head_step(
     head: Head,
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer | None,
     mark: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    keys: torch.Tensor | None = None,
 ) -> float:
     """One training step of the head alone; `mark(phase)` wraps forward, backward and optimizer.
 
     Gradients are set to None afterwards (PyTorch's default), so W.grad exists only inside
-    the step. Returns the loss.
+    the step. `keys`: the key embeddings of a head that needs them (AttFC). Returns the loss.
     """
     mark = mark or (lambda name: contextlib.nullcontext())
     with mark("forward"):
-        loss = head(embeddings, labels)
+        loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
     with mark("backward"):
         loss.backward()
     with mark("optimizer"):
@@ -119,7 +142,8 @@ def _unique_bytes(tensors: Iterator[torch.Tensor]) -> int:
     return total
 
 
-def _held_tensors(head: Head, optimizer, embeddings: torch.Tensor, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+def _held_tensors(head: Head, optimizer, embeddings: torch.Tensor, labels: torch.Tensor,
+                  keys: torch.Tensor | None) -> Iterator[torch.Tensor]:
     yield from head.held_tensors().values()
     for p in head.parameters():
         yield p.grad
@@ -129,6 +153,7 @@ def _held_tensors(head: Head, optimizer, embeddings: torch.Tensor, labels: torch
     yield embeddings
     yield labels
     yield embeddings.grad
+    yield keys
 
 
 _MARK = "attfc_lite.memory:"
@@ -286,14 +311,12 @@ def measure_head_step(
     dev = default_device(device)
     head = head.to(dev)
     params = list(head.parameters())
-    dtype = params[0].dtype if params else torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    embeddings = torch.randn(b, head.embedding_dim, generator=gen).to(device=dev, dtype=dtype).requires_grad_(True)
-    labels = torch.randint(0, head.num_classes, (b,), generator=gen).to(dev)
+    dtype = head_dtype(head)
+    embeddings, labels, keys = step_inputs(head, b, dev, seed)
     opt = make_optimizer(params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def run(mark=None) -> None:
-        head_step(head, embeddings, labels, opt, mark)
+        head_step(head, embeddings, labels, opt, mark, keys)
 
     for _ in range(warmup_steps):
         run()
@@ -307,7 +330,7 @@ def measure_head_step(
             torch.cuda.synchronize(dev)
         step_seconds = time.perf_counter() - start
     gc.collect()
-    held = _unique_bytes(_held_tensors(head, opt, embeddings, labels))
+    held = _unique_bytes(_held_tensors(head, opt, embeddings, labels, keys))
     allocator_peak = reserved_peak = None
     if dev.type == "cuda":
         before = torch.cuda.memory_allocated(dev)
@@ -334,8 +357,8 @@ def measure_head_step(
 
 
 _MODEL_KNOBS = ("sample_rate", "container_size", "container_ratio", "num_keys", "backbone_params",
-                "key_activation_bytes", "mask_buffers", "momentum", "weight_decay")
-_MODEL_ONLY = ("container_ratio", "backbone_params", "key_activation_bytes", "mask_buffers", "momentum",
+                "key_activation_bytes", "momentum", "weight_decay")
+_MODEL_ONLY = ("backbone_params", "key_activation_bytes", "momentum",
                "weight_decay")
 
 

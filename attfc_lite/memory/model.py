@@ -5,8 +5,9 @@ is split into phases (`PHASES`): the predicted peak is what the head holds betwe
 the largest phase. Symbols: N identities, D embedding_dim, B batch, e bytes per element of the
 head's dtype, R rows of W (N; 0 for AttFC), S centres normalised and used in the logits (N for
 FC, the sampled ones for Partial FC), C logit columns, g gathered copies of W (1 for Partial
-FC), m optimizer state copies of W, t optimizer temporaries, K key images per query, P
-backbone parameters (the key encoder's copy), Q container size, A key-image activation bytes.
+FC), m optimizer state copies of W, t optimizer temporaries, K key embeddings per query, G
+GCCs per query (1 for AttFC), P backbone parameters (the key encoder's copy), Q container
+size, A key-image activation bytes. The phases differ by head (`HEAD_PHASES`).
 """
 from __future__ import annotations
 
@@ -38,24 +39,28 @@ _HEAD_ALIASES = {"fc": "fc", "full_fc": "fc", "partial_fc": "partial_fc", "pfc":
 TERMS: dict[str, tuple[str, str, str]] = {
     "class_centres": ("held", "R*D*e", "W, one D-dim class centre per identity"),
     "optimizer_state": ("held", "m*R*D*e", "optimizer state: m copies of W (SGD momentum m=1, Adam m=2)"),
-    "inputs": ("held", "B*D*e + 8*B", "the batch: embeddings from the backbone and int64 labels"),
+    "inputs": ("held", "(1 + K)*B*D*e + 8*B",
+               "the batch: embeddings from the backbone, int64 labels (and AttFC's K key embeddings per query)"),
     "key_encoder": ("held", "4*P", "AttFC: fp32 copy of the backbone's P parameters (the key encoder)"),
-    "container": ("held", "Q*(4*D + 8)", "AttFC: Q fp32 class centres in the container and their int64 labels"),
+    "container": ("held", "Q*(D*e + 8)", "AttFC: Q class centres in the container and their int64 labels"),
     "centre_grad": ("step", "R*D*e", "W.grad, alive from backward until zero_grad(set_to_none=True)"),
-    "normalized_centres": (
-        "step",
-        "(1 + g)*S*D*e + 2*S*e",
-        "F.normalize(W): a full copy of the S centres in the logits (saved for backward) and their norms; "
-        "Partial FC also gathers g=1 copy",
-    ),
-    "embedding_temporaries": ("step", "(1 + K)*B*D*e", "normalised embeddings (and AttFC's K*B key embeddings)"),
+    "gathered_centres": ("step", "g*S*D*e",
+                         "Partial FC: the S sampled rows of W (a gather, g=1), later their gradient"),
+    "normalized_centres": ("step", "S*D*e + 2*S*e",
+                           "F.normalize of the S centres in the logits (saved for backward) and their norms; "
+                           "later the gradient of that copy"),
+    "embedding_temporaries": ("step", "(1 + G)*B*D*e", "normalised embeddings (and AttFC's G=1 GCC per query)"),
     "logits": ("step", "2*B*C*e", "two B x C buffers kept for backward: cosines before the clamp, then the log-softmax"),
     "logit_grads": ("step", "2*B*C*e", "gradients of the log-softmax and of the logits, alive together in backward"),
-    "head_temporaries": (
-        "step",
-        "2*B*C*e + M*B*Q*4 + B*Q",
-        "the margin's clone of the cosines and its index_put copy; AttFC's B x Q mask temporaries",
-    ),
+    "head_temporaries": ("step", "2*B*C*e", "the margin's clone of the cosines and its index_put copy"),
+    "attention_temporaries": ("step", "G*(2 + K)*B*D*e",
+                              "AttFC's attention loader: the query, its normalised copy and the K normalised keys"),
+    "container_logits": ("step", "B*Q*e + max(B*Q, B*D*e)",
+                         "AttFC: the one B x Q buffer (cosines, then logits, then probabilities, in place), with "
+                         "first the bool mask of each query's own identity, then the gradient of q"),
+    "embedding_backward": ("step", "5*G*B*D*e",
+                           "AttFC's backward: the gradient of q formed in the forward, and F.normalize's backward "
+                           "on the embeddings (the gradient and three temporaries)"),
     "key_activations": ("step", "A", "AttFC: activations of the K*B key images in the key encoder (a parameter)"),
     "normalize_backward": (
         "step",
@@ -65,18 +70,39 @@ TERMS: dict[str, tuple[str, str, str]] = {
     "optimizer_temporaries": ("step", "t*R*D*e", "copies made inside optimizer.step (Adam t=2, SGD with weight decay t=1)"),
 }
 
-# Which step terms are alive together. The order of the phases is the order of the step.
-PHASES: dict[str, tuple[str, ...]] = {
-    "forward": ("normalized_centres", "embedding_temporaries", "logits", "head_temporaries", "key_activations"),
-    "backward: logits": ("normalized_centres", "embedding_temporaries", "logits", "logit_grads"),
-    "backward: centres": ("centre_grad", "normalize_backward", "embedding_temporaries"),
-    "optimizer": ("centre_grad", "optimizer_temporaries"),
+# Which step terms are alive together, per head. The order of the phases is the order of the step.
+HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "fc": {
+        "forward": ("normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
+        "backward: logits": ("normalized_centres", "embedding_temporaries", "logits", "logit_grads"),
+        "backward: centres": ("centre_grad", "normalize_backward", "embedding_temporaries"),
+        "optimizer": ("centre_grad", "optimizer_temporaries"),
+    },
+    # Partial FC: the normalize backward runs on the S gathered rows (the gathered copy, the
+    # gradient of the normalised one and four temporaries); only then is the gradient
+    # scattered into a dense N x D W.grad, while the gathered rows' gradient is still alive.
+    "partial_fc": {
+        "forward": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
+        "backward: logits": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits",
+                             "logit_grads"),
+        "backward: centres": ("gathered_centres", "normalized_centres", "normalize_backward", "embedding_temporaries"),
+        "backward: scatter": ("centre_grad", "gathered_centres", "embedding_temporaries"),
+        "optimizer": ("centre_grad", "optimizer_temporaries"),
+    },
+    # AttFC: no W. The forward holds the container logits; its backward only hands on the
+    # gradient of q, formed in the forward (`attfc.attfc_loss`); nothing to optimise.
+    "attfc": {
+        "forward: attention": ("attention_temporaries", "key_activations"),
+        "forward: container": ("embedding_temporaries", "container_logits"),
+        "backward": ("embedding_backward",),
+    },
 }
+PHASES = HEAD_PHASES["fc"]  # the FC step, as lesson 02 derives it
 
 # Measured phases (record_function markers) and the model phases each one covers.
 MEASURED_PHASES: dict[str, tuple[str, ...]] = {
-    "forward": ("forward",),
-    "backward": ("backward: logits", "backward: centres"),
+    "forward": ("forward", "forward: attention", "forward: container"),
+    "backward": ("backward: logits", "backward: centres", "backward: scatter", "backward"),
     "optimizer": ("optimizer",),
 }
 
@@ -108,7 +134,8 @@ class MemoryBreakdown:
 
     def peak_terms(self) -> dict[str, int]:
         """The terms that make up `peak`: the held ones and those of the peak phase (non-zero)."""
-        names = [n for n, (kind, _, _) in TERMS.items() if kind == "held"] + list(PHASES[self.peak_phase])
+        phases = HEAD_PHASES[self.config["head"]]
+        names = [n for n, (kind, _, _) in TERMS.items() if kind == "held"] + list(phases[self.peak_phase])
         return {n: self.terms[n] for n in names if self.terms[n]}
 
     def table(self, unit: str = "MiB") -> str:
@@ -186,16 +213,16 @@ def predict_memory(
     num_keys: int = 2,
     backbone_params: int = 0,
     key_activation_bytes: int = 0,
-    mask_buffers: int = 2,
 ) -> MemoryBreakdown:
     """The analytic memory model of one training step of a head, in bytes.
 
     Knobs that only some heads read: `sample_rate` (Partial FC: S = max(ceil(r*N), B)
-    centres per step, W still N x D); `container_size` Q (AttFC; default
-    floor(container_ratio*N/B)*B, at least B), `num_keys` K, `backbone_params` P (the key
-    encoder's copy), `key_activation_bytes` A and `mask_buffers` M (fp32 B x Q temporaries of
-    the mask). The FC terms are counted from `attfc_lite.heads.FullFC`'s autograd graph; the
-    Partial FC and AttFC terms are forecasts that the lessons building them measure.
+    centres per step, an upper bound since a batch has at most B identities; W still N x D);
+    `container_size` Q (AttFC; default floor(container_ratio * N), the head's own rule),
+    `num_keys` K, `backbone_params` P (the key encoder's copy) and `key_activation_bytes` A
+    (both zero for the head step alone). Every head's terms are counted from its autograd
+    graph (FullFC, PartialFC) or its fused loss (AttFC), and checked against the
+    measurement (tests, `benchmarks/memory_agreement.py`).
     """
     n = _positive_int("num_classes", num_classes, 2)
     d = _positive_int("embedding_dim", embedding_dim)
@@ -203,7 +230,7 @@ def predict_memory(
     kind = canonical_head(head)
     dname = dtype_name(dtype)
     m, t = optimizer_copies(optimizer, momentum, weight_decay)
-    symbols = dict(N=n, D=d, B=b, e=DTYPE_BYTES[dname], m=m, t=t, R=n, S=n, C=n, g=0, K=0, P=0, Q=0, M=0, A=0)
+    symbols = dict(N=n, D=d, B=b, e=DTYPE_BYTES[dname], m=m, t=t, R=n, S=n, C=n, g=0, K=0, G=0, P=0, Q=0, A=0)
     knobs: dict[str, Any] = {}
     if kind == "partial_fc":
         if not 0 < sample_rate <= 1:
@@ -212,26 +239,24 @@ def predict_memory(
         symbols.update(S=s, C=s, g=1)
         knobs["sample_rate"] = float(sample_rate)
     elif kind == "attfc":
-        if container_size is None:
-            if not 0 < container_ratio <= 1:
-                raise ValueError(f"container_ratio must be in (0, 1], got {container_ratio}")
-            q = max(b, (int(container_ratio * n) // b) * b)
-        else:
-            q = _positive_int("container_size", container_size)
+        from ..attfc import container_capacity  # the head's own rule for Q
+
+        q = container_capacity(n, container_ratio, container_size)
         symbols.update(
             R=0,
             S=0,
-            C=1 + q,
+            C=0,  # no FC logits: the container's are `container_logits`
+            G=1,
             Q=q,
             K=_positive_int("num_keys", num_keys),
             P=_positive_int("backbone_params", backbone_params, 0),
-            M=_positive_int("mask_buffers", mask_buffers, 0),
             A=_positive_int("key_activation_bytes", key_activation_bytes, 0),
         )
         knobs.update(container_size=q, num_keys=symbols["K"], backbone_params=symbols["P"])
-    terms = {name: int(eval(formula, {"__builtins__": {}}, symbols)) for name, (_, formula, _) in TERMS.items()}
+    namespace = {"__builtins__": {}, "max": max}
+    terms = {name: int(eval(formula, namespace, symbols)) for name, (_, formula, _) in TERMS.items()}
     held = sum(terms[name] for name, (kind_, _, _) in TERMS.items() if kind_ == "held")
-    phases = {phase: sum(terms[name] for name in names) for phase, names in PHASES.items()}
+    phases = {phase: sum(terms[name] for name in names) for phase, names in HEAD_PHASES[kind].items()}
     peak_phase = max(phases, key=phases.get)
     config = dict(
         head=kind, num_classes=n, embedding_dim=d, batch_size=b, dtype=dname, optimizer=str(optimizer).lower(),

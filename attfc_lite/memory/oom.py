@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..heads import Head
-from .measure import _MODEL_KNOBS, build_head, head_step, make_optimizer
+from .measure import _MODEL_KNOBS, build_head, head_step, make_optimizer, step_inputs
 from .model import _positive_int, canonical_head, dtype_name, predicted_boundary
 
 # --------------------------------------------------------------------------- out of memory
@@ -94,13 +94,10 @@ def _oom_child() -> None:
         else:
             head = factory(n)
         head = head.to(device)
-        measure_dtype = next(iter(head.parameters())).dtype if list(head.parameters()) else torch.float32
-        emb = torch.randn(spec["batch_size"], head.embedding_dim, device=device, dtype=measure_dtype)
-        emb.requires_grad_(True)
-        labels = torch.randint(0, n, (spec["batch_size"],), device=device)
+        emb, labels, keys = step_inputs(head, spec["batch_size"], device)
         opt = make_optimizer(list(head.parameters()), spec["optimizer"], **spec["optimizer_kwargs"])
         for _ in range(steps):
-            head_step(head, emb, labels, opt)
+            head_step(head, emb, labels, opt, keys=keys)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
