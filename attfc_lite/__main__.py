@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
     m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0 = no momentum buffer)")
     m.add_argument("--weight-decay", type=float, default=0.0)
+    m.add_argument("--sample-rate", type=_positive_float, default=None,
+                   help="partial_fc: share of class centres in each step's logits (default 0.1)")
+    m.add_argument("--dcc-ratio", type=_positive_float, default=None,
+                   help="attfc: container size as a share of the identities (default 0.3)")
+    m.add_argument("--container-size", type=_positive_int, default=None, help="attfc: container size in entries")
+    m.add_argument("--k", type=_positive_int, default=None, help="attfc: key embeddings per query (default 2)")
     m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
     m.add_argument("--device", type=_device, default="auto")
     return parser
@@ -178,10 +184,20 @@ def _data(args) -> int:
 def _memory(args) -> int:
     from .memory import memory_report
 
+    # flag: (the head it belongs to, memory_report's keyword, the value given)
+    flags = {"--sample-rate": ("partial_fc", "sample_rate", args.sample_rate),
+             "--dcc-ratio": ("attfc", "container_ratio", args.dcc_ratio),
+             "--container-size": ("attfc", "container_size", args.container_size),
+             "--k": ("attfc", "num_keys", args.k)}
+    foreign = [flag for flag, (head, _, value) in flags.items() if value is not None and head != args.head]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} only apply to --head "
+                         f"{' / '.join(sorted({flags[f][0] for f in foreign}))}, not --head {args.head}")
+    head_kwargs = {key: value for head, key, value in flags.values() if value is not None}
     report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
                            dtype=args.dtype, optimizer=args.optimizer, measure=not args.no_measure,
                            momentum=args.momentum, weight_decay=args.weight_decay,
-                           device=None if args.device == "auto" else args.device)
+                           device=None if args.device == "auto" else args.device, **head_kwargs)
     print(json.dumps(report))
     return 0
 

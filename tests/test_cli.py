@@ -23,6 +23,16 @@ BAD_ARGS = {
     "classes-one": ["train", "--classes", "1", "--quiet", "--out", "tmp_one"],
     "combined-one-m": ["train", "--margin", "combined", "--margin-m", "0.5", "--quiet", "--out", "tmp_m"],
     "margin-m-text": ["train", "--margin-m", "big"],
+    "memory-foreign-flag": ["memory", "--head", "fc", "--classes", "100", "--k", "2"],
+    "dcc-ratio-too-big": ["train", "--head", "attfc", "--dcc-ratio", "2", "--quiet", "--out", "tmp_r"],
+}
+TINY_ATTFC = [*TINY_TRAIN[:-5], "--quiet", "--out", "tmp_att", "--device", "cpu", "--head", "attfc", "--k", "3",
+              "--container-size", "10", "--ema-momentum", "0.9"]
+MEMORY = {
+    "memory-attfc": ["memory", "--head", "attfc", "--classes", "2000", "--dim", "64", "--batch", "16",
+                     "--dcc-ratio", "0.3", "--k", "2", "--device", "cpu"],
+    "memory-pfc": ["memory", "--head", "partial_fc", "--classes", "2000", "--dim", "64", "--batch", "16",
+                   "--sample-rate", "0.25", "--device", "cpu"],
 }
 
 
@@ -50,7 +60,7 @@ def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
     commands = {"bench": ["data", "bench", "--num-images", "2048", "--device", "cpu"],
                 "preview": ["data", "preview", "--out", "tmp/p.png"],
-                "train": TINY_TRAIN, **BAD_ARGS}
+                "train": TINY_TRAIN, "train-attfc": TINY_ATTFC, **MEMORY, **BAD_ARGS}
     procs = {name: _start(args, cwd) for name, args in commands.items()}
     return cwd, {name: _finish(p) for name, p in procs.items()}
 
@@ -110,6 +120,29 @@ def test_bad_argument_messages_name_the_problem(runs):
     assert "tpu" in r["device-tpu"].stderr and "--out" in r["preview-txt"].stderr
     assert "num_classes" in r["classes-one"].stderr
     assert "margin_m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
+    assert "--k" in r["memory-foreign-flag"].stderr and "dcc_ratio" in r["dcc-ratio-too-big"].stderr
+
+
+def test_tiny_attfc_train_records_its_settings(runs):
+    cwd, r = runs
+    result = r["train-attfc"]
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((cwd / "tmp_att" / "metrics.json").read_text())
+    assert metrics["head"] == "attfc"
+    assert metrics["head_settings"]["num_keys"] == 3 and metrics["head_settings"]["container_capacity"] == 10
+    assert metrics["config"]["ema_momentum"] == 0.9
+
+
+@pytest.mark.parametrize("name,knob", [("memory-attfc", "container_size"), ("memory-pfc", "sample_rate")])
+def test_memory_command_for_the_new_heads(runs, name, knob):
+    _, r = runs
+    result = r[name]
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert knob in report and report["predicted"]["peak"] > 0 and report["measured_peak_bytes"] > 0
+    assert report["step_seconds"] > 0 and abs(report["relative_error"]) < 0.15
+    if name == "memory-attfc":
+        assert report["container_size"] == 600 and report["num_keys"] == 2
 
 
 def test_cli_offers_every_margin_the_library_has():
