@@ -10,7 +10,8 @@ and K key embeddings per query ([B, K, D], from encoder_k under no_grad):
 4. mask: container entries of the query's own identity, and empty slots, leave the softmax
    (their logit is -inf: exactly zero weight; the official code clamps them to -1 instead,
    e^-s, negligible);
-5. clamp to [-1, 1]; the course's margin on column 0 only; scale s; cross-entropy, target 0;
+5. the course's margin on column 0 only (its cosine clamped to [-1, 1], as FullFC's), scale
+   s, cross-entropy with target 0; the negatives need no clamp (no arccos meets them);
 6. enqueue the B GCCs and labels (training mode only): a step never sees its own GCCs.
 
 Only encoder_q receives gradients: the GCCs, the keys and the container are constants, and
@@ -20,8 +21,8 @@ Memory. A plain autograd version of step 3-5 keeps several B x (1 + Q) buffers f
 backward and, since the enqueue overwrites the container that the logits' matmul saved,
 needs either a copy of the container or the enqueue moved after backward. `attfc_loss`
 computes the loss and its gradient in one pass instead: one B x Q buffer of logits becomes
-the softmax probabilities in place, the gradient of q ((p0 - 1) * dz0/dq + s * P @ centres)
-is formed right away, and backward only hands it on. The result equals autograd's (the
+exp(logit - row max) in place, the gradient of q ((p0 - 1) * dz0/dq + s * P @ centres) is
+formed right away, and backward only hands it on. The result equals autograd's (the
 tests compare them); lesson 08 writes the plain version out.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ class _AttFCLoss(torch.autograd.Function):
     """Loss and gradient of q in one pass (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, gcc, centres, centre_labels, labels, margin):
+    def forward(ctx, q, gcc, centres, centre_labels, labels, margin, container_full=False):
         batch = q.shape[0]
         s = margin.s
         # Column 0: the margin's positive logit, and its derivative by autograd on B numbers.
@@ -67,11 +68,13 @@ class _AttFCLoss(torch.autograd.Function):
             z0 = margin.positive_logit(cos_pos.clamp(-1, 1)) * s
             dz0 = torch.autograd.grad(z0.sum(), cos_pos)[0] if ctx.needs_input_grad[0] else None
         z0 = z0.detach()
-        # Columns 1..Q in one buffer, transformed in place: cosines, scaled logits, then exp.
+        # Columns 1..Q in one buffer, transformed in place: scaled cosines (s folded into q),
+        # then exp(logit - row max). The negatives are not clamped: they never meet an arccos,
+        # and dot products of unit vectors stay within [-1, 1] up to rounding.
         centres = centres.to(q.dtype)
-        logits = q.detach() @ centres.t()
-        logits.clamp_(-1, 1).mul_(s)
-        logits.masked_fill_(centre_labels == EMPTY, float("-inf"))  # [Q] mask, broadcast over rows
+        logits = (q.detach() * s) @ centres.t()
+        if not container_full:  # empty slots leave the softmax
+            logits.masked_fill_(centre_labels == EMPTY, float("-inf"))  # [Q] mask, broadcast over rows
         logits.masked_fill_(centre_labels[None, :] == labels[:, None], float("-inf"))
         top = torch.maximum(z0, logits.max(dim=1).values)  # all masked: -inf, and z0 wins
         logits.sub_(top[:, None]).exp_()
@@ -79,9 +82,9 @@ class _AttFCLoss(torch.autograd.Function):
         denom = e0 + logits.sum(dim=1)
         loss = (top + torch.log(denom) - z0).mean()
         if dz0 is not None:
-            # dL/dq = ((p0 - 1) * dz0/dc0 * gcc + s * sum_i p_i * centre_i) / B, built in place
-            probs = logits.div_(denom[:, None])
-            grad_q = (probs @ centres).mul_(s / batch)
+            # dL/dq = ((p0 - 1) * dz0/dc0 * gcc + s * sum_i p_i * centre_i) / B, with
+            # p_i = exp(z_i - top) / denom: the division is done on the B x D product.
+            grad_q = (logits @ centres).mul_((s / batch) / denom[:, None])
             grad_q.addcmul_(gcc, ((e0 / denom - 1.0) * dz0 / batch)[:, None])
             ctx.save_for_backward(grad_q)
         return loss
@@ -89,17 +92,18 @@ class _AttFCLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad_q,) = ctx.saved_tensors
-        return grad_output * grad_q, None, None, None, None, None
+        return grad_output * grad_q, None, None, None, None, None, None
 
 
 def attfc_loss(q: torch.Tensor, gcc: torch.Tensor, centres: torch.Tensor, centre_labels: torch.Tensor,
-               labels: torch.Tensor, margin: Margin) -> torch.Tensor:
+               labels: torch.Tensor, margin: Margin, container_full: bool = False) -> torch.Tensor:
     """Mean cross-entropy of [margin(q . gcc) | q . centres (masked)] with target 0; gradient to q only.
 
     `q` [B, D] normalised queries, `gcc` [B, D] unit positive centres, `centres` [Q, D] and
     `centre_labels` [Q] (int64, -1 empty) the container, `labels` [B] the queries' identities.
+    `container_full=True` skips looking for empty slots (a pass over B x Q saved).
     """
-    return _AttFCLoss.apply(q, gcc.detach(), centres.detach(), centre_labels, labels, margin)
+    return _AttFCLoss.apply(q, gcc.detach(), centres.detach(), centre_labels, labels, margin, container_full)
 
 
 class AttFC(Head):
@@ -142,7 +146,8 @@ class AttFC(Head):
         q = F.normalize(embeddings, dim=1)
         with torch.no_grad():
             weights, gcc = generative_class_centres(q.detach(), keys.to(q.dtype), self.temperature)
-        loss = attfc_loss(q, gcc, self.container.centres, self.container.labels, labels, self.margin)
+        loss = attfc_loss(q, gcc, self.container.centres, self.container.labels, labels, self.margin,
+                          self.container.is_full())
         if self.training:
             self.container.enqueue(gcc, labels)
         self.last_weights = weights

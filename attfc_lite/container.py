@@ -34,6 +34,7 @@ class DynamicClassContainer(nn.Module):
         self.register_buffer("labels", torch.full((self.capacity,), EMPTY, dtype=torch.int64))
         # The next slot to write; a tensor so that enqueue never waits for the device.
         self.register_buffer("pointer", torch.zeros((), dtype=torch.int64))
+        self._full = False  # once every slot holds a centre it stays so (until reset)
 
     @torch.no_grad()
     def enqueue(self, centres: torch.Tensor, labels: torch.Tensor) -> None:
@@ -59,6 +60,16 @@ class DynamicClassContainer(nn.Module):
         self.labels.index_copy_(0, slots, labels[n - keep:].detach().to(torch.int64))
         self.pointer.add_(n).remainder_(self.capacity)
 
+    def is_full(self) -> bool:
+        """True when no slot is empty. Looked up on the device until it first holds, then remembered."""
+        if not self._full:
+            self._full = bool((self.labels != EMPTY).all())
+        return self._full
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._full = False  # the loaded labels decide
+        super()._load_from_state_dict(*args, **kwargs)
+
     def filled(self) -> torch.Tensor:
         """How many slots hold a centre (a 0-d tensor)."""
         return (self.labels != EMPTY).sum()
@@ -68,6 +79,7 @@ class DynamicClassContainer(nn.Module):
         self.centres.zero_()
         self.labels.fill_(EMPTY)
         self.pointer.zero_()
+        self._full = False
 
     def extra_repr(self) -> str:
         return f"capacity={self.capacity}, embedding_dim={self.embedding_dim}"

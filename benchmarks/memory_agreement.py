@@ -1,6 +1,8 @@
-"""Predicted vs measured peak memory of one FullFC training step, and the out-of-memory boundary.
+"""Predicted vs measured peak memory of one head training step, and the out-of-memory boundary.
 
-    python benchmarks/memory_agreement.py                      # N = 1e3, 1e4, 1e5, 1e6 on the CPU
+    python benchmarks/memory_agreement.py                      # FullFC, N = 1e3, 1e4, 1e5, 1e6 on the CPU
+    python benchmarks/memory_agreement.py --head partial_fc --sample-rate 0.1 --no-oom
+    python benchmarks/memory_agreement.py --head attfc --dcc-ratio 0.3 --k 2 --no-oom
     python benchmarks/memory_agreement.py --classes 1000 10000 --oom-budget-mib 256
     python benchmarks/memory_agreement.py --device cuda --classes 1000000 10000000
 
@@ -35,6 +37,10 @@ def available_bytes() -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head", default="fc", choices=["fc", "partial_fc", "attfc"])
+    parser.add_argument("--sample-rate", type=float, default=0.1, help="partial_fc: share of centres per step")
+    parser.add_argument("--dcc-ratio", type=float, default=0.3, help="attfc: container size as a share of N")
+    parser.add_argument("--k", type=int, default=2, help="attfc: key embeddings per query")
     parser.add_argument("--classes", type=float, nargs="+", default=[1e3, 1e4, 1e5, 1e6], help="values of N")
     parser.add_argument("--dim", type=int, default=512, help="embedding_dim D")
     parser.add_argument("--batch", type=int, default=128, help="batch size B")
@@ -47,17 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the JSON object to PATH")
     args = parser.parse_args(argv)
 
+    head_kwargs = {"fc": {}, "partial_fc": {"sample_rate": args.sample_rate},
+                   "attfc": {"container_ratio": args.dcc_ratio, "num_keys": args.k}}[args.head]
     print(f"torch {torch.__version__}, python {platform.python_version()}, device {args.device}, "
-          f"{torch.get_num_threads()} threads; D={args.dim}, B={args.batch}, {args.dtype}, {args.optimizer}")
+          f"{torch.get_num_threads()} threads; head {args.head} {head_kwargs}, D={args.dim}, B={args.batch}, "
+          f"{args.dtype}, {args.optimizer}")
     print("one steady-state step: forward, backward, optimizer.step (state already allocated), zero_grad(set_to_none=True)")
     rows = []
     for n in (int(c) for c in args.classes):
-        need = predict_memory(n, args.dim, args.batch, args.dtype, args.optimizer).peak
+        need = predict_memory(n, args.dim, args.batch, args.dtype, args.optimizer, args.head, **head_kwargs).peak
         free = available_bytes() if args.device == "cpu" else None
         if free is not None and need > 0.85 * free:
             print(f"N={n:,}: skipped, needs about {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are available")
             continue
-        r = memory_report("fc", n, args.dim, args.batch, args.dtype, args.optimizer, device=args.device)
+        r = memory_report(args.head, n, args.dim, args.batch, args.dtype, args.optimizer, device=args.device,
+                          **head_kwargs)
         rows.append(dict(
             num_classes=n, predicted_peak=r["predicted"]["peak"], measured_peak=r["measured_peak_bytes"],
             error=r["relative_error"], predicted_step_peak=r["predicted"]["step_peak"],
@@ -70,12 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     print("peak of one step = held between steps (W, momentum, batch) + largest phase of the step")
     print(format_agreement(rows))
     out: dict = dict(
-        torch=torch.__version__, device=args.device, embedding_dim=args.dim, batch_size=args.batch, dtype=args.dtype,
+        torch=torch.__version__, device=args.device, head=args.head, head_kwargs=head_kwargs, embedding_dim=args.dim, batch_size=args.batch, dtype=args.dtype,
         optimizer=args.optimizer, tolerance=args.tolerance, agreement=rows,
     )
     if not args.no_oom:
         budget = int(args.oom_budget_mib * MiB)
-        boundary = find_oom_boundary(budget, "fc", args.dim, args.batch, args.dtype, args.optimizer, args.device)
+        boundary = find_oom_boundary(budget, args.head, args.dim, args.batch, args.dtype, args.optimizer, args.device,
+                                     **head_kwargs)
         print()
         print(f"out-of-memory boundary under a {args.oom_budget_mib:g} MiB budget ({boundary.cap}):")
         for t in boundary.trials:
