@@ -1,4 +1,4 @@
-"""Command line: `python -m attfc_lite {train, data, memory} ...` (see --help of each)."""
+"""Command line: `python -m attfc_lite {train, sweep, data, memory} ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -43,19 +43,10 @@ def _device(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .heads import HEADS
+def _add_train_options(t: argparse.ArgumentParser, d) -> None:
+    """The options of one training run, shared by `train` and `sweep`."""
     from .margins import DEFAULT_M, MARGINS
-    from .train import TrainConfig
 
-    d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a backbone + head on the synthetic faces, then evaluate verification",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--head", choices=sorted(HEADS), default=d.head)
-    t.add_argument("--out", type=Path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
     t.add_argument("--classes", type=_positive_int, default=d.num_classes, help="training identities")
     t.add_argument("--images-per-identity", type=_positive_int, default=d.images_per_identity)
     t.add_argument("--eval-identities", type=_positive_int, default=d.eval_identities)
@@ -87,8 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attfc: temperature of the attention softmax")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .heads import HEADS
+    from .sweep import DEFAULT_VALUES, PARAMS
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a backbone + head on the synthetic faces, then evaluate verification",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--head", choices=sorted(HEADS), default=d.head)
+    t.add_argument("--out", type=Path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
+    _add_train_options(t, d)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+    sw = sub.add_parser("sweep", help="train one run per value and seed of one setting; write the results as JSON",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sw.add_argument("param", choices=sorted(PARAMS), help="the setting to vary")
+    sw.add_argument("--values", type=float, nargs="+", default=None,
+                    help="its values; default: " + "; ".join(f"{k} {' '.join(map(str, v))}"
+                                                             for k, v in DEFAULT_VALUES.items()))
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    sw.add_argument("--head", choices=sorted(HEADS), default=None,
+                    help="default: the head the setting belongs to (attfc; partial_fc for sample-rate)")
+    sw.add_argument("--out", type=Path, default=None, help="JSON file; default data/sweeps/<setting>.json")
+    _add_train_options(sw, d)
 
     data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -126,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args):
+def config_from_args(args, head: str | None = None):
     """The TrainConfig that `train` arguments describe (validated: a bad value raises ValueError)."""
     from .train import TrainConfig
 
-    return TrainConfig(head=args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
+    return TrainConfig(head=head or args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
                        eval_identities=args.eval_identities, eval_images_per_identity=args.eval_images_per_identity,
                        num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
                        image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
@@ -152,6 +171,27 @@ def _train(args) -> int:
           f"({m['images_per_second']:.0f} images/s on {m['device']})", file=sys.stderr)
     print(verification_summary(m["verification"]), file=sys.stderr)
     print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import HEAD_OF, run_sweep
+
+    head = args.head or HEAD_OF.get(args.param, "attfc")
+    base = config_from_args(args, head=head)
+    out = args.out if args.out is not None else Path("data") / "sweeps" / f"{args.param.replace('-', '_')}.json"
+    command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else None
+
+    def report(run: dict) -> None:
+        print(f"{args.param}={run['value']:g} seed {run['seed']}: accuracy {run['accuracy_mean']:.3f} "
+              f"± {run['accuracy_std']:.3f} ({run['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    result = run_sweep(args.param, args.values, args.seeds, base, out=out, progress=not args.quiet,
+                       command=command, on_run=report)
+    for row in result["summary"]:
+        print(f"{args.param}={row['value']:g}: {row['accuracy_mean']:.3f} (seed spread ±{row['accuracy_seed_std']:.3f})",
+              file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -205,7 +245,7 @@ def _memory(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "data": _data, "memory": _memory}
+    handlers = {"train": _train, "sweep": _sweep, "data": _data, "memory": _memory}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:

@@ -98,3 +98,23 @@ def check_logits_batch(answer, num_classes: int = 100_000, embedding_dim: int = 
     expected = next(b for b in range(1, 8 * embedding_dim)
                     if predict_memory(num_classes, embedding_dim, b).peak_phase in logits_phases)
     check("batch size", answer, expected, rtol=0, atol=0, close_factor=0)
+
+
+# -- lesson 03 ---------------------------------------------------------------------------
+def check_partial_fc_columns(answer, num_classes: int = 1_000_000, sample_rate: float = 0.1) -> None:
+    """Exercise 03.1: logit columns per Partial FC step (a batch of at most a few hundred identities)."""
+    from .partial_fc import PartialFC
+
+    if not _answered("logit columns", answer):
+        return
+    with torch.device("meta"):
+        expected = PartialFC(8, num_classes, sample_rate=sample_rate).num_sample
+    check("logit columns", answer, expected, rtol=0, atol=0, close_factor=0)
+
+
+def check_unsampled_drift(answer, momentum: float = 0.9, steps: int = 2) -> None:
+    """Exercise 03.2: how far an unsampled centre moves in `steps` steps, in units of lr * buffer."""
+    if not _answered("drift", answer):
+        return
+    expected = sum(momentum ** (k + 1) for k in range(steps))  # each step: buffer *= momentum, w -= lr * buffer
+    check("drift", answer, expected, rtol=1e-3, atol=1e-3, close_factor=10)

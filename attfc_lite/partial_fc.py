@@ -87,3 +87,29 @@ class PartialFC(FullFC):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, sample_rate={self.sample_rate}, num_sample={self.num_sample}"
+
+
+def plot_sample(head: PartialFC, labels: torch.Tensor, ax=None):
+    """One step's choice as a strip of the N class centres: positives, sampled negatives, the rest."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    index, _ = head.sample(labels)
+    kind = torch.zeros(head.num_classes)
+    kind[index] = 1
+    kind[torch.unique(labels)] = 2
+    ax = ax or plt.subplots(figsize=(9, 1.4))[1]
+    colours = ["#e8e8e8", "#1f77b4", "#d62728"]
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(kind.view(1, -1).numpy(), aspect="auto", cmap=ListedColormap(colours), vmin=0, vmax=2,
+              interpolation="nearest")
+    ax.set_yticks([])
+    ax.set_xlabel("class centre (row of W)")
+    ax.set_title(f"one Partial FC step: {len(torch.unique(labels))} positives + "
+                 f"{index.numel() - len(torch.unique(labels))} sampled negatives = {index.numel()} of "
+                 f"{head.num_classes} centres in the logits")
+    ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colours[::-1], ("positive (label in the batch)",
+                                                                                 "sampled negative", "not in this step"))],
+              loc="upper center", bbox_to_anchor=(0.5, -0.55), ncol=3, fontsize=8, frameon=False)
+    return ax

@@ -162,6 +162,7 @@ class TrainResult:
     head: Head
     metrics: dict
     history: list = field(default_factory=list)
+    encoder_k: KeyEncoder | None = None  # AttFC's key encoder at the end of the run
 
 
 def head_settings(config: TrainConfig) -> dict:
@@ -183,8 +184,12 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
 
 def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, train_set=None, eval_set=None, stop_after_epoch: int | None = None,
-          evaluate: bool = True) -> TrainResult:
+          evaluate: bool = True, callback=None) -> TrainResult:
     """Train backbone + head on the synthetic world (or the given datasets), then evaluate.
+
+    `callback(state)`, if given, runs after every optimizer step with a dict: step, epoch,
+    loss, labels (of the batch), backbone, head, encoder_k (None but for AttFC) and keys (the
+    key embeddings, or None). The lessons use it to watch a run; it must not change them.
 
     `stop_after_epoch` ends the run early as if interrupted (the checkpoint stays), which is
     how the tests and the lesson show that `resume=True` continues the same run.
@@ -287,6 +292,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+            if callback is not None:
+                callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels, "backbone": backbone,
+                          "head": head, "encoder_k": encoder_k, "keys": keys})
         seconds += time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
         if out is not None:
@@ -298,7 +306,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             })
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             bar.close()
-            return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history)
+            return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
     bar.close()
 
     metrics = {
@@ -329,7 +337,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         tmp = out / (METRICS + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
         os.replace(tmp, out / METRICS)
-    return TrainResult(backbone, head, metrics, history)
+    return TrainResult(backbone, head, metrics, history, encoder_k)
 
 
 def _load(dataset, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,13 @@ BAD_ARGS = {
 }
 TINY_ATTFC = [*TINY_TRAIN[:-5], "--quiet", "--out", "tmp_att", "--device", "cpu", "--head", "attfc", "--k", "3",
               "--container-size", "10", "--ema-momentum", "0.9"]
+TINY_OPTIONS = ["--classes", "8", "--images-per-identity", "4", "--eval-identities", "6", "--epochs", "1",
+                "--batch-size", "8", "--embedding-dim", "16", "--quiet", "--device", "cpu"]
+SWEEPS = {
+    "sweep": ["sweep", "ema-momentum", "--values", "0.5", "0.9", "--seeds", "0", "1", "--container-size", "10",
+              "--out", "tmp_sw/ema.json", *TINY_OPTIONS],
+    "sweep-bad-value": ["sweep", "ema-momentum", "--values", "0.9", "1.5", "--out", "tmp_sw/bad.json", *TINY_OPTIONS],
+}
 MEMORY = {
     "memory-attfc": ["memory", "--head", "attfc", "--classes", "2000", "--dim", "64", "--batch", "16",
                      "--dcc-ratio", "0.3", "--k", "2", "--device", "cpu"],
@@ -60,7 +67,7 @@ def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
     commands = {"bench": ["data", "bench", "--num-images", "2048", "--device", "cpu"],
                 "preview": ["data", "preview", "--out", "tmp/p.png"],
-                "train": TINY_TRAIN, "train-attfc": TINY_ATTFC, **MEMORY, **BAD_ARGS}
+                "train": TINY_TRAIN, "train-attfc": TINY_ATTFC, **MEMORY, **SWEEPS, **BAD_ARGS}
     procs = {name: _start(args, cwd) for name, args in commands.items()}
     return cwd, {name: _finish(p) for name, p in procs.items()}
 
@@ -157,3 +164,27 @@ def test_cli_offers_every_margin_the_library_has():
     assert (config.margin, config.margin_m, config.scale) == ("combined", (1.0, 0.3, 0.2), 48.0)
     assert config_from_args(parser.parse_args(["train", "--margin", "cosface"])).margin_m == 0.35
 
+
+
+def test_sweep_command_writes_a_complete_file(runs):
+    cwd, r = runs
+    assert r["sweep"].returncode == 0, r["sweep"].stderr
+    from attfc_lite.sweep import load_sweep
+
+    data = load_sweep(cwd / "tmp_sw" / "ema.json")
+    assert data["param"] == "ema-momentum" and data["values"] == [0.5, 0.9] and data["seeds"] == [0, 1]
+    assert [(run["value"], run["seed"]) for run in data["runs"]] == [(0.5, 0), (0.5, 1), (0.9, 0), (0.9, 1)]
+    assert data["config"]["head"] == "attfc" and data["config"]["container_size"] == 10
+    assert data["command"].startswith("python -m attfc_lite sweep ema-momentum")
+    assert data["device"].startswith("cpu") and data["torch"] and data["date"]
+    for row in data["summary"]:
+        group = [run["accuracy_mean"] for run in data["runs"] if run["value"] == row["value"]]
+        assert row["accuracy_mean"] == pytest.approx(sum(group) / 2)
+        assert row["accuracy_seed_std"] == pytest.approx(abs(group[0] - group[1]) / 2)
+        assert row["container_capacity"] == 10
+
+
+def test_sweep_rejects_a_bad_value_before_training(runs):
+    cwd, r = runs
+    assert r["sweep-bad-value"].returncode == 2 and "ema_momentum" in r["sweep-bad-value"].stderr
+    assert not (cwd / "tmp_sw" / "bad.json").exists()

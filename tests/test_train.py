@@ -381,3 +381,12 @@ def test_head_settings_are_checked_before_anything_renders(bad, word, monkeypatc
     monkeypatch.setattr(train_module, "SyntheticFaces", lambda *a, **k: pytest.fail("rendered"))
     with pytest.raises(ValueError, match=word):
         train(replace(TINY, **bad), progress=False)
+
+
+def test_callback_sees_every_step_and_the_result_keeps_encoder_k():
+    seen = []
+    result = train(replace(ATT, epochs=1), progress=False, evaluate=False,
+                   callback=lambda state: seen.append((state["step"], state["keys"].shape, state["encoder_k"])))
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4]
+    assert all(shape == (8, 2, 16) for _, shape, _ in seen)
+    assert seen[-1][2] is result.encoder_k is not None

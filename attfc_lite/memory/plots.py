@@ -93,8 +93,13 @@ def plot_breakdown(
     unit: str = "GiB",
     capacity_gib: float | None = None,
     ax=None,
+    measured: Mapping[str, int] | None = None,
+    title: str | None = None,
 ):
-    """Stacked bars, one per head, of the terms that make up each predicted peak."""
+    """Stacked bars, one per head, of the terms that make up each predicted peak.
+
+    `measured`: label -> measured peak bytes, drawn as a black marker on its bar.
+    """
     ax = _axes(ax)
     scale = _unit_scale(unit)
     labels = list(breakdowns)
@@ -113,7 +118,13 @@ def plot_breakdown(
         ax.text(i, bd.peak / scale, f"{bd.peak / scale:,.1f}", ha="center", va="bottom", fontsize=8)
     if capacity_gib is not None:
         ax.axhline(capacity_gib * GiB / scale, color="firebrick", lw=1, ls="--", label=f"device {capacity_gib:g} GiB")
-    top = max([bd.peak / scale for bd in breakdowns.values()] + [capacity_gib * GiB / scale if capacity_gib else 0])
+    if measured:
+        xs = [labels.index(k) for k in measured]
+        ax.plot(xs, [v / scale for v in measured.values()], "k_", ms=28, mew=2, label="measured peak", zorder=5)
+    if title:
+        ax.set_title(title)
+    top = max([bd.peak / scale for bd in breakdowns.values()] + [capacity_gib * GiB / scale if capacity_gib else 0]
+              + [v / scale for v in (measured or {}).values()])
     ax.set_ylim(0, 1.08 * top)  # room for the labels above the bars
     ax.set_ylabel(f"predicted peak ({unit})")
     handles, names = ax.get_legend_handles_labels()  # top of the stack first, as drawn

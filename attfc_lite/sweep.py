@@ -1,0 +1,164 @@
+"""Sweeps: one training setting over several values and seeds, stored as JSON with what made it.
+
+    python -m attfc_lite sweep ema-momentum --values 0.9 0.99 0.999 --seeds 0 1 --out data/sweeps/ema_momentum.json
+
+`run_sweep` trains one run per (value, seed) with everything else from one `TrainConfig`,
+and writes a JSON file with the settings, the device, the torch version, the date and the
+command that regenerates it, every run's verification figures, and a summary per value
+(mean and spread over the seeds). The lessons read stored sweeps (`load_sweep`,
+`plot_sweep`) and say which command made them; the same command serves the ablations.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .train import TrainConfig, train
+
+__all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise"]
+
+#: The settings a sweep can vary: command-line name -> TrainConfig field.
+PARAMS: dict[str, str] = {
+    "dcc-ratio": "dcc_ratio",
+    "k": "num_keys",
+    "ema-momentum": "ema_momentum",
+    "sample-rate": "sample_rate",
+    "temperature": "temperature",
+    "epochs": "epochs",
+    "classes": "num_classes",
+}
+#: The head each setting belongs to (the sweep trains that head).
+HEAD_OF: dict[str, str] = {"dcc-ratio": "attfc", "k": "attfc", "ema-momentum": "attfc", "temperature": "attfc",
+                           "sample-rate": "partial_fc"}
+DEFAULT_VALUES: dict[str, tuple] = {
+    "dcc-ratio": (0.01, 0.03, 0.1, 0.3, 0.6, 1.0),
+    "k": (1, 2, 3, 4),
+    "ema-momentum": (0.9, 0.99, 0.999),
+    "sample-rate": (0.02, 0.1, 0.3, 1.0),
+    "temperature": (0.25, 1.0, 4.0),
+    "epochs": (3, 6, 12),
+}
+_INT_FIELDS = {"num_keys", "epochs", "num_classes"}
+
+
+def _field(param: str) -> str:
+    if param not in PARAMS:
+        raise ValueError(f"param must be one of {sorted(PARAMS)}, got {param!r}")
+    return PARAMS[param]
+
+
+def _cast(field: str, value: Any) -> Any:
+    if field in _INT_FIELDS:
+        if float(value) != int(float(value)):
+            raise ValueError(f"{field} takes whole numbers, got {value!r}")
+        return int(float(value))
+    return float(value)
+
+
+def summarise(runs: Sequence[dict]) -> list[dict]:
+    """Per value: the mean accuracy over seeds, its spread (std over seeds; 0 for one seed), the runs."""
+    out = []
+    for value in dict.fromkeys(r["value"] for r in runs):
+        group = [r for r in runs if r["value"] == value]
+        accs = [r["accuracy_mean"] for r in group]
+        out.append({
+            "value": value, "seeds": [r["seed"] for r in group], "accuracy_mean": statistics.fmean(accs),
+            "accuracy_seed_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy_fold_std": statistics.fmean(r["accuracy_std"] for r in group),
+            "images_per_second": statistics.fmean(r["images_per_second"] for r in group),
+            **({"container_capacity": group[0]["head_settings"]["container_capacity"]}
+               if "container_capacity" in group[0]["head_settings"] else {}),
+        })
+    return out
+
+
+def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] = (0, 1),
+              base: TrainConfig | None = None, out: str | os.PathLike | None = None, progress: bool = True,
+              command: str | None = None, on_run: Callable[[dict], None] | None = None) -> dict:
+    """Train one run per (value, seed) of `param` (a key of PARAMS); return (and write to `out`) the sweep.
+
+    Every value is checked before the first run starts, so a bad one fails at once.
+    """
+    field = _field(param)
+    values = list(DEFAULT_VALUES.get(param, ())) if values is None else list(values)
+    if not values:
+        raise ValueError(f"values is empty; give at least one value of {param}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed")
+    base = base or TrainConfig(head=HEAD_OF.get(param, "attfc"))
+    configs = [(v, s, replace(base, **{field: _cast(field, v), "seed": s}).validate()) for v in values for s in seeds]
+    from tqdm.auto import tqdm
+
+    runs = []
+    started = time.perf_counter()
+    for value, seed, config in tqdm(configs, desc=f"sweep {param}", unit="run", disable=not progress):
+        m = train(config, progress=False).metrics
+        v = m["verification"]
+        run = {"value": _cast(field, value), "seed": seed, "accuracy_mean": v["accuracy_mean"],
+               "accuracy_std": v["accuracy_std"], "tar_at_far": v["tar_at_far"], "far_achieved": v["far_achieved"],
+               "auc": v["auc"], "seconds": m["seconds"], "images_per_second": m["images_per_second"],
+               "final_loss": m["final_loss"], "head_settings": m["head_settings"]}
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+    device = torch.device(configs[0][2].device if configs[0][2].device != "auto"
+                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    result = {
+        "param": param, "field": field, "values": [_cast(field, v) for v in values], "seeds": seeds,
+        "config": {k: v for k, v in asdict(base).items() if k not in ("seed", field)},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__, "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - started, 1),
+        "command": command, "runs": runs, "summary": summarise(runs),
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+        os.replace(tmp, out)
+    return result
+
+
+def load_sweep(path: str | os.PathLike) -> dict:
+    """A sweep written by `run_sweep` (checks that it has the fields the lessons read)."""
+    data = json.loads(Path(path).read_text())
+    missing = {"param", "values", "seeds", "runs", "summary", "config", "device", "command"} - set(data)
+    if missing:
+        raise ValueError(f"{path} is not a sweep file: it lacks {sorted(missing)}; regenerate it with "
+                         "python -m attfc_lite sweep ...")
+    return data
+
+
+def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | None = None,
+               reference_label: str = "full FC", xlabel: str | None = None):
+    """Mean accuracy over seeds against the swept value; bars: the spread over seeds, dots: each run."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
+    summary = sweep["summary"]
+    xs = [s["value"] for s in summary]
+    ax.errorbar(xs, [s["accuracy_mean"] for s in summary], yerr=[s["accuracy_seed_std"] for s in summary],
+                fmt="o-", capsize=3, label=f"mean over {len(sweep['seeds'])} seed(s) ± their std")
+    ax.plot([r["value"] for r in sweep["runs"]], [r["accuracy_mean"] for r in sweep["runs"]], ".", color="0.5",
+            label="one run")
+    if reference is not None:
+        ax.axhline(reference, color="0.3", ls="--", lw=1, label=f"{reference_label}: {reference:.3f}")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or sweep["param"])
+    ax.set_ylabel("10-fold verification accuracy")
+    ax.set_title(f"sweep of {sweep['param']} ({sweep['device']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
