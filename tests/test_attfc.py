@@ -332,11 +332,11 @@ def test_cpu_and_cuda_agree():
         head = AttFC(16, 20, container_size=13).to(device)
         head.container.enqueue(F.normalize(torch.randn(13, 16, generator=torch.Generator().manual_seed(6)), dim=1)
                                .to(device), torch.arange(13, device=device))
-        x = emb.to(device).requires_grad_(True)
+        x = emb.clone().to(device).requires_grad_(True)  # a leaf on either device; emb itself stays as it is
         loss = head(x, labels.to(device), keys.to(device))
         loss.backward()
         weights, gcc = generative_class_centres(emb.to(device), keys.to(device))
-        results.append((float(loss), x.grad.cpu(), weights.cpu(), gcc.cpu(), head.container.labels.cpu()))
+        results.append((float(loss.detach()), x.grad.cpu(), weights.cpu(), gcc.cpu(), head.container.labels.cpu()))
     (l0, g0, w0, c0, y0), (l1, g1, w1, c1, y1) = results
     assert l0 == pytest.approx(l1, rel=1e-5)
     assert torch.allclose(g0, g1, atol=1e-5) and torch.allclose(w0, w1, atol=1e-6) and torch.allclose(c0, c1, atol=1e-6)
