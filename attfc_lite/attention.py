@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_weights", "generative_class_centres"]
+__all__ = ["attention_weights", "generative_class_centres", "quality_study", "plot_quality_study", "rank_correlation",
+           "DEGRADATIONS"]
 
 
 def _check(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> None:
@@ -49,3 +50,115 @@ def generative_class_centres(q: torch.Tensor, keys: torch.Tensor,
     weights = attention_weights(q, keys, temperature)
     centre = torch.einsum("bk,bkd->bd", weights, keys)
     return weights, F.normalize(centre, dim=1)
+
+
+DEGRADATIONS = ("blur", "noise", "down", "occ")
+
+
+def rank_correlation(x, y) -> float:
+    """Spearman's rank correlation (ties get their average rank)."""
+    import numpy as np
+
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # average ranks of ties
+            tie = v == value
+            if tie.sum() > 1:
+                r[tie] = r[tie].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@torch.no_grad()
+def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world, identities: torch.Tensor,
+                  k: int = 4, temperature: float = 1.0, device=None) -> dict:
+    """Attention weights against the ground-truth quality of the key images, for unseen identities.
+
+    For each identity, image 0 is the query and images 1..k its keys (all distinct). Both
+    encoders run in eval mode (the trained model as it would be used). Returns numpy arrays:
+    'weights' [n, k], 'quality' [n, k] (the keys'), 'query_quality' [n], 'degradation' [n, k]
+    (index into DEGRADATIONS of each key's strongest degradation), 'severity' [n, k], and
+    summaries: 'spearman' (all keys), 'top_is_best' (share of identities whose most-weighted
+    key is their best one; chance: 1 / k) and 'by_degradation' (Spearman within each type).
+    """
+    import numpy as np
+
+    identities = torch.as_tensor(identities).reshape(-1)
+    n = identities.numel()
+    ids = identities.repeat_interleave(k + 1)
+    idx = torch.arange(k + 1).repeat(n)
+    out = world.render(ids, idx)
+    params = world.image_params(ids, idx)
+    device = device or next(encoder_q.parameters()).device
+    modes = [(m, m.training) for m in list(encoder_q.modules()) + list(encoder_k.modules())]
+    encoder_q.eval(), encoder_k.eval()
+    try:
+        images = out.images.view(n, k + 1, *out.images.shape[1:]).to(device)
+        q = encoder_q(images[:, 0])
+        keys = encoder_k(images[:, 1:].reshape(n * k, *images.shape[2:])).view(n, k, -1)
+        weights = attention_weights(q, keys, temperature).cpu().numpy()
+    finally:
+        for m, was in modes:
+            m.training = was
+    quality = out.quality.view(n, k + 1).cpu().numpy()
+    strength = torch.stack([params["d_" + d] for d in DEGRADATIONS], 1).view(n, k + 1, len(DEGRADATIONS))
+    degradation = strength.argmax(2).cpu().numpy()
+    severity = params["severity"].view(n, k + 1).cpu().numpy()
+    kq, kd = quality[:, 1:], degradation[:, 1:]
+    best = kq.argmax(1)
+    top = weights.argmax(1)
+    by_type = {}
+    for j, name in enumerate(DEGRADATIONS):
+        mask = (kd == j) & (severity[:, 1:] > 0.05)  # a visible degradation of that type
+        by_type[name] = {"keys": int(mask.sum()),
+                         "spearman": rank_correlation(weights[mask], kq[mask]) if mask.sum() > 2 else float("nan")}
+    return {
+        "weights": weights, "quality": kq, "query_quality": quality[:, 0], "degradation": kd,
+        "severity": severity[:, 1:], "k": k, "num_identities": n,
+        "spearman": rank_correlation(weights.ravel(), kq.ravel()),
+        "top_is_best": float(np.mean(top == best)), "chance": 1.0 / k, "by_degradation": by_type,
+    }
+
+
+def plot_quality_study(study: dict, axes=None):
+    """Left: weight against key quality (all keys); right: Spearman by degradation type."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1.4, 1]})
+    ax = axes[0]
+    colours = ["C0", "C1", "C2", "C3"]
+    for j, name in enumerate(DEGRADATIONS):
+        mask = study["degradation"] == j
+        ax.scatter(study["quality"][mask], study["weights"][mask], s=6, alpha=0.5, color=colours[j],
+                   label=f"strongest degradation: {name}")
+    ax.axhline(1 / study["k"], color="0.3", ls="--", lw=1, label=f"uniform weight 1/K = {1 / study['k']:.2f}")
+    ax.set_xlabel("ground-truth quality of the key image")
+    ax.set_ylabel("attention weight")
+    ax.set_title(f"{study['num_identities']} unseen identities, K = {study['k']}: "
+                 f"Spearman {study['spearman']:+.2f}", fontsize=9)
+    ax.legend(fontsize=7, markerscale=2)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    names = list(study["by_degradation"])
+    values = [study["by_degradation"][n]["spearman"] for n in names]
+    ax.bar(names, np.nan_to_num(values), color=colours)
+    for i, n in enumerate(names):
+        ax.text(i, np.nan_to_num(values[i]), f"{values[i]:+.2f}\n({study['by_degradation'][n]['keys']} keys)",
+                ha="center", va="bottom" if np.nan_to_num(values[i]) >= 0 else "top", fontsize=7)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_ylabel("Spearman(weight, quality)")
+    ax.set_xlabel("strongest degradation of the key image")
+    ax.set_title("rank correlation within each type", fontsize=9)
+    lo = min(0, np.nanmin(values) if values else 0) - 0.1
+    hi = max(0, np.nanmax(values) if values else 0) + 0.15
+    ax.set_ylim(lo, hi)
+    return axes

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["KeyEncoder", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM", "check_momentum"]
+__all__ = ["KeyEncoder", "DriftTracker", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM", "check_momentum"]
 
 PAPER_MOMENTUM = 0.999
 #: The course's default for CPU-length runs (hundreds of steps); see lesson 04 for the sweep.
@@ -79,3 +79,47 @@ class KeyEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}"
+
+
+class DriftTracker:
+    """A `train(..., callback=)` that keeps extra key encoders at other momenta and records their drift.
+
+    From the first step on, one `KeyEncoder` per momentum follows the run's backbone exactly as
+    encoder_k would; after every `every` steps the drift ||theta_k - theta_q|| / ||theta_q|| of
+    each is appended to `drift[momentum]` (with the step in `steps`). The run itself is not changed.
+    """
+
+    def __init__(self, momenta=(0.9, 0.99, PAPER_MOMENTUM), every: int = 1) -> None:
+        self.momenta = [check_momentum(m) for m in momenta]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.every = every
+        self.encoders: dict[float, KeyEncoder] = {}
+        self.steps: list[int] = []
+        self.drift: dict[float, list[float]] = {m: [] for m in self.momenta}
+
+    def __call__(self, state: dict) -> None:
+        backbone = state["backbone"]
+        if not self.encoders:
+            self.encoders = {m: KeyEncoder(backbone, m) for m in self.momenta}
+        for m, enc in self.encoders.items():
+            enc.update(backbone)
+        if state["step"] % self.every == 0:
+            self.steps.append(state["step"])
+            for m, enc in self.encoders.items():
+                self.drift[m].append(enc.drift(backbone))
+
+    def plot(self, ax=None):
+        """Drift against the step, one line per momentum, log scale."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+        for m in self.momenta:
+            ax.plot(self.steps, self.drift[m], label=f"momentum {m:g} (averages ~{1 / max(1 - m, 1e-12):,.0f} steps)")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("drift ||θ_k − θ_q|| / ||θ_q||")
+        ax.set_title("how far encoder_k lags behind encoder_q")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        return ax

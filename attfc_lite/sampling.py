@@ -198,3 +198,28 @@ class KViewDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base={type(self.base).__name__}, items={len(self)}, k={self.k}, seed={self.seed})"
+
+
+def plot_key_views(images: Tensor, labels: Tensor, quality: Tensor | None, query_indices: Sequence[int], k: int,
+                   generator: torch.Generator | None = None, ax=None):
+    """One row per query: the query image, then its k key images (same identity, drawn with replacement)."""
+    import matplotlib.pyplot as plt
+
+    query_indices = torch.as_tensor(list(query_indices))
+    keys = sample_keys(labels, query_indices, k, generator=generator)
+    rows, cols = len(query_indices), k + 1
+    if ax is None:
+        _, ax = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
+    for r, (q, row_keys) in enumerate(zip(query_indices.tolist(), keys.tolist())):
+        for c, idx in enumerate([q] + row_keys):
+            a = ax[r][c]
+            img = images[idx]
+            img = img.float() / 255 if img.dtype == torch.uint8 else img
+            a.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            a.set_xticks([]), a.set_yticks([])
+            title = ("query" if c == 0 else f"key {c}") + (f" #{idx}" if c and idx == q else "")
+            if quality is not None:
+                title += f"\nq={float(quality[idx]):.2f}"
+            a.set_title(title, fontsize=7)
+        ax[r][0].set_ylabel(f"identity {int(labels[q])}", fontsize=7)
+    return ax

@@ -362,13 +362,15 @@ def test_ema_hand_computed():
 
 def test_ema_momentum_zero_copies_and_one_freezes():
     q = nn.Linear(3, 2)
+    with torch.no_grad():  # exactly representable values, so (w + 1) - 1 == w
+        q.weight.copy_(torch.tensor([[0.5, -0.25, 0.75], [1.0, 2.0, -1.5]]))
     frozen, follower = KeyEncoder(q, momentum=1.0), KeyEncoder(q, momentum=0.0)
     with torch.no_grad():
         q.weight.add_(1.0)
     frozen.update(q)
     follower.update(q)
     assert torch.equal(follower.encoder.weight, q.weight)
-    assert torch.allclose(frozen.encoder.weight, q.weight - 1.0)
+    assert torch.equal(frozen.encoder.weight, q.weight - 1.0)
 
 
 def test_key_encoder_takes_no_gradient_and_keeps_bn_buffers_its_own():
@@ -399,3 +401,82 @@ def test_container_knows_when_it_is_full_after_a_load_or_reset():
     assert box.is_full()
     box.reset()
     assert not box.is_full()
+
+
+# --------------------------------------------------------------------------- lesson helpers
+
+
+def test_drift_tracker_follows_a_backbone_by_hand():
+    from attfc_lite.encoders import DriftTracker
+
+    net = nn.Linear(1, 1, bias=False)
+    net.weight.data.fill_(2.0)
+    tracker = DriftTracker(momenta=(0.5, 0.0))
+    for step, value in enumerate((2.0, 4.0, 4.0), start=1):  # the backbone after each step
+        net.weight.data.fill_(value)
+        tracker({"step": step, "backbone": net})
+    # m = 0.5 starts at 2 (a copy at step 1), then 0.5*2 + 0.5*2 = 2, 0.5*2 + 0.5*4 = 3, 0.5*3 + 0.5*4 = 3.5
+    assert tracker.steps == [1, 2, 3]
+    assert tracker.drift[0.5] == pytest.approx([0.0, (4 - 3) / 4, (4 - 3.5) / 4])
+    assert tracker.drift[0.0] == pytest.approx([0.0, 0.0, 0.0])  # momentum 0 copies every step
+    with pytest.raises(ValueError, match="momentum"):
+        DriftTracker(momenta=(2.0,))
+
+
+def test_rank_correlation_hand_cases():
+    from attfc_lite.attention import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties: ranks x = [0, 1.5, 1.5, 3], y = [0, 1, 2, 3] -> Pearson of the ranks
+    import numpy as np
+
+    assert rank_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
+    assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+
+
+def test_quality_study_shapes_and_a_quality_reading_encoder():
+    from attfc_lite.attention import DEGRADATIONS, quality_study
+    from attfc_lite.faces import FaceWorld
+
+    class Sharpness(nn.Module):
+        """Embeds an image by its mean absolute horizontal gradient along one axis: a crude quality reader."""
+
+        def __init__(self):
+            super().__init__()
+            self.dummy = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            g = (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
+            return torch.stack([torch.ones_like(g), 20 * g], 1)
+
+    world = FaceWorld(seed=0)
+    study = quality_study(Sharpness(), Sharpness(), world, torch.arange(40), k=3)
+    assert study["weights"].shape == study["quality"].shape == (40, 3)
+    assert study["num_identities"] == 40 and study["chance"] == pytest.approx(1 / 3)
+    assert set(study["by_degradation"]) == set(DEGRADATIONS)
+    assert abs(study["weights"].sum(1) - 1).max() < 1e-5
+    # the keys' qualities are the world's ground truth for images 1..3
+    want = world.quality(torch.arange(40).repeat_interleave(3), torch.arange(1, 4).repeat(40)).view(40, 3)
+    assert torch.allclose(torch.as_tensor(study["quality"]), want)
+
+
+def test_plot_key_views_and_quality_study_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.attention import plot_quality_study, quality_study
+    from attfc_lite.faces import FaceWorld, SyntheticFaces
+    from attfc_lite.sampling import plot_key_views
+
+    data = SyntheticFaces(5, 4)
+    axes = plot_key_views(data.images, data.labels, data.quality, [0, 5], k=3,
+                          generator=torch.Generator().manual_seed(0))
+    assert len(axes) == 2 and len(axes[0]) == 4 and axes[0][0].get_title().startswith("query")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8))
+    study = quality_study(net, net, FaceWorld(), torch.arange(12), k=2)
+    ax1, ax2 = plot_quality_study(study)
+    assert "Spearman" in ax1.get_title() and ax2.get_ylabel().startswith("Spearman")
+    plt.close("all")
