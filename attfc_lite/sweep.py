@@ -130,9 +130,18 @@ def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] =
     return result
 
 
+STORED = Path(__file__).resolve().parents[1] / "data" / "sweeps"  # the course's stored sweeps
+
+
 def load_sweep(path: str | os.PathLike) -> dict:
-    """A sweep written by `run_sweep` (checks that it has the fields the lessons read)."""
-    data = json.loads(Path(path).read_text())
+    """A sweep written by `run_sweep`: a file, or the name of a stored one ("dcc_ratio" for
+    data/sweeps/dcc_ratio.json). Checks that it has the fields the lessons read."""
+    path = Path(path)
+    if path.suffix != ".json" and not path.exists():
+        path = STORED / f"{path.name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no sweep file {path}; make it with python -m attfc_lite sweep ... --out {path}")
+    data = json.loads(path.read_text())
     missing = {"param", "values", "seeds", "runs", "summary", "config", "device", "command"} - set(data)
     if missing:
         raise ValueError(f"{path} is not a sweep file: it lacks {sorted(missing)}; regenerate it with "
