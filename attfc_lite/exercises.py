@@ -118,3 +118,21 @@ def check_unsampled_drift(answer, momentum: float = 0.9, steps: int = 2) -> None
         return
     expected = sum(momentum ** (k + 1) for k in range(steps))  # each step: buffer *= momentum, w -= lr * buffer
     check("drift", answer, expected, rtol=1e-3, atol=1e-3, close_factor=10)
+
+
+# -- lesson 04 ---------------------------------------------------------------------------
+def check_ema_value(answer, start: float = 1.0, target: float = 3.0, momentum: float = 0.9, steps: int = 2) -> None:
+    """Exercise 04.1: a parameter of encoder_k after `steps` EMA steps towards a fixed encoder_q."""
+    if not _answered("theta_k", answer):
+        return
+    value = start
+    for _ in range(steps):
+        value = momentum * value + (1 - momentum) * target
+    check("theta_k", answer, value, rtol=1e-4, atol=1e-6, close_factor=10)
+
+
+def check_ema_half_life(answer, momentum: float = 0.99) -> None:
+    """Exercise 04.2: steps after which a step's weight in the average has halved: m^n <= 1/2."""
+    if not _answered("half-life", answer):
+        return
+    check("half-life", answer, math.ceil(math.log(0.5) / math.log(momentum)), rtol=0, atol=0, close_factor=0)

@@ -217,7 +217,7 @@ def plot_key_views(images: Tensor, labels: Tensor, quality: Tensor | None, query
             img = img.float() / 255 if img.dtype == torch.uint8 else img
             a.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
             a.set_xticks([]), a.set_yticks([])
-            title = ("query" if c == 0 else f"key {c}") + (f" #{idx}" if c and idx == q else "")
+            title = ("query" if c == 0 else f"key {c}") + (" (= query)" if c and idx == q else "")
             if quality is not None:
                 title += f"\nq={float(quality[idx]):.2f}"
             a.set_title(title, fontsize=7)
