@@ -136,3 +136,19 @@ def check_ema_half_life(answer, momentum: float = 0.99) -> None:
     if not _answered("half-life", answer):
         return
     check("half-life", answer, math.ceil(math.log(0.5) / math.log(momentum)), rtol=0, atol=0, close_factor=0)
+
+
+# -- lesson 05 ---------------------------------------------------------------------------
+def check_attention_weight(answer, cosines=(0.8, 0.4), temperature: float = 1.0) -> None:
+    """Exercise 05.1: the attention weight of the first key: softmax of the cosines / temperature."""
+    if not _answered("weight", answer):
+        return
+    exps = [math.exp(c / temperature) for c in cosines]
+    check("weight", answer, exps[0] / sum(exps), rtol=1e-3, atol=1e-4, close_factor=10)
+
+
+def check_weight_ratio(answer, temperature: float = 0.5) -> None:
+    """Exercise 05.2: the largest possible ratio of two keys' weights: cosines differ by at most 2."""
+    if not _answered("ratio", answer):
+        return
+    check("ratio", answer, math.exp(2 / temperature), rtol=1e-3, atol=1e-3, close_factor=10)
