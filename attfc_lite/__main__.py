@@ -73,7 +73,7 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     g.add_argument("--container-size", type=_positive_int, default=None,
                    help="attfc: container size in entries (overrides --dcc-ratio)")
     g.add_argument("--ema-momentum", type=float, default=d.ema_momentum,
-                   help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper: 0.999, for much longer runs)")
+                   help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper's 0.999)")
     g.add_argument("--temperature", type=_positive_float, default=d.temperature,
                    help="attfc: temperature of the attention softmax")
     t.add_argument("--seed", type=int, default=d.seed)

@@ -82,12 +82,18 @@ def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world,
     """Attention weights against the ground-truth quality of the key images, for unseen identities.
 
     For each identity, image 0 is the query and images 1..k its keys (all distinct). Both
-    encoders run in eval mode (the trained model as it would be used). Returns numpy arrays:
+    encoders run as in training (train mode: BatchNorm normalises by the batch's own
+    statistics), on copies so that their running statistics stay untouched: the weights are
+    the ones the head would use to build these GCCs. Returns numpy arrays:
     'weights' [n, k], 'quality' [n, k] (the keys'), 'query_quality' [n], 'degradation' [n, k]
     (index into DEGRADATIONS of each key's strongest degradation), 'severity' [n, k], and
     summaries: 'spearman' (all keys), 'top_is_best' (share of identities whose most-weighted
-    key is their best one; chance: 1 / k) and 'by_degradation' (Spearman within each type).
+    key is their best one; chance: 1 / k) with 'top_is_best_ci' (its 95 % binomial interval),
+    'by_degradation' (Spearman within each type, over keys whose degradation is visible:
+    severity > 0.05) and 'clean_keys' (the others).
     """
+    import copy
+
     import numpy as np
 
     identities = torch.as_tensor(identities).reshape(-1)
@@ -97,16 +103,11 @@ def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world,
     out = world.render(ids, idx)
     params = world.image_params(ids, idx)
     device = device or next(encoder_q.parameters()).device
-    modes = [(m, m.training) for m in list(encoder_q.modules()) + list(encoder_k.modules())]
-    encoder_q.eval(), encoder_k.eval()
-    try:
-        images = out.images.view(n, k + 1, *out.images.shape[1:]).to(device)
-        q = encoder_q(images[:, 0])
-        keys = encoder_k(images[:, 1:].reshape(n * k, *images.shape[2:])).view(n, k, -1)
-        weights = attention_weights(q, keys, temperature).cpu().numpy()
-    finally:
-        for m, was in modes:
-            m.training = was
+    enc_q, enc_k = copy.deepcopy(encoder_q).train(), copy.deepcopy(encoder_k).train()
+    images = out.images.view(n, k + 1, *out.images.shape[1:]).to(device)
+    q = enc_q(images[:, 0])
+    keys = enc_k(images[:, 1:].reshape(n * k, *images.shape[2:])).view(n, k, -1)
+    weights = attention_weights(q, keys, temperature).cpu().numpy()
     quality = out.quality.view(n, k + 1).cpu().numpy()
     strength = torch.stack([params["d_" + d] for d in DEGRADATIONS], 1).view(n, k + 1, len(DEGRADATIONS))
     degradation = strength.argmax(2).cpu().numpy()
@@ -124,6 +125,8 @@ def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world,
         "severity": severity[:, 1:], "k": k, "num_identities": n,
         "spearman": rank_correlation(weights.ravel(), kq.ravel()),
         "top_is_best": float(np.mean(top == best)), "chance": 1.0 / k, "by_degradation": by_type,
+        "top_is_best_ci": float(1.96 * np.sqrt(np.mean(top == best) * (1 - np.mean(top == best)) / n)),
+        "clean_keys": int((severity[:, 1:] <= 0.05).sum()),
     }
 
 

@@ -69,8 +69,8 @@ class TrainConfig:
     # AttFC: K key images per query, the container's size (a share of num_classes, or an
     # absolute count that overrides it), encoder_k's EMA momentum, the attention temperature.
     # K = 4 on the CPU (the official configuration has K = 2): with two keys the GCC is too
-    # noisy a class centre for a 750-step run (10-fold accuracy 0.852 against FC's 0.894 on
-    # the default data), with four it is 0.887 (lesson 05; `python -m attfc_lite sweep k`).
+    # noisy a class centre for a 750-step run (10-fold accuracy 0.86 against FC's 0.89 on the
+    # default data), with four it is 0.89 (lesson 05; data/sweeps/k.json, `sweep k`).
     num_keys: int = 4
     dcc_ratio: float = DEFAULT_CONTAINER_RATIO
     container_size: int | None = None

@@ -15,6 +15,10 @@ _TERM_COLOURS = {
     "key_encoder": "#8c564b",
     "container": "#c49c94",
     "centre_grad": "#ff7f0e",
+    "gathered_centres": "#17becf",
+    "attention_temporaries": "#f7b6d2",
+    "container_logits": "#ffbb78",
+    "embedding_backward": "#c5b0d5",
     "normalized_centres": "#2ca02c",
     "embedding_temporaries": "#dbdb8d",
     "logits": "#d62728",
@@ -115,7 +119,7 @@ def plot_breakdown(
         heights = [bd.peak_terms().get(name, 0) / scale for bd in breakdowns.values()]
         ax.bar(labels, heights, bottom=bottoms, color=_TERM_COLOURS.get(name), label=name, edgecolor="white", lw=0.5)
     for i, bd in enumerate(breakdowns.values()):
-        ax.text(i, bd.peak / scale, f"{bd.peak / scale:,.1f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, bd.peak / scale, f"predicted {bd.peak / scale:,.1f}", ha="center", va="bottom", fontsize=8)
     if capacity_gib is not None:
         ax.axhline(capacity_gib * GiB / scale, color="firebrick", lw=1, ls="--", label=f"device {capacity_gib:g} GiB")
     if measured:
@@ -126,7 +130,7 @@ def plot_breakdown(
     top = max([bd.peak / scale for bd in breakdowns.values()] + [capacity_gib * GiB / scale if capacity_gib else 0]
               + [v / scale for v in (measured or {}).values()])
     ax.set_ylim(0, 1.08 * top)  # room for the labels above the bars
-    ax.set_ylabel(f"predicted peak ({unit})")
+    ax.set_ylabel(f"peak of one step ({unit}): model's terms" + (", measured: black" if measured else ""))
     handles, names = ax.get_legend_handles_labels()  # top of the stack first, as drawn
     ax.legend(handles[::-1], names[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
