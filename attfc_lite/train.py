@@ -123,9 +123,9 @@ class TrainConfig:
             except ValueError as exc:
                 raise ValueError(f"ema_momentum: {exc}") from None
         with torch.device("meta"):  # the head's own checks, before anything is rendered; no memory
-            build_head = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
+            probe = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
                                    s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
-        del build_head
+        del probe
         return checked
 
     @classmethod

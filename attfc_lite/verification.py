@@ -36,7 +36,6 @@ __all__ = [
     "evaluate_verification",
     "verification_summary",
     "plot_roc",
-    "plot_accuracy",
 ]
 
 DEFAULT_FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
@@ -638,39 +637,3 @@ def plot_roc(results_or_list: dict | Sequence[dict], labels: str | Sequence[str]
     ax.legend(loc="lower right", fontsize="small")
     return ax
 
-
-def plot_accuracy(values: Sequence, results: Sequence[dict], xlabel: str, labels: Sequence[str] | None = None,
-                  reference: dict | None = None, reference_label: str = "reference", title: str | None = None,
-                  log_x: bool = False, ax: Any = None) -> Any:
-    """10-fold accuracy (with its fold std as error bars) against a setting, one point per run.
-
-    `results`: `evaluate_verification` dicts (or metrics with a 'verification' entry), one per
-    value; `reference`: one more result drawn as a horizontal line (e.g. the full FC).
-    """
-    import matplotlib.pyplot as plt
-
-    def unpack(r):
-        r = r.get("verification", r)
-        return r["accuracy_mean"], r["accuracy_std"]
-
-    if len(values) != len(results):
-        raise ValueError(f"values and results must have the same length, got {len(values)} and {len(results)}")
-    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
-    means, stds = zip(*(unpack(r) for r in results)) if results else ((), ())
-    ax.errorbar(list(values), means, yerr=stds, fmt="o-", capsize=3, label="10-fold accuracy ± fold std")
-    if labels:
-        for x, y, text in zip(values, means, labels):
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
-    if reference is not None:
-        mean, std = unpack(reference)
-        ax.axhline(mean, color="0.3", ls="--", lw=1, label=f"{reference_label}: {mean:.3f}")
-        ax.axhspan(mean - std, mean + std, color="0.3", alpha=0.1)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("10-fold verification accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
