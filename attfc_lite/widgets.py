@@ -136,3 +136,58 @@ def will_it_fit_widget(
     box.controls, box.output, box.update = controls, output, update
     update()
     return box
+
+
+# -- the DCC-size widget (lesson 07) ---------------------------------------------------------
+
+
+def interpolate_sweep(sweep: dict, value: float) -> dict[str, Any]:
+    """Mean accuracy of a stored sweep at `value`: linear in log(value) between measured points.
+
+    Returns 'accuracy', 'measured' (True when `value` is one of the sweep's values),
+    'clamped' (True when `value` lies outside the measured range: the nearest end is given)
+    and 'between' (the two measured values used).
+    """
+    import math
+
+    points = sorted((row["value"], row["accuracy_mean"]) for row in sweep["summary"])
+    if not points:
+        raise ValueError("the sweep has no summary rows; regenerate it with python -m attfc_lite sweep ...")
+    xs = [p[0] for p in points]
+    if value <= xs[0] or value >= xs[-1]:
+        end = points[0] if value <= xs[0] else points[-1]
+        exact = math.isclose(value, end[0], rel_tol=1e-9)
+        return {"accuracy": end[1], "measured": exact, "clamped": not exact, "between": (end[0], end[0])}
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if math.isclose(value, x0, rel_tol=1e-9):
+            return {"accuracy": y0, "measured": True, "clamped": False, "between": (x0, x0)}
+        if x0 < value < x1:
+            t = (math.log(value) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return {"accuracy": y0 + t * (y1 - y0), "measured": False, "clamped": False, "between": (x0, x1)}
+    return {"accuracy": points[-1][1], "measured": True, "clamped": False, "between": (xs[-1], xs[-1])}
+
+
+def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_size: int = 128,
+             sweep: dict | None = None) -> dict[str, Any]:
+    """What a container of `ratio` x `num_classes` entries costs and buys (the DCC-size widget's callback).
+
+    Returns 'capacity' (entries Q), 'container_bytes' (Q x (4 D + 8)), 'attfc_peak_bytes' and
+    'fc_peak_bytes' (the memory model's head step, fp32, SGD), 'attfc_breakdown',
+    'identities_present' (expected share of the identities with at least one entry, for
+    uniformly drawn labels: 1 - (1 - 1/N)^Q) and, with a stored `sweep` of dcc-ratio,
+    'accuracy' from `interpolate_sweep` (None without one).
+    """
+    from .attfc import container_capacity
+
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be a number in (0, 1] (the container's share of the identities), got {ratio!r}")
+    q = container_capacity(int(num_classes), float(ratio))
+    att = predict_memory(num_classes, embedding_dim, batch_size, head="attfc", container_size=q)
+    fc = predict_memory(num_classes, embedding_dim, batch_size, head="fc")
+    present = 1.0 - (1.0 - 1.0 / num_classes) ** q
+    return {
+        "ratio": float(ratio), "num_classes": int(num_classes), "capacity": q,
+        "container_bytes": att.terms["container"], "attfc_peak_bytes": att.peak, "fc_peak_bytes": fc.peak,
+        "attfc_breakdown": att.peak_terms(), "identities_present": present,
+        "accuracy": interpolate_sweep(sweep, ratio) if sweep is not None else None,
+    }

@@ -72,3 +72,41 @@ def test_widget_builds_and_follows_its_controls():
     assert box.controls["num_classes"].value == 93_431
     box.controls["head"].value = "attfc"
     assert box.result["breakdown"]["key_encoder"] == 4 * KEY_ENCODER_PARAMS
+
+
+def test_dcc_size_against_the_formulas_and_the_model():
+    from attfc_lite.memory import predict_memory
+    from attfc_lite.widgets import dcc_size
+
+    r = dcc_size(0.3, 1_000_000, 512, 128)
+    assert r["capacity"] == 300_000 and r["container_bytes"] == 300_000 * (4 * 512 + 8)
+    assert r["fc_peak_bytes"] == predict_memory(1_000_000, 512, 128).peak
+    assert r["attfc_peak_bytes"] == predict_memory(1_000_000, 512, 128, head="attfc", container_size=300_000).peak
+    # 300,000 uniform draws over 1,000,000 identities: 1 - e^-0.3 of them present (to 1e-6)
+    import math
+
+    assert r["identities_present"] == pytest.approx(1 - math.exp(-0.3), abs=1e-6)
+    assert dcc_size(1.0, 1000)["identities_present"] == pytest.approx(1 - (1 - 1 / 1000) ** 1000)
+    assert r["accuracy"] is None
+    with pytest.raises(ValueError, match="ratio"):
+        dcc_size(0.0, 1000)
+
+
+def test_dcc_size_reads_the_sweep_between_and_at_measured_points():
+    from attfc_lite.widgets import dcc_size, interpolate_sweep
+
+    sweep = {"summary": [{"value": 0.01, "accuracy_mean": 0.80}, {"value": 0.1, "accuracy_mean": 0.90},
+                         {"value": 1.0, "accuracy_mean": 0.86}]}
+    at = interpolate_sweep(sweep, 0.1)
+    assert at == {"accuracy": 0.90, "measured": True, "clamped": False, "between": (0.1, 0.1)}
+    # halfway in log between 0.01 and 0.1 is 10^-1.5
+    mid = interpolate_sweep(sweep, 10 ** -1.5)
+    assert mid["accuracy"] == pytest.approx(0.85) and not mid["measured"] and mid["between"] == (0.01, 0.1)
+    low = interpolate_sweep(sweep, 0.001)
+    assert low["accuracy"] == 0.80 and low["clamped"]
+    assert dcc_size(1.0, 2000, sweep=sweep)["accuracy"]["accuracy"] == 0.86
+    from attfc_lite.sweep import load_sweep
+
+    stored = load_sweep("dcc_ratio")
+    first = stored["summary"][0]
+    assert dcc_size(first["value"], 1000, sweep=stored)["accuracy"]["accuracy"] == first["accuracy_mean"]
