@@ -75,9 +75,11 @@ class FullFC(Head):
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
         nn.init.normal_(self.weight, std=0.01)
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Cosines between each embedding and every class centre, [B, num_classes]."""
-        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1, 1)
+    def cosine(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosines between each embedding and every class centre, [B, num_classes] (or only the
+        centres in `rows`, [B, len(rows)]: Partial FC's sample)."""
+        centres = self.weight if rows is None else self.weight[rows]
+        return F.linear(F.normalize(embeddings, dim=1), F.normalize(centres, dim=1)).clamp(-1, 1)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)

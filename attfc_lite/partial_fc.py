@@ -75,8 +75,7 @@ class PartialFC(FullFC):
             return super().forward(embeddings, labels)
         index, target = self.sample(labels)
         self.step += 1
-        centres = F.normalize(self.weight[index], dim=1)  # W.grad: zero on the rows not in index
-        cosine = F.linear(F.normalize(embeddings, dim=1), centres).clamp(-1, 1)
+        cosine = self.cosine(embeddings, index)  # W.grad: zero on the rows not in index
         return F.cross_entropy(self.margin(cosine, target), target)
 
     def get_extra_state(self) -> dict:
@@ -95,9 +94,10 @@ def plot_sample(head: PartialFC, labels: torch.Tensor, ax=None):
     from matplotlib.patches import Patch
 
     index, _ = head.sample(labels)
+    positives = torch.unique(labels)
     kind = torch.zeros(head.num_classes)
     kind[index] = 1
-    kind[torch.unique(labels)] = 2
+    kind[positives] = 2
     ax = ax or plt.subplots(figsize=(9, 1.4))[1]
     colours = ["#e8e8e8", "#1f77b4", "#d62728"]
     from matplotlib.colors import ListedColormap
@@ -106,8 +106,8 @@ def plot_sample(head: PartialFC, labels: torch.Tensor, ax=None):
               interpolation="nearest")
     ax.set_yticks([])
     ax.set_xlabel("class centre (row of W)")
-    ax.set_title(f"one Partial FC step: {len(torch.unique(labels))} positives + "
-                 f"{index.numel() - len(torch.unique(labels))} sampled negatives = {index.numel()} of "
+    ax.set_title(f"one Partial FC step: {len(positives)} positives + "
+                 f"{index.numel() - len(positives)} sampled negatives = {index.numel()} of "
                  f"{head.num_classes} centres in the logits")
     ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colours[::-1], ("positive (label in the batch)",
                                                                                  "sampled negative", "not in this step"))],

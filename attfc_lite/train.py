@@ -124,7 +124,7 @@ class TrainConfig:
                 raise ValueError(f"ema_momentum: {exc}") from None
         with torch.device("meta"):  # the head's own checks, before anything is rendered; no memory
             probe = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
-                                   s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
+                              s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
         del probe
         return checked
 
