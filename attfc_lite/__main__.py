@@ -1,4 +1,4 @@
-"""Command line: `python -m attfc_lite {train, sweep, data, memory} ...` (see --help of each)."""
+"""Command line: `python -m attfc_lite {train, sweep, run, data, memory} ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -76,6 +76,8 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper's 0.999)")
     g.add_argument("--temperature", type=_positive_float, default=d.temperature,
                    help="attfc: temperature of the attention softmax")
+    g.add_argument("--no-mask", action="store_true",
+                   help="attfc: keep the container's entries of a query's own identity as negatives (an ablation)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -108,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the head the setting belongs to (attfc; partial_fc for sample-rate)")
     sw.add_argument("--out", type=Path, default=None, help="JSON file; default data/sweeps/<setting>.json")
     _add_train_options(sw, d)
+
+    from .run import VARIANTS
+
+    r = sub.add_parser("run", help="train several heads on the same data, one after the other; write the results "
+                                   "as JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="heads to train: " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--memory-classes", type=_positive_int, default=100_000,
+                   help="also measure each head's step at this many identities")
+    r.add_argument("--out", type=Path, default=Path("runs") / "heads.json", help="JSON file to write")
+    _add_train_options(r, d)
 
     data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -149,14 +163,18 @@ def config_from_args(args, head: str | None = None):
     """The TrainConfig that `train` arguments describe (validated: a bad value raises ValueError)."""
     from .train import TrainConfig
 
-    return TrainConfig(head=head or args.head, num_classes=args.classes, images_per_identity=args.images_per_identity,
+    head = head or args.head
+    if args.no_mask and head != "attfc":
+        raise ValueError(f"--no-mask only applies to --head attfc, not {head}")
+    return TrainConfig(head=head, num_classes=args.classes, images_per_identity=args.images_per_identity,
                        eval_identities=args.eval_identities, eval_images_per_identity=args.eval_images_per_identity,
                        num_pairs=args.num_pairs, epochs=args.epochs, batch_size=args.batch_size,
                        image_size=args.image_size, backbone=args.backbone, embedding_dim=args.embedding_dim,
                        margin=args.margin, margin_m=args.margin_m, scale=args.scale, lr=args.lr, seed=args.seed,
                        device=args.device, sample_rate=args.sample_rate, num_keys=args.k, dcc_ratio=args.dcc_ratio,
                        container_size=args.container_size, ema_momentum=args.ema_momentum,
-                       temperature=args.temperature).validate()
+                       temperature=args.temperature,
+                       head_kwargs={"mask_own": False} if args.no_mask else {}).validate()
 
 
 def _train(args) -> int:
@@ -192,6 +210,26 @@ def _sweep(args) -> int:
         print(f"{args.param}={row['value']:g}: {row['accuracy_mean']:.3f} (seed spread ±{row['accuracy_seed_std']:.3f})",
               file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    from .run import VARIANTS, run_heads, summary_table
+
+    if args.no_mask:
+        raise ValueError("--no-mask is an ablation of one head: use it with train or sweep, not run")
+    base = config_from_args(args, head="fc")
+    command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["run"] else None
+
+    def report(run: dict) -> None:
+        print(f"{VARIANTS[run['variant']][0]}, seed {run['seed']}: accuracy {run['accuracy_mean']:.3f} "
+              f"± {run['accuracy_std']:.3f}, {run['images_per_second']:,.0f} images/s ({run['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
+                       progress=not args.quiet, command=command, on_run=report)
+    print(summary_table(result), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -245,7 +283,7 @@ def _memory(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": _train, "sweep": _sweep, "data": _data, "memory": _memory}
+    handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:

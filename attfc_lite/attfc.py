@@ -59,7 +59,7 @@ class _AttFCLoss(torch.autograd.Function):
     """Loss and gradient of q in one pass (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, gcc, centres, centre_labels, labels, margin, container_full=False):
+    def forward(ctx, q, gcc, centres, centre_labels, labels, margin, container_full=False, mask_own=True):
         batch = q.shape[0]
         s = margin.s
         # Column 0: the margin's positive logit, and its derivative by autograd on B numbers.
@@ -75,7 +75,8 @@ class _AttFCLoss(torch.autograd.Function):
         logits = (q.detach() * s) @ centres.t()
         if not container_full:  # empty slots leave the softmax
             logits.masked_fill_(centre_labels == EMPTY, float("-inf"))  # [Q] mask, broadcast over rows
-        logits.masked_fill_(centre_labels[None, :] == labels[:, None], float("-inf"))
+        if mask_own:
+            logits.masked_fill_(centre_labels[None, :] == labels[:, None], float("-inf"))
         top = torch.maximum(z0, logits.max(dim=1).values)  # all masked: -inf, and z0 wins
         logits.sub_(top[:, None]).exp_()
         e0 = torch.exp(z0 - top)
@@ -92,18 +93,22 @@ class _AttFCLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad_q,) = ctx.saved_tensors
-        return grad_output * grad_q, None, None, None, None, None, None
+        return grad_output * grad_q, None, None, None, None, None, None, None
 
 
 def attfc_loss(q: torch.Tensor, gcc: torch.Tensor, centres: torch.Tensor, centre_labels: torch.Tensor,
-               labels: torch.Tensor, margin: Margin, container_full: bool = False) -> torch.Tensor:
+               labels: torch.Tensor, margin: Margin, container_full: bool = False,
+               mask_own: bool = True) -> torch.Tensor:
     """Mean cross-entropy of [margin(q . gcc) | q . centres (masked)] with target 0; gradient to q only.
 
     `q` [B, D] normalised queries, `gcc` [B, D] unit positive centres, `centres` [Q, D] and
     `centre_labels` [Q] (int64, -1 empty) the container, `labels` [B] the queries' identities.
     `container_full=True` skips looking for empty slots (a pass over B x Q saved).
+    `mask_own=False` keeps the entries of the query's own identity as negatives (the
+    ablation of lesson 07; the method masks them).
     """
-    return _AttFCLoss.apply(q, gcc.detach(), centres.detach(), centre_labels, labels, margin, container_full)
+    return _AttFCLoss.apply(q, gcc.detach(), centres.detach(), centre_labels, labels, margin, container_full,
+                            mask_own)
 
 
 class AttFC(Head):
@@ -112,11 +117,14 @@ class AttFC(Head):
     `container_size` Q (or `container_ratio` of `num_classes`, 0.3 by default), `num_keys` K
     key embeddings per query, `temperature` of the attention softmax (1, the paper's), and the
     margin (ArcFace s=64, m=0.5 by default, as the official code) on the positive column.
+    `mask_own=False` stops masking the container's entries of a query's own identity (an
+    ablation: they then count as negatives).
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, container_size: int | None = None,
                  container_ratio: float = DEFAULT_CONTAINER_RATIO, num_keys: int = DEFAULT_NUM_KEYS,
-                 temperature: float = 1.0, margin: Margin | str = "arcface", **margin_kwargs) -> None:
+                 temperature: float = 1.0, margin: Margin | str = "arcface", mask_own: bool = True,
+                 **margin_kwargs) -> None:
         super().__init__()
         if embedding_dim < 1 or num_classes < 2:
             raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
@@ -128,7 +136,9 @@ class AttFC(Head):
             raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
                              "ignored: pass them to the margin, or pass margin by name")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
-        self.num_keys, self.temperature = int(num_keys), float(temperature)
+        if not isinstance(mask_own, bool):
+            raise ValueError(f"mask_own must be True or False, got {mask_own!r}")
+        self.num_keys, self.temperature, self.mask_own = int(num_keys), float(temperature), mask_own
         self.margin = make_margin(margin, **margin_kwargs) if isinstance(margin, str) else margin
         self.container = DynamicClassContainer(container_capacity(num_classes, container_ratio, container_size),
                                                self.embedding_dim)
@@ -147,7 +157,7 @@ class AttFC(Head):
         with torch.no_grad():
             weights, gcc = generative_class_centres(q.detach(), keys.to(q.dtype), self.temperature)
         loss = attfc_loss(q, gcc, self.container.centres, self.container.labels, labels, self.margin,
-                          self.container.is_full())
+                          self.container.is_full(), self.mask_own)
         if self.training:
             self.container.enqueue(gcc, labels)
         self.last_weights = weights
@@ -155,4 +165,4 @@ class AttFC(Head):
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, num_keys={self.num_keys}, "
-                f"temperature={self.temperature}")
+                f"temperature={self.temperature}" + ("" if self.mask_own else ", mask_own=False"))

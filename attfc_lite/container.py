@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DynamicClassContainer", "EMPTY"]
+__all__ = ["DynamicClassContainer", "EMPTY", "TurnoverWatch", "plot_turnover"]
 
 EMPTY = -1  #: the label of a slot that holds no centre yet
 
@@ -83,3 +83,94 @@ class DynamicClassContainer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"capacity={self.capacity}, embedding_dim={self.embedding_dim}"
+
+
+class TurnoverWatch:
+    """A `train(callback=...)` watcher: how an AttFC head's container turns over, step by step.
+
+    After every step it records, in lists of one value per step:
+    'own_share', the share of the batch's queries whose identity had an entry in the
+    container the batch was scored against (the entries the mask removes), 'own_entries',
+    their mean number per query, 'filled' (share of slots holding a centre),
+    'identities_present' (share of the `num_classes` identities with an entry),
+    'mean_age' and 'max_age' of the entries the next batch is scored against, in steps (1:
+    written by the step just taken).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1 (the training identities), got {num_classes!r}")
+        self.num_classes = num_classes
+        self.steps, self.own_share, self.own_entries, self.filled = [], [], [], []
+        self.identities_present, self.mean_age, self.max_age = [], [], []
+        self._before: torch.Tensor | None = None  # the labels the next batch is scored against
+        self._written: torch.Tensor | None = None  # the step that wrote each slot (-1: never)
+
+    def __call__(self, state: dict) -> None:
+        container = getattr(state["head"], "container", None)
+        if not isinstance(container, DynamicClassContainer):
+            raise ValueError("TurnoverWatch watches an AttFC run: the head has no container (train with head='attfc')")
+        labels, step = state["labels"].detach().cpu().long(), int(state["step"])
+        now = container.labels.detach().cpu()
+        if self._before is None:
+            self._before = torch.full_like(now, EMPTY)
+            self._written = torch.full(now.shape, -1, dtype=torch.int64)
+        hits = (self._before[None, :] == labels[:, None]).sum(1)
+        # The slots this step wrote: the pointer ran over them, newest `capacity` of the batch.
+        n = min(labels.numel(), container.capacity)
+        end = int(container.pointer)
+        self._written[(end - n + torch.arange(n)) % container.capacity] = step
+        full = now != EMPTY
+        ages = (step + 1 - self._written[full]).double()
+        self.steps.append(step)
+        self.own_share.append(float((hits > 0).double().mean()))
+        self.own_entries.append(float(hits.double().mean()))
+        self.filled.append(float(full.double().mean()))
+        self.identities_present.append(int(now[full].unique().numel()) / self.num_classes)
+        self.mean_age.append(float(ages.mean()) if ages.numel() else 0.0)
+        self.max_age.append(int(ages.max()) if ages.numel() else 0)
+        self._before = now.clone()
+
+    def summary(self, skip: int | None = None) -> dict:
+        """Means over the steps after the container first filled (or after `skip` steps)."""
+        if not self.steps:
+            raise ValueError("no step recorded yet: pass the watcher to train(callback=...) first")
+        if skip is None:
+            skip = next((i + 1 for i, f in enumerate(self.filled) if f >= 1.0), len(self.steps))
+        tail = slice(min(skip, len(self.steps) - 1), None)
+
+        def mean(values):
+            part = values[tail]
+            return sum(part) / len(part)
+
+        return {"steps": len(self.steps), "from_step": self.steps[tail][0], "own_share": mean(self.own_share),
+                "own_entries": mean(self.own_entries), "identities_present": mean(self.identities_present),
+                "mean_age": mean(self.mean_age), "max_age": max(self.max_age[tail])}
+
+
+def plot_turnover(watch: TurnoverWatch, expected_present: float | None = None, axes=None):
+    """Two panels: identities present and queries meeting their own identity, per step; entry age."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.4))[1]
+    ax, ax_age = axes
+    ax.plot(watch.steps, watch.identities_present, lw=1, label="identities with an entry (share of N)")
+    ax.plot(watch.steps, watch.own_share, lw=1, alpha=0.8, label="queries whose own identity is in it (masked)")
+    if expected_present is not None:
+        ax.axhline(expected_present, color="0.3", ls="--", lw=1,
+                   label=f"1 - (1 - 1/N)^Q = {expected_present:.3f}")
+    ax.set_ylim(0, max(0.05, 1.3 * max(max(watch.identities_present), max(watch.own_share))))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share")
+    ax.set_title("who is in the container", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax_age.plot(watch.steps, watch.mean_age, lw=1, label="mean age of the entries")
+    ax_age.plot(watch.steps, watch.max_age, lw=1, label="oldest entry")
+    ax_age.set_xlabel("training step")
+    ax_age.set_ylabel("age when used (steps)")
+    ax_age.set_title("how stale the negatives are", fontsize=10)
+    ax_age.legend(fontsize=8)
+    ax_age.grid(alpha=0.3)
+    return axes

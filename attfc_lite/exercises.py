@@ -152,3 +152,122 @@ def check_weight_ratio(answer, temperature: float = 0.5) -> None:
     if not _answered("ratio", answer):
         return
     check("ratio", answer, math.exp(2 / temperature), rtol=1e-3, atol=1e-3, close_factor=10)
+
+
+# -- lessons 06-08: checks that give a hint for each common slip, never the expected value ----
+def _grade(name: str, answer, expected: float, rtol: float, slips=(), hint: str = "", close_factor: float = 10.0):
+    """Print right / close / wrong for a number, with the tolerance used.
+
+    `slips`: (value, message) pairs, the result of a common mistake and what to look at; an
+    answer that matches one gets its message. The expected value is never printed.
+    Returns the verdict ('right', 'close', 'wrong'), or None when not answered; the check
+    functions return nothing, so that a notebook cell shows only the printed line.
+    """
+    if not _answered(name, answer):
+        return None
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        print(f"{name}: wrong: expected a number, got {answer!r}")
+        return "wrong"
+    if not math.isfinite(value):
+        print(f"{name}: wrong: {value} is not a finite number")
+        return "wrong"
+    tol = rtol * abs(expected)
+    if abs(value - expected) <= tol:
+        print(f"{name}: right (within {rtol:.2g} relative)")
+        return "right"
+    for slip, message in slips:
+        if abs(value - slip) <= rtol * abs(slip):
+            print(f"{name}: wrong. {message}")
+            return "wrong"
+    if abs(value - expected) <= close_factor * tol:
+        print(f"{name}: close (within {close_factor * rtol:.2g} relative, not {rtol:.2g}): "
+              "redo it without rounding the intermediate numbers")
+        return "close"
+    print(f"{name}: wrong (more than {close_factor * rtol:.2g} relative off). {hint}".rstrip())
+    return "wrong"
+
+
+# -- lesson 06 ---------------------------------------------------------------------------
+def check_mean_cosine(answer, single: float = 0.6, k: int = 4):
+    """Exercise 06.1: cosine to the centre of the mean of K keys, if one key has `single` and
+    the keys' errors are independent: 1 / sqrt(1 + x / K) with x = 1 / single^2 - 1."""
+    x = 1 / single ** 2 - 1
+    _grade("cosine of the mean", answer, 1 / math.sqrt(1 + x / k), 1e-3, slips=[
+        (single, "That is one key's cosine: averaging K keys with independent errors shrinks the error."),
+        (single * math.sqrt(k), "A cosine is at most 1: the error shrinks, the cosine does not multiply."),
+        (1 / math.sqrt(1 + x / math.sqrt(k)), "The variance of a mean of K independent errors is divided by K, "
+                                              "not by the square root of K."),
+        (1 / (1 + x / k), "cos = 1 / sqrt(1 + |error|^2) for a unit centre: take the square root."),
+    ], hint="Write a key as c + e with |c| = 1 and |e|^2 = x; the mean of K keys is c + (mean of the e), "
+            "whose squared length is x / K on average.")
+
+
+def check_max_weight(answer, k: int = 8, temperature: float = 1.0):
+    """Exercise 06.2: the largest weight one of K keys can get: its cosine 1, all others -1."""
+    big = math.exp(2 / temperature)
+    _grade("largest weight", answer, big / (big + k - 1), 1e-3, slips=[
+        (1 / k, "That is the uniform weight 1/K, the smallest possible largest weight."),
+        (big / (big + 1), "That is the case of two keys: here there are K of them."),
+        (big / (big + k), "The other keys number K - 1, not K."),
+        (1.0, "A softmax never gives all the weight to one key at a finite temperature."),
+    ], hint="Weights are proportional to exp(cos / T); give one key cosine 1 and the others -1.")
+
+
+# -- lesson 07 ---------------------------------------------------------------------------
+def check_container_bytes(answer, num_classes: int = 2_059_906, ratio: float = 0.1, embedding_dim: int = 512):
+    """Exercise 07.1: bytes of a container of floor(ratio N) fp32 centres and their int64 labels."""
+    from .attfc import container_capacity
+
+    q = container_capacity(num_classes, ratio)
+    _grade("container bytes", answer, q * (4 * embedding_dim + 8), 1e-3, slips=[
+        (q * 4 * embedding_dim, "Each entry also carries its identity label, an int64 (8 bytes)."),
+        (q * (4 * embedding_dim + 4), "The labels are int64: 8 bytes each (float or int32 labels stop being exact "
+                                      "or enough at this scale)."),
+        (num_classes * (4 * embedding_dim + 8), "The container holds Q = ratio x N entries, not one per identity."),
+        (q * (8 * embedding_dim + 8), "The centres are fp32: 4 bytes per number."),
+    ], hint="Q = floor(ratio x N) entries; each is D fp32 numbers and one int64 label.")
+
+
+def check_identities_present(answer, num_classes: int = 1000, capacity: int = 300):
+    """Exercise 07.2: expected share of identities with an entry among Q uniformly drawn labels."""
+    # 1e-3: the approximation 1 - exp(-Q / N) is right too (0.04 % off at Q / N = 0.3)
+    _grade("share present", answer, 1 - (1 - 1 / num_classes) ** capacity, 1e-3, slips=[
+        (capacity / num_classes, "Some identities hold two or more of the Q entries: count each identity once."),
+        ((1 - 1 / num_classes) ** capacity, "That is the share of identities with no entry."),
+    ], hint="One identity misses one entry with probability 1 - 1/N, and all Q entries with (1 - 1/N)^Q.")
+
+
+# -- lesson 08 ---------------------------------------------------------------------------
+def check_attfc_loss(answer, cos_positive: float = 0.8, negatives=((0.3, False), (0.9, True)), s: float = 32.0,
+                     m: float = 0.5):
+    """Exercise 08.1: the AttFC loss of one query by hand: ArcFace on the GCC column, container
+    entries as negatives, the entry of the query's own identity (True) masked."""
+    z0 = s * math.cos(math.acos(cos_positive) + m)
+    kept = [s * c for c, own in negatives if not own]
+    every = [s * c for c, _ in negatives]
+
+    def loss(z, others):
+        return math.log(math.exp(z) + sum(math.exp(o) for o in others)) - z
+
+    _grade("loss", answer, loss(z0, kept), 1e-3, slips=[
+        (loss(z0, every), "The entry of the query's own identity is masked: it leaves the softmax."),
+        (loss(s * cos_positive, kept), "The margin applies to the positive column: s cos(theta + m)."),
+        (loss(cos_positive, [c for c, own in negatives if not own]), "Every logit is multiplied by the scale s."),
+        (loss(math.cos(math.acos(cos_positive) + m) * s, []), "The container's other entries are the negatives."),
+    ], hint="Logits: z0 = s cos(arccos(0.8) + m), then s x cosine for each unmasked entry; loss = "
+            "log(sum of exp(logits)) - z0.")
+
+
+def check_logit_bytes(answer, num_classes: int = 2_059_906, ratio: float = 0.3, batch_size: int = 128):
+    """Exercise 08.2: bytes of the fused loss's one B x Q fp32 buffer."""
+    from .attfc import container_capacity
+
+    q = container_capacity(num_classes, ratio)
+    _grade("buffer bytes", answer, batch_size * q * 4, 1e-3, slips=[
+        (batch_size * num_classes * 4, "The columns are the container's Q entries, not all N identities (that is "
+                                       "full FC's logits)."),
+        (batch_size * q * 8, "fp32: 4 bytes per number."),
+        (q * 4, "There is one row per query of the batch."),
+    ], hint="B rows, Q = floor(ratio x N) columns, 4 bytes each.")

@@ -10,19 +10,16 @@ command that regenerates it, every run's verification figures, and a summary per
 """
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from .train import TrainConfig, train
+from .utils import provenance, read_stored, write_json
 
 __all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise"]
 
@@ -111,22 +108,14 @@ def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] =
         runs.append(run)
         if on_run is not None:
             on_run(run)
-    device = torch.device(configs[0][2].device if configs[0][2].device != "auto"
-                          else ("cuda" if torch.cuda.is_available() else "cpu"))
     result = {
         "param": param, "field": field, "values": [_cast(field, v) for v in values], "seeds": seeds,
         "config": {k: v for k, v in asdict(base).items() if k not in ("seed", field)},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "torch": torch.__version__, "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(), "seconds": round(time.perf_counter() - started, 1),
+        **provenance(configs[0][2].device), "seconds": round(time.perf_counter() - started, 1),
         "command": command, "runs": runs, "summary": summarise(runs),
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
-        os.replace(tmp, out)
+        write_json(out, result)
     return result
 
 
@@ -136,17 +125,8 @@ STORED = Path(__file__).resolve().parents[1] / "data" / "sweeps"  # the course's
 def load_sweep(path: str | os.PathLike) -> dict:
     """A sweep written by `run_sweep`: a file, or the name of a stored one ("dcc_ratio" for
     data/sweeps/dcc_ratio.json). Checks that it has the fields the lessons read."""
-    path = Path(path)
-    if path.suffix != ".json" and not path.exists():
-        path = STORED / f"{path.name}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no sweep file {path}; make it with python -m attfc_lite sweep ... --out {path}")
-    data = json.loads(path.read_text())
-    missing = {"param", "values", "seeds", "runs", "summary", "config", "device", "command"} - set(data)
-    if missing:
-        raise ValueError(f"{path} is not a sweep file: it lacks {sorted(missing)}; regenerate it with "
-                         "python -m attfc_lite sweep ...")
-    return data
+    return read_stored(path, STORED, {"param", "values", "seeds", "runs", "summary", "config", "device", "command"},
+                       "python -m attfc_lite sweep ...")
 
 
 def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | None = None,

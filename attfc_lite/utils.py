@@ -1,4 +1,4 @@
-"""Seeding, device choice and the self-check helper used by the exercises."""
+"""Seeding, device choice, what stored results record, and the self-check helper used by the exercises."""
 from __future__ import annotations
 
 import os
@@ -50,3 +50,46 @@ def check(name: str, got, expected, rtol: float = 1e-5, atol: float = 1e-6, clos
         verdict = "wrong"
     print(f"{name}: {verdict} (max difference {max_diff:.3g})")
     return verdict
+
+
+def provenance(device: str | torch.device | None = None) -> dict:
+    """What a stored result records about where it came from: the device in words, torch,
+    Python and the date."""
+    import datetime
+    import platform
+
+    dev = default_device(device)
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def write_json(path, data) -> None:
+    """Write `data` as JSON to `path` through a temporary file, so a reader never sees half a file."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def read_stored(path, folder, required, command: str) -> dict:
+    """A stored result: a JSON file, or the name of one in `folder` ("dcc_ratio" for
+    folder/dcc_ratio.json), checked for the `required` fields; `command` (e.g. "python -m
+    attfc_lite sweep ...") is named in the errors as the way to make it."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".json" and not path.exists():
+        path = Path(folder) / f"{path.name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no file {path}; make it with {command} --out {path}")
+    data = json.loads(path.read_text())
+    missing = set(required) - set(data)
+    if missing:
+        raise ValueError(f"{path} was not written by {command}: it lacks {sorted(missing)}; regenerate it")
+    return data

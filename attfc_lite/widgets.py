@@ -172,7 +172,7 @@ def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_siz
     """What a container of `ratio` x `num_classes` entries costs and buys (the DCC-size widget's callback).
 
     Returns 'capacity' (entries Q), 'container_bytes' (Q x (4 D + 8)), 'attfc_peak_bytes' and
-    'fc_peak_bytes' (the memory model's head step, fp32, SGD), 'attfc_breakdown',
+    'fc_peak_bytes' (the memory model's head step, fp32, SGD), 'attfc_breakdown', 'fc_breakdown',
     'identities_present' (expected share of the identities with at least one entry, for
     uniformly drawn labels: 1 - (1 - 1/N)^Q) and, with a stored `sweep` of dcc-ratio,
     'accuracy' from `interpolate_sweep` (None without one).
@@ -188,6 +188,120 @@ def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_siz
     return {
         "ratio": float(ratio), "num_classes": int(num_classes), "capacity": q,
         "container_bytes": att.terms["container"], "attfc_peak_bytes": att.peak, "fc_peak_bytes": fc.peak,
-        "attfc_breakdown": att.peak_terms(), "identities_present": present,
+        "attfc_breakdown": att.peak_terms(), "fc_breakdown": fc.peak_terms(), "identities_present": present,
         "accuracy": interpolate_sweep(sweep, ratio) if sweep is not None else None,
     }
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def dcc_size_text(result: dict[str, Any]) -> str:
+    """The DCC-size widget's numbers in a few lines of plain text."""
+    lines = [
+        f"N = {result['num_classes']:,} identities, container ratio {result['ratio']:g}: "
+        f"Q = {result['capacity']:,} entries, {_bytes(result['container_bytes'])} (centres and labels)",
+        f"head step, memory model (D = 512, B = 128, fp32, SGD): AttFC {_bytes(result['attfc_peak_bytes'])}, "
+        f"full FC {_bytes(result['fc_peak_bytes'])} ({result['attfc_peak_bytes'] / result['fc_peak_bytes']:.3f} of FC)",
+        f"identities with an entry in a full container (random labels): {result['identities_present']:.1%}",
+    ]
+    acc = result.get("accuracy")
+    if acc is not None:
+        how = ("measured" if acc["measured"] else "nearest end of the sweep, not measured" if acc["clamped"]
+               else f"interpolated between the measured ratios {acc['between'][0]:g} and {acc['between'][1]:g}")
+        lines.append(f"verification accuracy at this ratio in the stored sweep: {acc['accuracy']:.3f} ({how}); "
+                     f"measured at the sweep's N, not at this N")
+    return "\n".join(lines)
+
+
+def plot_dcc_size(result: dict[str, Any], sweep: dict | None = None, axes=None):
+    """The DCC-size widget's picture: the model's head-step breakdown, AttFC next to full FC,
+    and, with a stored dcc-ratio `sweep`, accuracy against the ratio with this ratio marked."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        axes = plt.subplots(1, 2 if sweep is not None else 1, figsize=(11, 3.4) if sweep is not None else (6, 3.4))[1]
+    ax_mem, ax_acc = (axes if sweep is not None else (axes, None))
+    bars = {"full FC": result["fc_breakdown"], f"AttFC, Q = {result['capacity']:,}": result["attfc_breakdown"]}
+    seen = set()
+    for row, (name, terms) in enumerate(bars.items()):
+        left = 0.0
+        for term, value in terms.items():
+            ax_mem.barh(row, value / GiB, left=left, color=_TERM_COLOURS.get(term, "#999"), edgecolor="white", lw=0.5,
+                        label=term if term not in seen else None)
+            seen.add(term)
+            left += value / GiB
+        ax_mem.text(left, row, f" {_bytes(left * GiB)}", va="center", fontsize=8)
+    ax_mem.set_yticks(range(len(bars)), list(bars))
+    ax_mem.set_xlim(0, 1.25 * result["fc_peak_bytes"] / GiB)
+    ax_mem.set_ylim(-0.5, 2.9)  # room for the legend above the bars
+    ax_mem.set_xlabel("peak of one head step (GiB), memory model")
+    ax_mem.set_title(f"N = {result['num_classes']:,}, ratio {result['ratio']:g}", fontsize=10)
+    ax_mem.legend(fontsize=7, loc="upper left", ncol=3)
+    ax_mem.grid(alpha=0.3, axis="x")
+    if ax_acc is not None:
+        rows = sorted(sweep["summary"], key=lambda r: r["value"])
+        xs = [r["value"] for r in rows]
+        ax_acc.errorbar(xs, [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_seed_std"] for r in rows],
+                        fmt="o", capsize=3, label=f"measured, mean of {len(sweep['seeds'])} seeds ± std")
+        ax_acc.plot(xs, [r["accuracy_mean"] for r in rows], "-", color="0.6", lw=1, label="interpolated (in log ratio)")
+        if result.get("accuracy") is not None:
+            ax_acc.plot([result["ratio"]], [result["accuracy"]["accuracy"]], "*", ms=14, color="tab:red",
+                        label=f"ratio {result['ratio']:g}: {result['accuracy']['accuracy']:.3f}")
+        ax_acc.set_xscale("log")
+        ax_acc.set_xlabel("container ratio Q / N")
+        ax_acc.set_ylabel("10-fold verification accuracy")
+        n_sweep = sweep["config"].get("num_classes", "?")
+        ax_acc.set_title(f"stored sweep: N = {n_sweep:,} on {sweep['device']}" if isinstance(n_sweep, int)
+                         else f"stored sweep on {sweep['device']}", fontsize=10)
+        ax_acc.legend(fontsize=8, loc="lower right")
+        ax_acc.grid(alpha=0.3)
+    return axes
+
+
+def dcc_size_widget(ratio: float = 0.3, num_classes: int = DATASETS["WebFace42M"], sweep: dict | str | None = "dcc_ratio"):
+    """The DCC-size widget: sliders for the container ratio (0.01 to 1) and the identities
+    (1,000 to WebFace42M's 2,059,906); out: `dcc_size_text` and `plot_dcc_size`.
+
+    `sweep`: a stored dcc-ratio sweep (a dict, or a name for `sweep.load_sweep`), or None.
+    Returns an ipywidgets.VBox with `controls`, `output`, `result` (the last `dcc_size`
+    dict) and `update()`.
+    """
+    import math
+
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    if isinstance(sweep, str):
+        from .sweep import load_sweep
+
+        sweep = load_sweep(sweep)
+    largest = DATASETS["WebFace42M"]
+    controls = dict(
+        ratio=w.FloatLogSlider(value=float(ratio), base=10, min=-2, max=0, step=0.05, description="ratio Q/N",
+                               readout_format=".3g", continuous_update=False),
+        num_classes=w.FloatLogSlider(value=float(num_classes), base=10, min=3, max=math.log10(largest), step=0.05,
+                                     description="identities N", readout_format=",.0f", continuous_update=False),
+    )
+    text, output = w.HTML(), w.Output()
+    box = w.VBox([w.HBox(list(controls.values())), text, output])
+
+    def update(*_: Any) -> None:
+        n = min(largest, int(round(controls["num_classes"].value)))
+        box.result = dcc_size(float(controls["ratio"].value), n, sweep=sweep)
+        text.value = "<pre style='font-size:11px'>" + html.escape(dcc_size_text(box.result)) + "</pre>"
+        with output:
+            output.clear_output(wait=True)
+            plot_dcc_size(box.result, sweep)
+            plt.tight_layout()
+            plt.show()
+
+    for control in controls.values():
+        control.observe(update, names="value")
+    box.controls, box.output, box.update = controls, output, update
+    update()
+    return box

@@ -19,7 +19,7 @@ from attfc_lite.attfc import AttFC, attfc_loss, container_capacity
 from attfc_lite.container import EMPTY, DynamicClassContainer
 from attfc_lite.encoders import KeyEncoder
 from attfc_lite.heads import make_head
-from attfc_lite.margins import ArcFace, CosFace
+from attfc_lite.margins import ArcFace, make_margin
 
 # --------------------------------------------------------------------------- references
 
@@ -314,6 +314,23 @@ def test_loss_function_matches_plain_autograd_in_float32():
     (grad2,) = torch.autograd.grad(plain, q2)
     assert float(loss.detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
     assert torch.allclose(grad, grad2, rtol=1e-4, atol=1e-6)
+
+
+def test_without_the_mask_own_identity_entries_count_as_negatives():
+    # hand case: one query of identity 3, container holds [its own GCC, a stranger]
+    q = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    gcc = torch.tensor([[1.0, 0.0]])
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    centre_labels = torch.tensor([3, 7])
+    margin = make_margin("cosface", s=2.0, m=0.0)  # logits 2 * cos: positive 2, own entry 2, stranger 0
+    masked = attfc_loss(q, gcc, centres, centre_labels, torch.tensor([3]), margin)
+    plain = attfc_loss(q, gcc, centres, centre_labels, torch.tensor([3]), margin, mask_own=False)
+    assert float(masked) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    assert float(plain) == pytest.approx(math.log(2 + math.exp(-2)), rel=1e-6)
+    head = AttFC(2, 10, container_size=2, mask_own=False, margin=margin)
+    assert "mask_own=False" in repr(head)
+    with pytest.raises(ValueError, match="mask_own"):
+        AttFC(2, 10, container_size=2, mask_own="no")
 
 
 def test_make_head_builds_attfc_from_a_ratio():

@@ -25,15 +25,24 @@ BAD_ARGS = {
     "margin-m-text": ["train", "--margin-m", "big"],
     "memory-foreign-flag": ["memory", "--head", "fc", "--classes", "100", "--k", "2"],
     "dcc-ratio-too-big": ["train", "--head", "attfc", "--dcc-ratio", "2", "--quiet", "--out", "tmp_r"],
+    "no-mask-fc": ["train", "--head", "fc", "--no-mask", "--quiet", "--out", "tmp_nm"],
 }
 TINY_ATTFC = [*TINY_TRAIN[:-5], "--quiet", "--out", "tmp_att", "--device", "cpu", "--head", "attfc", "--k", "3",
-              "--container-size", "10", "--ema-momentum", "0.9"]
+              "--container-size", "10", "--ema-momentum", "0.9", "--no-mask"]
 TINY_OPTIONS = ["--classes", "8", "--images-per-identity", "4", "--eval-identities", "6", "--epochs", "1",
                 "--batch-size", "8", "--embedding-dim", "16", "--quiet", "--device", "cpu"]
 SWEEPS = {
     "sweep": ["sweep", "ema-momentum", "--values", "0.5", "0.9", "--seeds", "0", "1", "--container-size", "10",
               "--out", "tmp_sw/ema.json", *TINY_OPTIONS],
     "sweep-bad-value": ["sweep", "ema-momentum", "--values", "0.9", "1.5", "--out", "tmp_sw/bad.json", *TINY_OPTIONS],
+    # lesson 07's stored sweep, on a tiny configuration
+    "sweep-dcc": ["sweep", "dcc-ratio", "--values", "0.01", "0.3", "1.0", "--seeds", "0", "1",
+                  "--out", "tmp_sw/dcc_ratio.json", *TINY_OPTIONS],
+}
+RUNS = {  # lesson 08's stored comparison, on a tiny configuration
+    "run": ["run", "--variants", "fc", "partial_fc", "attfc", "dcq", "--seeds", "0", "1", "--memory-classes", "300",
+            "--out", "tmp_run/heads.json", *TINY_OPTIONS],
+    "run-bad-variant": ["run", "--variants", "fc", "arcface", "--out", "tmp_run/bad.json"],
 }
 MEMORY = {
     "memory-attfc": ["memory", "--head", "attfc", "--classes", "2000", "--dim", "64", "--batch", "16",
@@ -67,7 +76,7 @@ def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
     commands = {"bench": ["data", "bench", "--num-images", "2048", "--device", "cpu"],
                 "preview": ["data", "preview", "--out", "tmp/p.png"],
-                "train": TINY_TRAIN, "train-attfc": TINY_ATTFC, **MEMORY, **SWEEPS, **BAD_ARGS}
+                "train": TINY_TRAIN, "train-attfc": TINY_ATTFC, **MEMORY, **SWEEPS, **RUNS, **BAD_ARGS}
     procs = {name: _start(args, cwd) for name, args in commands.items()}
     return cwd, {name: _finish(p) for name, p in procs.items()}
 
@@ -128,6 +137,7 @@ def test_bad_argument_messages_name_the_problem(runs):
     assert "num_classes" in r["classes-one"].stderr
     assert "margin_m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
     assert "--k" in r["memory-foreign-flag"].stderr and "dcc_ratio" in r["dcc-ratio-too-big"].stderr
+    assert "--no-mask only applies to --head attfc" in r["no-mask-fc"].stderr
 
 
 def test_tiny_attfc_train_records_its_settings(runs):
@@ -138,6 +148,7 @@ def test_tiny_attfc_train_records_its_settings(runs):
     assert metrics["head"] == "attfc"
     assert metrics["head_settings"]["num_keys"] == 3 and metrics["head_settings"]["container_capacity"] == 10
     assert metrics["config"]["ema_momentum"] == 0.9
+    assert metrics["config"]["head_kwargs"] == {"mask_own": False}  # --no-mask reached the head
 
 
 @pytest.mark.parametrize("name,knob", [("memory-attfc", "container_size"), ("memory-pfc", "sample_rate")])
@@ -188,3 +199,55 @@ def test_sweep_rejects_a_bad_value_before_training(runs):
     cwd, r = runs
     assert r["sweep-bad-value"].returncode == 2 and "ema_momentum" in r["sweep-bad-value"].stderr
     assert not (cwd / "tmp_sw" / "bad.json").exists()
+
+
+def test_dcc_ratio_sweep_command_writes_what_the_widget_reads(runs):
+    cwd, r = runs
+    assert r["sweep-dcc"].returncode == 0, r["sweep-dcc"].stderr
+    from attfc_lite.sweep import load_sweep
+    from attfc_lite.widgets import dcc_size
+
+    data = load_sweep(cwd / "tmp_sw" / "dcc_ratio.json")
+    assert data["param"] == "dcc-ratio" and data["field"] == "dcc_ratio" and data["values"] == [0.01, 0.3, 1.0]
+    assert data["config"]["head"] == "attfc" and data["command"].startswith("python -m attfc_lite sweep dcc-ratio")
+    # 8 identities: floor(0.01 * 8) = 0 becomes 1 entry, floor(0.3 * 8) = 2, 8
+    assert [row["container_capacity"] for row in data["summary"]] == [1, 2, 8]
+    for run in data["runs"]:
+        assert set(run) >= {"value", "seed", "accuracy_mean", "accuracy_std", "tar_at_far", "far_achieved", "auc",
+                            "images_per_second", "head_settings"}
+        assert 0.0 <= run["accuracy_mean"] <= 1.0
+    mid = dcc_size(0.3, 1000, sweep=data)["accuracy"]
+    assert mid["measured"] and mid["accuracy"] == data["summary"][1]["accuracy_mean"]
+
+
+def test_run_command_trains_every_variant_on_the_same_data(runs):
+    cwd, r = runs
+    assert r["run"].returncode == 0, r["run"].stderr
+    from attfc_lite.run import load_run
+
+    data = load_run(cwd / "tmp_run" / "heads.json")
+    assert list(data["variants"]) == ["fc", "partial_fc", "attfc", "dcq"]
+    assert data["variants"]["dcq"] == {"label": "DCQ-style (AttFC, K = 1)", "head": "attfc", "num_keys": 1}
+    assert [(run["variant"], run["seed"]) for run in data["runs"]] == [
+        (v, s) for v in ("fc", "partial_fc", "attfc", "dcq") for s in (0, 1)]
+    assert {run["steps"] for run in data["runs"]} == {4}  # 8 x 4 images, batch 8, one epoch: same steps for all
+    dcq = next(run for run in data["runs"] if run["variant"] == "dcq")
+    assert dcq["head_settings"]["num_keys"] == 1
+    for run in data["runs"]:
+        assert len(run["loss_curve"]["loss"]) == 1 and run["loss_curve"]["every"] == 10
+        assert len(run["roc"]["fpr"]) == len(run["roc"]["tpr"]) >= 2
+        if run["seed"] == 0:
+            assert [m["num_classes"] for m in run["head_memory"]] == [8, 300]
+            assert all(m["measured_peak_bytes"] > 0 for m in run["head_memory"])
+    fc_mem = data["summary"][0]["head_memory"][1]
+    # FC at 300 identities, D = 16: W, its gradient and its momentum are at least 3 x 300 x 16 floats
+    assert fc_mem["measured_peak_bytes"] >= 3 * 300 * 16 * 4
+    for row in data["summary"]:
+        group = [run["accuracy_mean"] for run in data["runs"] if run["variant"] == row["variant"]]
+        assert row["accuracy_mean"] == pytest.approx(sum(group) / 2)
+    assert data["command"].startswith("python -m attfc_lite run --variants fc")
+
+
+def test_run_command_rejects_an_unknown_variant(runs):
+    _, r = runs
+    assert r["run-bad-variant"].returncode == 2 and "arcface" in r["run-bad-variant"].stderr

@@ -73,3 +73,35 @@ def test_lesson_02_answers_by_hand(capsys):
     assert verdict(capsys) == "right"
     ex.check_logits_batch(128)
     assert verdict(capsys) == "wrong"
+
+
+def test_lessons_06_to_08_grade_hand_answers_and_name_each_slip(capsys):
+    def grade(check, answer):
+        assert check(answer) is None  # prints only: a notebook cell shows just the line
+        out = capsys.readouterr().out
+        return out.split(": ", 1)[1].split()[0].strip(".,:"), out
+
+    e2 = math.exp(2)
+    x = 1 / 0.36 - 1
+    cases = [  # (check, right answer by hand, a common slip, a word its hint must contain)
+        (ex.check_mean_cosine, 1 / math.sqrt(1 + x / 4), 0.6 * 2, "at most 1"),
+        (ex.check_max_weight, e2 / (e2 + 7), 1 / 8, "uniform"),
+        (ex.check_container_bytes, 205_990 * 2056, 205_990 * 2048, "int64"),
+        (ex.check_identities_present, 1 - 0.999 ** 300, 0.3, "count each identity once"),
+        (ex.check_logit_bytes, 128 * 617_971 * 4, 128 * 2_059_906 * 4, "container"),
+    ]
+    z0 = 32 * math.cos(math.acos(0.8) + 0.5)
+    cases.append((ex.check_attfc_loss, math.log(math.exp(z0) + math.exp(9.6)) - z0,
+                  math.log(math.exp(z0) + math.exp(9.6) + math.exp(28.8)) - z0, "masked"))
+    for check, right, slip, word in cases:
+        assert grade(check, right)[0] == "right"
+        if check is ex.check_identities_present:
+            assert grade(check, 1 - math.exp(-0.3))[0] == "right"  # the exponential approximation is accepted
+        got, message = grade(check, slip)
+        assert got == "wrong" and word in message, (check.__name__, message)
+        assert f"{right:.3g}" not in message and f"{right:.4g}" not in message  # never the expected value
+        assert grade(check, right * 1.004)[0] == "close"
+        assert grade(check, right * 3)[0] == "wrong"
+        assert grade(check, None)[0] == "not"  # "not answered yet"
+        got, message = grade(check, "abc")
+        assert got == "wrong" and "number" in message

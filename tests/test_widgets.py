@@ -110,3 +110,55 @@ def test_dcc_size_reads_the_sweep_between_and_at_measured_points():
     stored = load_sweep("dcc_ratio")
     first = stored["summary"][0]
     assert dcc_size(first["value"], 1000, sweep=stored)["accuracy"]["accuracy"] == first["accuracy_mean"]
+
+
+SWEEP = {"param": "dcc-ratio", "seeds": [0, 1], "device": "cpu (2 cores)", "config": {"num_classes": 1000},
+         "summary": [{"value": 0.01, "accuracy_mean": 0.80, "accuracy_seed_std": 0.01},
+                     {"value": 0.1, "accuracy_mean": 0.90, "accuracy_seed_std": 0.0},
+                     {"value": 1.0, "accuracy_mean": 0.86, "accuracy_seed_std": 0.02}]}
+
+
+def test_dcc_size_widget_follows_its_controls():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from attfc_lite.widgets import dcc_size_widget
+
+    box = dcc_size_widget(ratio=0.1, num_classes=10_000, sweep=SWEEP)
+    assert box.result["capacity"] == 1000 and box.result["accuracy"]["measured"]
+    box.controls["ratio"].value = 1.0
+    assert box.result["capacity"] == 10_000 and box.result["accuracy"]["accuracy"] == 0.86
+    box.controls["num_classes"].value = 2_059_906
+    assert box.result["num_classes"] == 2_059_906 and box.result["capacity"] == 2_059_906
+    # Q x (D floats + one int64 label), D = 512
+    assert box.result["container_bytes"] == 2_059_906 * (512 * 4 + 8)
+    assert "Q = 2,059,906 entries" in box.children[1].value
+
+
+def test_dcc_size_text_says_where_the_accuracy_comes_from():
+    from attfc_lite.widgets import dcc_size, dcc_size_text
+
+    measured = dcc_size_text(dcc_size(0.1, 5000, sweep=SWEEP))
+    assert "0.900 (measured)" in measured and "not at this N" in measured
+    between = dcc_size_text(dcc_size(10 ** -1.5, 5000, sweep=SWEEP))
+    assert "0.850 (interpolated between the measured ratios 0.01 and 0.1)" in between
+    assert "accuracy" not in dcc_size_text(dcc_size(0.1, 5000))
+    # 0.3 x 1e6 = 300,000 entries of 512 floats and a label: 616,800,000 bytes = 588.2 MiB
+    assert "Q = 300,000 entries, 588.2 MiB" in dcc_size_text(dcc_size(0.3, 1_000_000))
+
+
+def test_plot_dcc_size_draws_both_heads_and_marks_the_ratio():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.widgets import dcc_size, plot_dcc_size
+
+    result = dcc_size(0.3, 100_000, sweep=SWEEP)
+    ax_mem, ax_acc = plot_dcc_size(result, SWEEP)
+    assert [t.get_text() for t in ax_mem.get_yticklabels()] == ["full FC", "AttFC, Q = 30,000"]
+    star = [line for line in ax_acc.get_lines() if line.get_marker() == "*"]
+    assert len(star) == 1 and star[0].get_xdata()[0] == 0.3
+    assert star[0].get_ydata()[0] == pytest.approx(result["accuracy"]["accuracy"])
+    plt.close("all")

@@ -1,0 +1,199 @@
+"""Heads side by side: the same data, backbone and steps for each head, one after the other.
+
+    python -m attfc_lite run --variants fc partial_fc attfc dcq --seeds 0 1 --out data/runs/heads_cpu.json
+
+`run_heads` trains one run per (variant, seed) with everything else from one `TrainConfig`
+and records, per run, the verification figures and ROC curve, the training loss every few
+steps, images per second, and the measured memory of one head step at the run's shapes and
+at a larger number of identities (the head alone: embeddings in, loss, backward, optimizer
+step). The JSON it writes carries the settings, the device, the torch version, the date and
+the command; lesson 08 reads it.
+
+A variant is a head with settings: 'dcq' is AttFC with K = 1, the key image itself as the
+class centre (no attention), the choice of DCQ (Li et al., CVPR 2021), AttFC's ancestor.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .train import TrainConfig, train
+from .utils import provenance, read_stored, write_json
+
+__all__ = ["VARIANTS", "run_heads", "load_run", "summary_table", "plot_losses", "plot_rocs", "STORED"]
+
+#: Name -> (label, the TrainConfig fields that make it).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "fc": ("full FC", {"head": "fc"}),
+    "partial_fc": ("Partial FC", {"head": "partial_fc"}),
+    "attfc": ("AttFC", {"head": "attfc"}),
+    "dcq": ("DCQ-style (AttFC, K = 1)", {"head": "attfc", "num_keys": 1}),
+}
+LOSS_EVERY = 10  # steps per point of the stored loss curve (the mean over them)
+STORED = Path(__file__).resolve().parents[1] / "data" / "runs"  # the course's stored runs
+
+
+def _check_variants(variants: Sequence[str]) -> list[str]:
+    variants = list(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"variants must be some of {list(VARIANTS)}, got {variants}")
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"variants has repeats: {variants}")
+    return variants
+
+
+def head_memory(config: TrainConfig, num_classes: int | None = None) -> dict[str, Any]:
+    """Measured and predicted peak of one head step (SGD with the run's momentum) for `config`'s
+    head at its shapes, or at `num_classes` identities (the container keeps its ratio)."""
+    from .memory import measure_head_step, predict_memory
+    from .train import build
+    from .utils import default_device
+
+    config = replace(config, num_classes=int(num_classes or config.num_classes))
+    device = default_device(config.device)
+    _, head = build(config, torch.device("cpu"))
+    measured = measure_head_step(head, config.batch_size, "sgd", device, momentum=config.momentum,
+                                 weight_decay=config.weight_decay, time_step=True)
+    knobs = {}
+    if config.head == "partial_fc":
+        knobs["sample_rate"] = config.sample_rate
+    if config.head == "attfc":
+        knobs.update(container_size=head.container.capacity, num_keys=config.num_keys)
+    predicted = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
+                               momentum=config.momentum, weight_decay=config.weight_decay, **knobs)
+    del head
+    return {"num_classes": config.num_classes, "measured_peak_bytes": measured.peak_bytes,
+            "predicted_peak_bytes": predicted.peak, "step_seconds": measured.step_seconds}
+
+
+def _round(values: Sequence[float], digits: int = 5) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,), base: TrainConfig | None = None,
+              memory_classes: int | None = 100_000, out: str | os.PathLike | None = None, progress: bool = True,
+              command: str | None = None, on_run: Callable[[dict], None] | None = None) -> dict:
+    """Train every variant for every seed on `base`'s data; return (and write to `out`) the results.
+
+    `memory_classes`: also measure each head's step at this many identities (None: skip).
+    """
+    variants = _check_variants(variants)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed")
+    base = base or TrainConfig()
+    configs = [(v, s, replace(base, **VARIANTS[v][1], seed=s).validate()) for v in variants for s in seeds]
+    from tqdm.auto import tqdm
+
+    runs, started = [], time.perf_counter()
+    for variant, seed, config in tqdm(configs, desc="heads", unit="run", disable=not progress):
+        losses: list[float] = []
+        result = train(config, progress=False, callback=lambda state: losses.append(state["loss"]))
+        m, v = result.metrics, result.metrics["verification"]
+        del result
+        curve = [statistics.fmean(losses[i:i + LOSS_EVERY]) for i in range(0, len(losses), LOSS_EVERY)]
+        run = {"variant": variant, "head": config.head, "seed": seed, "accuracy_mean": v["accuracy_mean"],
+               "accuracy_std": v["accuracy_std"], "auc": v["auc"], "tar_at_far": v["tar_at_far"],
+               "far_achieved": v["far_achieved"], "images_per_second": m["images_per_second"],
+               "seconds": m["seconds"], "steps": m["steps"], "final_loss": m["final_loss"],
+               "head_settings": m["head_settings"],
+               "loss_curve": {"every": LOSS_EVERY, "loss": _round(curve, 4)},
+               "roc": {"fpr": _round(v["roc"]["fpr"], 6), "tpr": _round(v["roc"]["tpr"], 5)}}
+        if seed == seeds[0]:  # memory does not depend on the seed
+            run["head_memory"] = [head_memory(config)] + ([head_memory(config, memory_classes)]
+                                                          if memory_classes else [])
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+    result = {
+        "variants": {v: {"label": VARIANTS[v][0], **VARIANTS[v][1]} for v in variants}, "seeds": seeds,
+        "config": {k: val for k, val in asdict(base).items() if k != "seed"}, **provenance(configs[0][2].device),
+        "seconds": round(time.perf_counter() - started, 1), "command": command, "runs": runs,
+        "summary": summarise(runs),
+    }
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+def summarise(runs: Sequence[dict]) -> list[dict]:
+    """Per variant: means over seeds (accuracy with its seed spread, TAR@FAR, images/s) and the head memory."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        group = [r for r in runs if r["variant"] == variant]
+        accs = [r["accuracy_mean"] for r in group]
+        tars = {k: statistics.fmean(r["tar_at_far"][k] or 0.0 for r in group) for k in group[0]["tar_at_far"]}
+        out.append({"variant": variant, "seeds": [r["seed"] for r in group], "accuracy_mean": statistics.fmean(accs),
+                    "accuracy_seed_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                    "tar_at_far": tars, "images_per_second": statistics.fmean(r["images_per_second"] for r in group),
+                    "head_memory": next((r["head_memory"] for r in group if "head_memory" in r), None)})
+    return out
+
+
+def load_run(path: str | os.PathLike) -> dict:
+    """A file written by `run_heads`, or the name of a stored one ("heads_cpu": data/runs/heads_cpu.json)."""
+    return read_stored(path, STORED, {"variants", "seeds", "runs", "summary", "config", "device", "command"},
+                       "python -m attfc_lite run")
+
+
+def summary_table(result: dict) -> str:
+    """One line per variant: accuracy (± seed spread), TAR@FAR, images/s and measured head memory."""
+    fars = list(result["summary"][0]["tar_at_far"])
+    sizes = [m["num_classes"] for m in result["summary"][0]["head_memory"] or []]
+    head = f"{'':<27}{'accuracy':>16}" + "".join(f"{'TAR@' + k:>10}" for k in fars) + f"{'images/s':>10}"
+    head += "".join(f"{'head MiB N=' + format(n, ','):>20}" for n in sizes)
+    lines = [head]
+    for row in result["summary"]:
+        line = f"{result['variants'][row['variant']]['label']:<27}"
+        line += f"{row['accuracy_mean']:>9.3f} ± {row['accuracy_seed_std']:.3f}"
+        line += "".join(f"{row['tar_at_far'][k]:>10.3f}" for k in fars) + f"{row['images_per_second']:>10,.0f}"
+        line += "".join(f"{m['measured_peak_bytes'] / 2 ** 20:>20,.2f}" for m in row["head_memory"] or [])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot_losses(result: dict, ax=None):
+    """Training loss against step, per variant (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    for variant, spec in result["variants"].items():
+        curves = [r["loss_curve"] for r in result["runs"] if r["variant"] == variant]
+        n = min(len(c["loss"]) for c in curves)
+        mean = [statistics.fmean(c["loss"][i] for c in curves) for i in range(n)]
+        every = curves[0]["every"]
+        ax.plot([every * (i + 0.5) for i in range(n)], mean, lw=1.2, label=spec["label"])
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"training loss (mean of {result['runs'][0]['loss_curve']['every']} steps)")
+    ax.set_title("loss curves (each head's own loss: not comparable across heads)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_rocs(result: dict, seed: int | None = None, ax=None):
+    """ROC curves (TAR against FAR, log FAR) of one seed's run of each variant."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.4))[1]
+    seed = result["seeds"][0] if seed is None else seed
+    for variant, spec in result["variants"].items():
+        run = next(r for r in result["runs"] if r["variant"] == variant and r["seed"] == seed)
+        fpr, tpr = run["roc"]["fpr"], run["roc"]["tpr"]
+        keep = [i for i, f in enumerate(fpr) if f > 0]
+        ax.plot([fpr[i] for i in keep], [tpr[i] for i in keep], lw=1.2,
+                label=f"{spec['label']} (AUC {run['auc']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate (FAR), impostor pairs accepted")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_title(f"ROC on unseen identities (seed {seed})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

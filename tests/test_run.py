@@ -1,0 +1,77 @@
+"""The side-by-side runs of lesson 08: summaries, the table and the plots, on a made-up result."""
+from __future__ import annotations
+
+import pytest
+
+from attfc_lite.run import VARIANTS, load_run, plot_losses, plot_rocs, run_heads, summarise, summary_table
+
+
+def fake_run(variant, seed, acc, tar):
+    return {"variant": variant, "seed": seed, "accuracy_mean": acc, "tar_at_far": {"1e-2": tar, "1e-3": None},
+            "images_per_second": 100.0 * (seed + 1), "auc": 0.9,
+            "loss_curve": {"every": 10, "loss": [3.0, 2.0, 1.0 + seed]},
+            "roc": {"fpr": [0.0, 0.01, 1.0], "tpr": [0.0, 0.5, 1.0]},
+            **({"head_memory": [{"num_classes": 1000, "measured_peak_bytes": 2 ** 20, "predicted_peak_bytes": 1}]}
+               if seed == 0 else {})}
+
+
+RUNS = [fake_run("fc", 0, 0.9, 0.5), fake_run("fc", 1, 0.8, 0.3), fake_run("dcq", 0, 0.7, 0.1),
+        fake_run("dcq", 1, 0.7, 0.2)]
+
+
+def test_summarise_means_over_seeds():
+    fc, dcq = summarise(RUNS)
+    assert fc["accuracy_mean"] == pytest.approx(0.85) and fc["accuracy_seed_std"] == pytest.approx(0.05)
+    assert fc["tar_at_far"] == {"1e-2": pytest.approx(0.4), "1e-3": 0.0}  # no TAR at a FAR: counted as 0
+    assert fc["images_per_second"] == 150.0 and dcq["accuracy_seed_std"] == pytest.approx(0.0)
+    assert fc["head_memory"][0]["num_classes"] == 1000
+
+
+def test_table_and_plots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = {"variants": {v: {"label": VARIANTS[v][0]} for v in ("fc", "dcq")}, "seeds": [0, 1], "runs": RUNS,
+              "summary": summarise(RUNS)}
+    table = summary_table(result).splitlines()
+    assert len(table) == 3 and "head MiB N=1,000" in table[0]
+    assert table[1].startswith("full FC") and "0.850 ± 0.050" in table[1] and table[1].endswith("1.00")
+    ax = plot_losses(result)
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [5, 15, 25] and list(line.get_ydata()) == [3.0, 2.0, 1.5]
+    ax = plot_rocs(result)
+    assert len(ax.get_lines()) == 2 and list(ax.get_lines()[0].get_xdata()) == [0.01, 1.0]  # FAR 0 has no log
+    plt.close("all")
+
+
+def test_bad_variants_and_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="variants"):
+        run_heads(["fc", "nope"])
+    with pytest.raises(ValueError, match="repeats"):
+        run_heads(["fc", "fc"])
+    with pytest.raises(ValueError, match="seeds"):
+        run_heads(["fc"], seeds=[])
+    with pytest.raises(FileNotFoundError, match="attfc_lite run"):
+        load_run(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="lacks"):
+        load_run(tmp_path / "x.json")
+
+
+def test_stored_results_record_where_they_came_from_and_are_written_whole(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from attfc_lite.utils import provenance, read_stored, write_json
+
+    record = provenance("cpu")
+    assert record["device"] == f"cpu ({os.cpu_count()} cores)" and set(record) == {"device", "torch", "python", "date"}
+    write_json(tmp_path / "a" / "r.json", {"x": 1})
+    assert json.loads((tmp_path / "a" / "r.json").read_text()) == {"x": 1}
+    assert not (tmp_path / "a" / "r.json.tmp").exists()
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "bad.json", {"x": float("nan")})  # JSON has no NaN: refused, not written
+    assert not (tmp_path / "bad.json").exists()
+    assert read_stored("r", tmp_path / "a", {"x"}, "cmd") == {"x": 1}  # a name is looked up in the folder
