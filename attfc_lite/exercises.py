@@ -155,11 +155,13 @@ def check_weight_ratio(answer, temperature: float = 0.5) -> None:
 
 
 # -- lessons 06-08: checks that give a hint for each common slip, never the expected value ----
-def _grade(name: str, answer, expected: float, rtol: float, slips=(), hint: str = "", close_factor: float = 10.0):
+def _grade(name: str, answer, expected: float, rtol: float, slips=(), hint: str = "", close_factor: float = 10.0,
+           in_bytes: bool = False):
     """Print right / close / wrong for a number, with the tolerance used.
 
     `slips`: (value, message) pairs, the result of a common mistake and what to look at; an
-    answer that matches one gets its message. The expected value is never printed.
+    answer that matches one gets its message. `in_bytes`: an answer in MiB, GiB, MB or GB is
+    told to give bytes. The expected value is never printed.
     Returns the verdict ('right', 'close', 'wrong'), or None when not answered; the check
     functions return nothing, so that a notebook cell shows only the printed line.
     """
@@ -177,6 +179,9 @@ def _grade(name: str, answer, expected: float, rtol: float, slips=(), hint: str 
     if abs(value - expected) <= tol:
         print(f"{name}: right (within {rtol:.2g} relative)")
         return "right"
+    if in_bytes:
+        slips = [*slips, *((expected / unit, f"Give the answer in bytes, not in {name_}.")
+                           for unit, name_ in ((2 ** 20, "MiB"), (2 ** 30, "GiB"), (1e6, "MB"), (1e9, "GB")))]
     for slip, message in slips:
         if abs(value - slip) <= rtol * abs(slip):
             print(f"{name}: wrong. {message}")
@@ -227,14 +232,16 @@ def check_container_bytes(answer, num_classes: int = 2_059_906, ratio: float = 0
                                       "or enough at this scale)."),
         (num_classes * (4 * embedding_dim + 8), "The container holds Q = ratio x N entries, not one per identity."),
         (q * (8 * embedding_dim + 8), "The centres are fp32: 4 bytes per number."),
-    ], hint="Q = floor(ratio x N) entries; each is D fp32 numbers and one int64 label.")
+    ], hint="Q = floor(ratio x N) entries; each is D fp32 numbers and one int64 label.", in_bytes=True)
 
 
-def check_identities_present(answer, num_classes: int = 1000, capacity: int = 300):
+def check_identities_present(answer, num_classes: int = 1000, capacity: int = 600):
     """Exercise 07.2: expected share of identities with an entry among Q uniformly drawn labels."""
-    # 1e-3: the approximation 1 - exp(-Q / N) is right too (0.04 % off at Q / N = 0.3)
-    _grade("share present", answer, 1 - (1 - 1 / num_classes) ** capacity, 1e-3, slips=[
+    # 1e-3: the approximation 1 - exp(-Q / N) is right too (0.05 % off at Q / N = 0.6)
+    expected = 1 - (1 - 1 / num_classes) ** capacity
+    _grade("share present", answer, expected, 1e-3, slips=[
         (capacity / num_classes, "Some identities hold two or more of the Q entries: count each identity once."),
+        (100 * expected, "Give a share between 0 and 1, not a percentage."),
         ((1 - 1 / num_classes) ** capacity, "That is the share of identities with no entry."),
     ], hint="One identity misses one entry with probability 1 - 1/N, and all Q entries with (1 - 1/N)^Q.")
 
@@ -270,4 +277,4 @@ def check_logit_bytes(answer, num_classes: int = 2_059_906, ratio: float = 0.3, 
                                        "full FC's logits)."),
         (batch_size * q * 8, "fp32: 4 bytes per number."),
         (q * 4, "There is one row per query of the batch."),
-    ], hint="B rows, Q = floor(ratio x N) columns, 4 bytes each.")
+    ], hint="B rows, Q = floor(ratio x N) columns, 4 bytes each.", in_bytes=True)

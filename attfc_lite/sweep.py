@@ -139,8 +139,8 @@ def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | Non
     xs = [s["value"] for s in summary]
     ax.errorbar(xs, [s["accuracy_mean"] for s in summary], yerr=[s["accuracy_seed_std"] for s in summary],
                 fmt="o-", capsize=3, label=f"mean over {len(sweep['seeds'])} seed(s) ± their std")
-    ax.plot([r["value"] for r in sweep["runs"]], [r["accuracy_mean"] for r in sweep["runs"]], ".", color="0.5",
-            label="one run")
+    ax.plot([r["value"] for r in sweep["runs"]], [r["accuracy_mean"] for r in sweep["runs"]], ".", color="0.3",
+            label="one run", zorder=4)  # above the error bars, whose caps sit on the runs with two seeds
     if reference is not None:
         ax.axhline(reference, color="0.3", ls="--", lw=1, label=f"{reference_label}: {reference:.3f}")
     if log_x:

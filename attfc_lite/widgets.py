@@ -186,7 +186,7 @@ def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_siz
     fc = predict_memory(num_classes, embedding_dim, batch_size, head="fc")
     present = 1.0 - (1.0 - 1.0 / num_classes) ** q
     return {
-        "ratio": float(ratio), "num_classes": int(num_classes), "capacity": q,
+        "ratio": float(ratio), "num_classes": int(num_classes), "batch_size": int(batch_size), "capacity": q,
         "container_bytes": att.terms["container"], "attfc_peak_bytes": att.peak, "fc_peak_bytes": fc.peak,
         "attfc_breakdown": att.peak_terms(), "fc_breakdown": fc.peak_terms(), "identities_present": present,
         "accuracy": interpolate_sweep(sweep, ratio) if sweep is not None else None,
@@ -209,6 +209,9 @@ def dcc_size_text(result: dict[str, Any]) -> str:
         f"full FC {_bytes(result['fc_peak_bytes'])} ({result['attfc_peak_bytes'] / result['fc_peak_bytes']:.3f} of FC)",
         f"identities with an entry in a full container (random labels): {result['identities_present']:.1%}",
     ]
+    if result["capacity"] < result.get("batch_size", 128):
+        lines.append(f"Q is smaller than the batch ({result.get('batch_size', 128)}): each step keeps only the "
+                     f"last {result['capacity']:,} of its GCCs")
     acc = result.get("accuracy")
     if acc is not None:
         how = ("measured" if acc["measured"] else "nearest end of the sweep, not measured" if acc["clamped"]

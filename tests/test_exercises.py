@@ -87,7 +87,7 @@ def test_lessons_06_to_08_grade_hand_answers_and_name_each_slip(capsys):
         (ex.check_mean_cosine, 1 / math.sqrt(1 + x / 4), 0.6 * 2, "at most 1"),
         (ex.check_max_weight, e2 / (e2 + 7), 1 / 8, "uniform"),
         (ex.check_container_bytes, 205_990 * 2056, 205_990 * 2048, "int64"),
-        (ex.check_identities_present, 1 - 0.999 ** 300, 0.3, "count each identity once"),
+        (ex.check_identities_present, 1 - 0.999 ** 600, 0.6, "count each identity once"),
         (ex.check_logit_bytes, 128 * 617_971 * 4, 128 * 2_059_906 * 4, "container"),
     ]
     z0 = 32 * math.cos(math.acos(0.8) + 0.5)
@@ -96,7 +96,8 @@ def test_lessons_06_to_08_grade_hand_answers_and_name_each_slip(capsys):
     for check, right, slip, word in cases:
         assert grade(check, right)[0] == "right"
         if check is ex.check_identities_present:
-            assert grade(check, 1 - math.exp(-0.3))[0] == "right"  # the exponential approximation is accepted
+            assert grade(check, 1 - math.exp(-0.6))[0] == "right"  # the exponential approximation is accepted
+            assert "percentage" in grade(check, 100 * (1 - 0.999 ** 600))[1]
         got, message = grade(check, slip)
         assert got == "wrong" and word in message, (check.__name__, message)
         assert f"{right:.3g}" not in message and f"{right:.4g}" not in message  # never the expected value
@@ -105,3 +106,6 @@ def test_lessons_06_to_08_grade_hand_answers_and_name_each_slip(capsys):
         assert grade(check, None)[0] == "not"  # "not answered yet"
         got, message = grade(check, "abc")
         assert got == "wrong" and "number" in message
+        if check in (ex.check_container_bytes, ex.check_logit_bytes):
+            got, message = grade(check, right / 2 ** 20)
+            assert got == "wrong" and "in bytes, not in MiB" in message

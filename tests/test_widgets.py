@@ -162,3 +162,10 @@ def test_plot_dcc_size_draws_both_heads_and_marks_the_ratio():
     assert len(star) == 1 and star[0].get_xdata()[0] == 0.3
     assert star[0].get_ydata()[0] == pytest.approx(result["accuracy"]["accuracy"])
     plt.close("all")
+
+
+def test_dcc_size_text_warns_when_the_container_is_smaller_than_the_batch():
+    from attfc_lite.widgets import dcc_size, dcc_size_text
+
+    assert "each step keeps only the last 10 of its GCCs" in dcc_size_text(dcc_size(0.01, 1000))  # Q = 10 < B = 128
+    assert "smaller than the batch" not in dcc_size_text(dcc_size(0.3, 1000))  # Q = 300
