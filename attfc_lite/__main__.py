@@ -80,6 +80,7 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="attfc: keep the container's entries of a query's own identity as negatives (an ablation)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
+    t.add_argument("--amp", action="store_true", help="CUDA only: the backbone in bfloat16 autocast, the head in fp32")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -113,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .run import VARIANTS
 
-    r = sub.add_parser("run", help="train several heads on the same data, one after the other; write the results "
-                                   "as JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r = sub.add_parser("run", help="train several heads on the same data, one after the other; write per head "
+                                   "metrics and a whole-step memory timeline, and a summary (JSON and PNG)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="heads to train: " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--memory-classes", type=_positive_int, default=100_000,
                    help="also measure each head's step at this many identities")
-    r.add_argument("--out", type=Path, default=Path("runs") / "heads.json", help="JSON file to write")
+    r.add_argument("--out", type=Path, default=Path("runs") / "heads",
+                   help="folder to write: summary.json, summary.png, <head>/seed_<s>/metrics.json, <head>/step_memory.json")
+    r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
     _add_train_options(r, d)
 
     data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
@@ -173,7 +177,7 @@ def config_from_args(args, head: str | None = None):
                        margin=args.margin, margin_m=args.margin_m, scale=args.scale, lr=args.lr, seed=args.seed,
                        device=args.device, sample_rate=args.sample_rate, num_keys=args.k, dcc_ratio=args.dcc_ratio,
                        container_size=args.container_size, ema_momentum=args.ema_momentum,
-                       temperature=args.temperature,
+                       temperature=args.temperature, amp=args.amp,
                        head_kwargs={"mask_own": False} if args.no_mask else {}).validate()
 
 
@@ -227,9 +231,9 @@ def _run(args) -> int:
               file=sys.stderr, flush=True)
 
     result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
-                       progress=not args.quiet, command=command, on_run=report)
+                       progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory)
     print(summary_table(result), file=sys.stderr)
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'} and a folder per head", file=sys.stderr)
     return 0
 
 

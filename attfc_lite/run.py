@@ -1,13 +1,15 @@
 """Heads side by side: the same data, backbone and steps for each head, one after the other.
 
-    python -m attfc_lite run --variants fc partial_fc attfc dcq --seeds 0 1 --out data/runs/heads_cpu.json
+    python -m attfc_lite run --variants fc partial_fc attfc dcq --seeds 0 1 --out data/runs/heads_cpu
 
 `run_heads` trains one run per (variant, seed) with everything else from one `TrainConfig`
 and records, per run, the verification figures and ROC curve, the training loss every few
 steps, images per second, and the measured memory of one head step at the run's shapes and
 at a larger number of identities (the head alone: embeddings in, loss, backward, optimizer
-step). The JSON it writes carries the settings, the device, the torch version, the date and
-the command; lesson 08 reads it.
+step); and, per head, one whole training step measured with its timeline (backbone, key
+encoder, head, optimizer). The folder it writes holds summary.json (the settings, the device,
+the torch version, the date, the command and every figure), summary.png, and per head the
+metrics of each seed and the step's memory; lessons 07 and 08 read data/runs/heads_cpu.
 
 A variant is a head with settings: 'dcq' is AttFC with K = 1, the key image itself as the
 class centre (no attention), the choice of DCQ (Li et al., CVPR 2021), AttFC's ancestor.
@@ -26,7 +28,7 @@ import torch
 from .train import TrainConfig, train
 from .utils import provenance, read_stored, write_json
 
-__all__ = ["VARIANTS", "run_heads", "load_run", "summary_table", "plot_losses", "plot_rocs", "STORED"]
+__all__ = ["VARIANTS", "run_heads", "load_run", "summary_table", "plot_losses", "plot_rocs", "plot_summary", "STORED"]
 
 #: Name -> (label, the TrainConfig fields that make it).
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -79,25 +81,39 @@ def _round(values: Sequence[float], digits: int = 5) -> list[float]:
 
 def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,), base: TrainConfig | None = None,
               memory_classes: int | None = 100_000, out: str | os.PathLike | None = None, progress: bool = True,
-              command: str | None = None, on_run: Callable[[dict], None] | None = None) -> dict:
-    """Train every variant for every seed on `base`'s data; return (and write to `out`) the results.
+              command: str | None = None, on_run: Callable[[dict], None] | None = None,
+              step_memory: bool = True) -> dict:
+    """Train every variant for every seed on `base`'s data; return the results, and with `out` (a
+    folder) write them: summary.json and summary.png, and per variant seed_<s>/metrics.json (what
+    `train` records) and step_memory.json (one whole training step measured).
 
-    `memory_classes`: also measure each head's step at this many identities (None: skip).
+    `memory_classes`: also measure each head's step alone at this many identities (None: skip).
+    `step_memory`: measure one whole training step per variant (backbone, key encoder, head,
+    optimizer; `memory.step.measure_model_step`), kept with a thinned timeline.
     """
+    from .memory.step import measure_model_step, thin_timeline
+
     variants = _check_variants(variants)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     base = base or TrainConfig()
     configs = [(v, s, replace(base, **VARIANTS[v][1], seed=s).validate()) for v in variants for s in seeds]
+    out = Path(out) if out is not None else None
+    if out is not None and out.suffix:
+        raise ValueError(f"out is a folder (it gets summary.json, summary.png and one folder per head), got {out}")
     from tqdm.auto import tqdm
 
-    runs, started = [], time.perf_counter()
-    for variant, seed, config in tqdm(configs, desc="heads", unit="run", disable=not progress):
+    runs, steps, started = [], {}, time.perf_counter()
+    for i, (variant, seed, config) in enumerate(configs):
+        if progress:
+            tqdm.write(f"[{i + 1}/{len(configs)}] {VARIANTS[variant][0]}, seed {seed}")
         losses: list[float] = []
-        result = train(config, progress=False, callback=lambda state: losses.append(state["loss"]))
+        result = train(config, progress=progress, callback=lambda state: losses.append(state["loss"]))
         m, v = result.metrics, result.metrics["verification"]
         del result
+        if out is not None:
+            write_json(out / variant / f"seed_{seed}" / "metrics.json", m)
         curve = [statistics.fmean(losses[i:i + LOSS_EVERY]) for i in range(0, len(losses), LOSS_EVERY)]
         run = {"variant": variant, "head": config.head, "seed": seed, "accuracy_mean": v["accuracy_mean"],
                "accuracy_std": v["accuracy_std"], "auc": v["auc"], "tar_at_far": v["tar_at_far"],
@@ -109,6 +125,10 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         if seed == seeds[0]:  # memory does not depend on the seed
             run["head_memory"] = [head_memory(config)] + ([head_memory(config, memory_classes)]
                                                           if memory_classes else [])
+            if step_memory:
+                steps[variant] = thin_timeline(measure_model_step(config, amp=config.amp))
+                if out is not None:
+                    write_json(out / variant / "step_memory.json", steps[variant])
         runs.append(run)
         if on_run is not None:
             on_run(run)
@@ -116,10 +136,15 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         "variants": {v: {"label": VARIANTS[v][0], **VARIANTS[v][1]} for v in variants}, "seeds": seeds,
         "config": {k: val for k, val in asdict(base).items() if k != "seed"}, **provenance(configs[0][2].device),
         "seconds": round(time.perf_counter() - started, 1), "command": command, "runs": runs,
-        "summary": summarise(runs),
+        "summary": summarise(runs), "step_memory": steps,
     }
     if out is not None:
-        write_json(out, result)
+        write_json(out / "summary.json", result)
+        import matplotlib.pyplot as plt
+
+        fig = plot_summary(result)
+        fig.savefig(out / "summary.png", dpi=100)
+        plt.close(fig)
     return result
 
 
@@ -138,7 +163,11 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
 
 
 def load_run(path: str | os.PathLike) -> dict:
-    """A file written by `run_heads`, or the name of a stored one ("heads_cpu": data/runs/heads_cpu.json)."""
+    """What `run_heads` wrote: its folder, its summary.json, or the name of a stored one
+    ("heads_cpu": data/runs/heads_cpu/summary.json)."""
+    path = Path(path)
+    if path.is_dir() or (not path.suffix and (STORED / path.name).is_dir()):
+        path = (path if path.is_dir() else STORED / path.name) / "summary.json"
     return read_stored(path, STORED, {"variants", "seeds", "runs", "summary", "config", "device", "command"},
                        "python -m attfc_lite run")
 
@@ -197,3 +226,34 @@ def plot_rocs(result: dict, seed: int | None = None, ax=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_summary(result: dict):
+    """One figure of a run: accuracy per head, whole-step memory timelines, ROC curves, loss curves."""
+    import matplotlib.pyplot as plt
+
+    from .memory.step import plot_step_timelines
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    ax = axes[0][0]
+    labels = [result["variants"][r["variant"]]["label"] for r in result["summary"]]
+    ax.bar(range(len(labels)), [r["accuracy_mean"] for r in result["summary"]],
+           yerr=[r["accuracy_seed_std"] for r in result["summary"]], capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(labels)), [label.replace(" (", "\n(") for label in labels], fontsize=8)
+    low = min(r["accuracy_mean"] for r in result["summary"])
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    ax.set_ylabel("10-fold verification accuracy")
+    ax.set_title(f"accuracy on unseen identities (mean of {len(result['seeds'])} seed(s) ± std)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    if result.get("step_memory"):
+        plot_step_timelines({result["variants"][v]["label"]: step for v, step in result["step_memory"].items()},
+                            ax=axes[0][1])
+    else:
+        axes[0][1].set_axis_off()
+    plot_rocs(result, ax=axes[1][0])
+    plot_losses(result, ax=axes[1][1])
+    cfg = result["config"]
+    fig.suptitle(f"python -m attfc_lite run: N = {cfg['num_classes']:,}, {cfg['image_size']} px, {cfg['backbone']}, "
+                 f"{cfg['epochs']} epochs, on {result['device']} ({result['date']})", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ weights as one that was never interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -76,6 +77,9 @@ class TrainConfig:
     container_size: int | None = None
     ema_momentum: float = DEFAULT_MOMENTUM
     temperature: float = 1.0
+    # Mixed precision on CUDA: the backbone (and encoder_k) run under autocast in bfloat16, the
+    # head in fp32 (its softmax over many classes wants the range). No loss scaling is needed.
+    amp: bool = False
     head_kwargs: dict = field(default_factory=dict)  # anything else make_head takes
 
     def validate(self) -> "TrainConfig":
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"image_size must be in [8, 512], got {self.image_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.amp and (self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())):
+            raise ValueError("amp=True (bfloat16 autocast) is for CUDA devices; set amp=False on the CPU")
         if self.num_classes + self.eval_identities > MAX_IDENTITIES:
             raise ValueError(f"num_classes + eval_identities must be at most {MAX_IDENTITIES:,} (the synthetic world's "
                              f"identities; training and evaluation must not share one), got {self.num_classes:,} + "
@@ -239,6 +245,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         key_index = identity_index(train_labels)
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp else contextlib.nullcontext
     n = len(train_set)
     steps_per_epoch = max(1, n // config.batch_size)  # drop the last partial batch: BatchNorm needs > 1 sample
     total_steps = steps_per_epoch * config.epochs
@@ -277,8 +284,13 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                 encoder_k.update(backbone)
                 key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen, index=key_index).reshape(-1)
                 key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
-                keys = encoder_k(key_images.to(device, non_blocking=True)).view(idx.numel(), head.num_keys, -1)
-            loss = head(backbone(images), labels) if keys is None else head(backbone(images), labels, keys)
+                with autocast():
+                    keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(idx.numel(),
+                                                                                           head.num_keys, -1)
+            with autocast():
+                embeddings = backbone(images)
+            embeddings = embeddings.float()
+            loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "

@@ -1,48 +1,101 @@
 #!/usr/bin/env bash
-# The GPU checks of the course, as one script for a lent accelerator machine (it has its own
-# python3 with torch; nothing is installed). Everything it writes goes to $OUT (default ./gpu_out).
-#   bash benchmarks/gpu_check.sh            # checks, then the sweeps
+# The course's one prepared script for a lent accelerator machine (it has its own python3 with
+# torch; nothing is installed). Everything it writes goes to $OUT (default ./gpu_out).
+#   bash benchmarks/gpu_check.sh            # checks, the heads side by side, then the sweeps (GPU)
 #   bash benchmarks/gpu_check.sh checks     # versions, render speed, CUDA tests, memory, the heads at N = 1e6
+#   bash benchmarks/gpu_check.sh run        # python -m attfc_lite run: the heads side by side -> $OUT/run
 #   bash benchmarks/gpu_check.sh sweeps     # the stored sweeps (dcc-ratio, ema-momentum, k) on this GPU
+#   bash benchmarks/gpu_check.sh --tiny     # the same path on the CPU at toy sizes, in about a minute
+#                                           # (what the tests run; no GPU needed)
 set -u
+TINY=0
+if [ "${1:-}" = "--tiny" ]; then TINY=1; shift; fi
 OUT=${OUT:-gpu_out}
 WHAT=${1:-all}
 mkdir -p "$OUT/sweeps"
 export PYTHONPATH=$PWD MPLBACKEND=Agg
 PY=${PY:-python3}
 log() { echo "== $* ($(date +%T))"; }
+FAILED=0
+# step LIMIT [--tail N] CMD...: run CMD under a time limit (showing only its last N lines); a
+# failure is reported and counted, and the next step still runs.
+step() {
+  local limit=$1 lines=0 rc
+  shift
+  if [ "${1:-}" = "--tail" ]; then lines=$2; shift 2; fi
+  if [ "$lines" -gt 0 ]; then
+    timeout "$limit" "$@" > "$OUT/.step.log" 2>&1; rc=$?
+    tail -n "$lines" "$OUT/.step.log"
+  else
+    timeout "$limit" "$@"; rc=$?
+  fi
+  if [ "$rc" -ne 0 ]; then echo "!! failed (exit $rc): $*"; FAILED=$((FAILED + 1)); fi
+  return 0
+}
+if [ "$TINY" = 1 ]; then
+  DEVICE=cpu
+  SIZES=(--classes 20 --images-per-identity 4 --eval-identities 10 --epochs 1 --batch-size 16 --image-size 16
+         --embedding-dim 16 --device cpu --quiet)
+else
+  DEVICE=cuda
+  SIZES=(--quiet)
+fi
 
 checks() {
   log versions
-  $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())"
+  step 60 $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__,
+    torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+  if [ "$TINY" = 1 ]; then
+    log render speed on the CPU, 32 px
+    step 60 $PY -m attfc_lite data bench --device cpu --num-images 1024
+    log memory of one AttFC head step, predicted and measured
+    step 60 $PY -m attfc_lite memory --head attfc --classes 10000 --dim 64 --batch 32 --device cpu
+    return
+  fi
   log render speed on CUDA, 32 and 112 px
-  timeout 45 $PY -m attfc_lite data bench --device cuda --num-images 65536
-  timeout 45 $PY -m attfc_lite data bench --device cuda --num-images 16384 --image-size 112
+  step 45 $PY -m attfc_lite data bench --device cuda --num-images 65536
+  step 45 $PY -m attfc_lite data bench --device cuda --num-images 16384 --image-size 112
   log unit tests that use CUDA, and the heads
-  timeout 150 $PY -m pytest tests -q -x -p no:cacheprovider -k "cuda or attfc or partial_fc or memory" \
-    --deselect tests/test_project.py 2>&1 | tail -15
+  step 150 --tail 15 $PY -m pytest tests -q -x -p no:cacheprovider -k "cuda or attfc or partial_fc or memory" \
+    --deselect tests/test_project.py
   log the three heads at N = 1e6, D = 512, B = 128 on CUDA
-  timeout 120 $PY benchmarks/head_benchmark.py --device cuda --no-targets 2>&1 | tail -8
+  step 120 --tail 8 $PY benchmarks/head_benchmark.py --device cuda --no-targets
   log memory model against CUDA for Partial FC and AttFC
-  timeout 60 $PY benchmarks/memory_agreement.py --device cuda --head partial_fc --no-oom --classes 1000 100000 1000000 2>&1 | tail -8
-  timeout 60 $PY benchmarks/memory_agreement.py --device cuda --head attfc --no-oom --classes 1000 100000 1000000 2>&1 | tail -8
+  step 60 --tail 8 $PY benchmarks/memory_agreement.py --device cuda --head partial_fc --no-oom --classes 1000 100000 1000000
+  step 60 --tail 8 $PY benchmarks/memory_agreement.py --device cuda --head attfc --no-oom --classes 1000 100000 1000000
+}
+
+run() {
+  log the heads side by side: python -m attfc_lite run
+  if [ "$TINY" = 1 ]; then
+    step 120 --tail 8 $PY -m attfc_lite run --seeds 0 --memory-classes 1000 "${SIZES[@]}" --out "$OUT/run"
+  else
+    step 300 --tail 8 $PY -m attfc_lite run --seeds 0 "${SIZES[@]}" --out "$OUT/run"
+  fi
 }
 
 sweeps() {
   # The CPU default configuration, on this GPU; each sweep is its own file.
-  for spec in "k --values 1 2 3 4" "ema-momentum --values 0.9 0.99 0.999" "dcc-ratio --values 0.01 0.03 0.1 0.3 0.6 1.0"; do
+  local specs=("k --values 1 2 3 4" "ema-momentum --values 0.9 0.99 0.999" "dcc-ratio --values 0.01 0.03 0.1 0.3 0.6 1.0")
+  local seeds=(--seeds 0 1)
+  if [ "$TINY" = 1 ]; then specs=("dcc-ratio --values 0.1 1.0"); seeds=(--seeds 0); fi
+  for spec in "${specs[@]}"; do
     set -- $spec
     name=${1//-/_}
     log sweep $spec
-    timeout 300 $PY -m attfc_lite sweep $spec --seeds 0 1 --quiet --out "$OUT/sweeps/$name.json" 2>&1 | tail -8
+    step 300 --tail 8 $PY -m attfc_lite sweep $spec "${seeds[@]}" "${SIZES[@]}" --out "$OUT/sweeps/$name.json"
   done
 }
 
 {
 case "$WHAT" in
   checks) checks ;;
+  run) run ;;
   sweeps) sweeps ;;
-  all) checks; sweeps ;;
-  *) echo "usage: bash benchmarks/gpu_check.sh [checks|sweeps|all]"; exit 2 ;;
+  all) checks; run; sweeps ;;
+  *) echo "usage: bash benchmarks/gpu_check.sh [--tiny] [checks|run|sweeps|all]"; exit 2 ;;
 esac
+log "done: $FAILED step(s) failed"
+exit $(( FAILED > 0 ))
 } 2>&1 | tee "$OUT/gpu_check_$WHAT.log"
+exit "${PIPESTATUS[0]}"

@@ -41,8 +41,8 @@ SWEEPS = {
 }
 RUNS = {  # lesson 08's stored comparison, on a tiny configuration
     "run": ["run", "--variants", "fc", "partial_fc", "attfc", "dcq", "--seeds", "0", "1", "--memory-classes", "300",
-            "--out", "tmp_run/heads.json", *TINY_OPTIONS],
-    "run-bad-variant": ["run", "--variants", "fc", "arcface", "--out", "tmp_run/bad.json"],
+            "--out", "tmp_run/heads", *TINY_OPTIONS],
+    "run-bad-variant": ["run", "--variants", "fc", "arcface", "--out", "tmp_run/bad"],
 }
 MEMORY = {
     "memory-attfc": ["memory", "--head", "attfc", "--classes", "2000", "--dim", "64", "--batch", "16",
@@ -225,7 +225,17 @@ def test_run_command_trains_every_variant_on_the_same_data(runs):
     assert r["run"].returncode == 0, r["run"].stderr
     from attfc_lite.run import load_run
 
-    data = load_run(cwd / "tmp_run" / "heads.json")
+    data = load_run(cwd / "tmp_run" / "heads")
+    folder = cwd / "tmp_run" / "heads"
+    assert (folder / "summary.png").stat().st_size > 10_000 and load_run(folder / "summary.json") == data
+    for variant in ("fc", "partial_fc", "attfc", "dcq"):
+        for seed in (0, 1):
+            metrics = json.loads((folder / variant / f"seed_{seed}" / "metrics.json").read_text())
+            run = next(r for r in data["runs"] if r["variant"] == variant and r["seed"] == seed)
+            assert metrics["verification"]["accuracy_mean"] == run["accuracy_mean"] and metrics["config"]["seed"] == seed
+        step = json.loads((folder / variant / "step_memory.json").read_text())
+        assert step == data["step_memory"][variant] and step["peak_bytes"] == step["held_bytes"] + step["step_peak_bytes"]
+        assert ("keys" in step["phase_peaks"]) == (variant in ("attfc", "dcq"))  # only AttFC embeds key images
     assert list(data["variants"]) == ["fc", "partial_fc", "attfc", "dcq"]
     assert data["variants"]["dcq"] == {"label": "DCQ-style (AttFC, K = 1)", "head": "attfc", "num_keys": 1}
     assert [(run["variant"], run["seed"]) for run in data["runs"]] == [

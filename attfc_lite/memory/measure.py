@@ -267,6 +267,17 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
     return times, sizes, phases, int(peak), int(reserved)
 
 
+def timed(run: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of `run`, with the device's queued work waited for on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _running(sizes: Sequence[int], phases: Sequence[str]) -> tuple[list[int], int, dict[str, int]]:
     """Running total of signed allocation sizes, its peak, and the peak within each phase."""
     total, peak, running, phase_peaks = 0, 0, [], {}
@@ -320,15 +331,7 @@ def measure_head_step(
 
     for _ in range(warmup_steps):
         run()
-    step_seconds = None
-    if time_step:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        run()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        step_seconds = time.perf_counter() - start
+    step_seconds = timed(run, dev) if time_step else None
     gc.collect()
     held = _unique_bytes(_held_tensors(head, opt, embeddings, labels, keys))
     allocator_peak = reserved_peak = None

@@ -89,6 +89,9 @@ def _oom_child() -> None:
 
     def attempt(n: int) -> None:
         # Every tensor lives in this frame, so a failure frees them all once the exception is gone.
+        if spec.get("whole_step") is not None:  # the whole model's step (memory.step.WholeStep)
+            spec["whole_step"](n, device, steps)
+            return
         if isinstance(factory, str):
             head = build_head(factory, n, spec["embedding_dim"], spec["dtype"], **spec["head_kwargs"])
         else:
@@ -197,6 +200,7 @@ def find_oom_boundary(
     model_head: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     optimizer_kwargs: Mapping[str, Any] | None = None,
+    whole_step: Callable[[int, torch.device, int], None] | None = None,
     **head_kwargs: Any,
 ) -> OOMBoundary:
     """Find the largest N whose head step fits in `budget_bytes`, by really running out of memory.
@@ -211,6 +215,10 @@ def find_oom_boundary(
     `head` is a head name for `make_head` (with `head_kwargs`) or a picklable factory
     `num_classes -> Head` (e.g. `functools.partial(FullFC, 512)`); then `model_head` and
     `model_kwargs` tell the memory model what to predict.
+
+    `whole_step`: a picklable `(num_classes, device, steps) -> None` that runs whole training
+    steps (backbone included; `memory.step.WholeStep`) instead of the head's step; the
+    prediction is then the head's alone (the backbone's share is not in the model).
     """
     budget = _positive_int("budget_bytes", budget_bytes)
     dev = torch.device(device)
@@ -233,6 +241,11 @@ def find_oom_boundary(
             ) from exc
     else:
         raise TypeError(f"head must be a head name or a factory num_classes -> Head, got {type(head).__name__}")
+    if whole_step is not None:
+        try:
+            pickle.dumps(whole_step)
+        except Exception as exc:
+            raise TypeError("whole_step must be picklable to reach the child process (memory.step.WholeStep is)") from exc
     mkw = dict(model_kwargs or {})
     mkw.update({k: v for k, v in head_kwargs.items() if k in _MODEL_KNOBS})
     okw = dict(optimizer_kwargs or {})
@@ -248,7 +261,7 @@ def find_oom_boundary(
         dtype=dtype_name(dtype), optimizer=optimizer, optimizer_kwargs=okw, device=str(dev), budget_bytes=budget,
         start=_positive_int("start", start, 2), growth=float(growth), rtol=float(rtol), max_classes=max_classes,
         max_trials=_positive_int("max_trials", max_trials), steps=_positive_int("steps", steps),
-        warmup_classes=_positive_int("warmup_classes", warmup_classes, 2),
+        warmup_classes=_positive_int("warmup_classes", warmup_classes, 2), whole_step=whole_step,
     )
     env = dict(os.environ)
     # The cap counts address space, so memory that is reserved but unused must not pile up
@@ -315,6 +328,7 @@ def find_oom_boundary(
     first_fail = min(above) if above else None
     config = dict(
         head=head if isinstance(head, str) else getattr(head, "__name__", repr(head)), model_head=model_name,
+        whole_step=repr(whole_step) if whole_step is not None else None,
         embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype_name(dtype), optimizer=optimizer,
         steps=steps, **mkw,
     )

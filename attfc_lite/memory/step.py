@@ -1,0 +1,203 @@
+"""The memory of a whole training step: backbone, head, optimizer and, for AttFC, the key encoder.
+
+`measure_head_step` (lesson 02) measures the head alone, with embeddings handed to it. A real
+step also keeps the backbone's weights, gradients and optimizer state and its activations from
+forward to backward; AttFC adds encoder_k (a copy of the backbone with no gradient and no
+optimizer state) and the activations of K key images per query while they are embedded.
+`measure_model_step` builds a run's model exactly as `train` does, runs steady-state steps on
+random images of the run's size, and measures one, in four phases:
+
+    keys       AttFC only: the EMA update of encoder_k and the key images' forward (no grad)
+    forward    the backbone on the batch and the head's loss
+    backward   gradients of the backbone and the head
+    optimizer  SGD's update, then the gradients are freed
+
+Same instruments as the head step: the CUDA allocator's history on a GPU (mixed precision
+with `amp=True`), the profiler's allocation records on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+from typing import Any, Callable
+
+import torch
+
+from .measure import _profile_cpu_step, _running, _trace_cuda_step, _unique_bytes, timed
+
+__all__ = ["model_step", "measure_model_step", "plot_step_timelines", "thin_timeline", "WholeStep"]
+
+PHASES = ("keys", "forward", "backward", "optimizer")
+
+
+def model_step(backbone: torch.nn.Module, head, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, encoder_k=None, key_images: torch.Tensor | None = None,
+               mark: Callable[[str], contextlib.AbstractContextManager] | None = None, amp: bool = False) -> float:
+    """One training step of the whole model, in `train`'s order; `mark(phase)` wraps each phase.
+
+    `amp`: the backbones run under CUDA autocast in bfloat16 (the head stays in fp32). Returns the loss.
+    """
+    mark = mark or (lambda name: contextlib.nullcontext())
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    keys = None
+    if encoder_k is not None:
+        with mark("keys"):
+            encoder_k.update(backbone)
+            with autocast():
+                keys = encoder_k(key_images).float().view(images.shape[0], head.num_keys, -1)
+    with mark("forward"):
+        with autocast():
+            embeddings = backbone(images)
+        embeddings = embeddings.float()
+        loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
+    with mark("backward"):
+        loss.backward()
+    with mark("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def measure_model_step(config, device: str | torch.device | None = None, warmup_steps: int = 2, amp: bool = False,
+                       seed: int = 0) -> dict[str, Any]:
+    """Measure one steady-state training step of the whole model `config` (a `TrainConfig`) describes.
+
+    Returns a JSON-serialisable dict: 'held_bytes' (weights, buffers, optimizer state, encoder_k,
+    the batch: alive between steps), 'step_peak_bytes' (the peak above that during the step),
+    'peak_bytes' (their sum), 'phase_peaks', 'step_seconds', 'timeline_ms' / 'timeline_bytes' /
+    'timeline_phase' (bytes above held at each allocation or free), 'device', 'method', 'amp',
+    and 'parts' (bytes of the backbone's parameters, encoder_k's, the head's held tensors and
+    the optimizer state).
+    """
+    from ..encoders import KeyEncoder
+    from ..train import build
+    from ..utils import default_device
+
+    config = config.validate()
+    dev = default_device(device if device is not None else config.device)
+    if amp and dev.type != "cuda":
+        raise ValueError("amp=True needs a CUDA device (autocast in bfloat16 on the GPU); use amp=False on the CPU")
+    torch.manual_seed(seed)
+    backbone, head = build(config, dev)
+    backbone.train()
+    head.train()
+    encoder_k = KeyEncoder(backbone, config.ema_momentum).to(dev) if head.num_keys else None
+    if encoder_k is not None:
+        encoder_k.train()  # BatchNorm on the key batch's statistics, as in training
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    b, size = config.batch_size, config.image_size
+    images = torch.rand(b, 3, size, size, generator=gen).to(dev)
+    labels = torch.randint(0, config.num_classes, (b,), generator=gen).to(dev)
+    key_images = torch.rand(b * head.num_keys, 3, size, size, generator=gen).to(dev) if encoder_k is not None else None
+
+    def run(mark=None) -> None:
+        model_step(backbone, head, optimizer, images, labels, encoder_k, key_images, mark, amp)
+
+    for _ in range(max(1, int(warmup_steps))):  # the first creates the momentum buffers
+        run()
+    step_seconds = timed(run, dev)
+    gc.collect()
+
+    state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    parts = {
+        "backbone": _unique_bytes(list(backbone.parameters()) + list(backbone.buffers())),
+        "encoder_k": _unique_bytes(encoder_k.parameters()) + _unique_bytes(encoder_k.buffers())
+        if encoder_k is not None else 0,
+        "head": _unique_bytes(head.held_tensors().values()),
+        "optimizer_state": _unique_bytes(state),
+        "batch": _unique_bytes([images, labels] + ([key_images] if key_images is not None else [])),
+    }
+    held = sum(parts.values())
+    reserved = None
+    if dev.type == "cuda":
+        times, sizes, phases, step_peak, reserved = _trace_cuda_step(run, dev)
+        running, _, phase_peaks = _running(sizes, phases)
+        method = "cuda allocator history (max_memory_allocated above the held tensors)"
+    else:
+        times, sizes, phases = _profile_cpu_step(run)
+        running, step_peak, phase_peaks = _running(sizes, phases)
+        method = "cpu: torch.profiler allocation records (PyTorch's tensor allocations)"
+    return {
+        "head": config.head, "num_classes": config.num_classes, "batch_size": b, "image_size": size,
+        "backbone": config.backbone, "num_keys": head.num_keys, "device": str(dev), "method": method, "amp": amp,
+        "held_bytes": held, "step_peak_bytes": int(step_peak), "peak_bytes": held + int(step_peak),
+        "reserved_peak_bytes": reserved, "phase_peaks": phase_peaks, "parts": parts, "step_seconds": step_seconds,
+        "timeline_ms": list(times), "timeline_bytes": list(running), "timeline_phase": list(phases),
+    }
+
+
+def thin_timeline(step: dict[str, Any], points: int = 400) -> dict[str, Any]:
+    """`step` with its timeline cut to about `points` entries, keeping each phase's peak and ends."""
+    n = len(step["timeline_ms"])
+    if n <= points:
+        return dict(step)
+    keep = set(range(0, n, max(1, n // points))) | {n - 1}
+    values = step["timeline_bytes"]
+    for phase in set(step["timeline_phase"]):
+        idx = [i for i, p in enumerate(step["timeline_phase"]) if p == phase]
+        keep |= {idx[0], idx[-1], max(idx, key=lambda i: values[i])}
+    keep = sorted(keep)
+    out = dict(step)
+    for key in ("timeline_ms", "timeline_bytes", "timeline_phase"):
+        out[key] = [step[key][i] for i in keep]
+    return out
+
+
+def plot_step_timelines(steps: dict[str, dict[str, Any]], unit: str = "MiB", ax=None):
+    """Memory of one whole training step per head (label -> `measure_model_step` dict): the held
+    tensors plus what the step allocates, against the share of the step's time."""
+    import matplotlib.pyplot as plt
+
+    from .model import _unit_scale
+
+    ax = ax or plt.subplots(figsize=(7, 3.8))[1]
+    scale = _unit_scale(unit)
+    for label, step in steps.items():
+        t = step["timeline_ms"]
+        end = t[-1] if t and t[-1] > 0 else 1.0
+        x = [0.0] + [v / end for v in t]
+        y = [step["held_bytes"] / scale] + [(step["held_bytes"] + v) / scale for v in step["timeline_bytes"]]
+        line, = ax.step(x, y, where="post", lw=1.2, label=f"{label}: peak {step['peak_bytes'] / scale:,.1f} {unit}")
+        ax.axhline(step["held_bytes"] / scale, color=line.get_color(), ls=":", lw=0.8)
+    ax.set_xlabel("share of the step's time (keys, forward, backward, optimizer)")
+    ax.set_ylabel(f"allocated ({unit}): held + step")
+    ax.set_title("one whole training step per head (dotted: held between steps)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+class WholeStep:
+    """Whole training steps of a `TrainConfig`'s model at any number of identities, as a picklable
+    callable `(num_classes, device, steps)`: what `find_oom_boundary(whole_step=...)` runs in its
+    capped child process to find where a whole step stops fitting."""
+
+    def __init__(self, config) -> None:
+        from dataclasses import asdict
+
+        self.config = asdict(config.validate())
+
+    def __call__(self, num_classes: int, device: torch.device, steps: int = 2) -> None:
+        from dataclasses import replace
+
+        from ..encoders import KeyEncoder
+        from ..train import TrainConfig, build
+
+        config = replace(TrainConfig.from_dict(self.config), num_classes=int(num_classes))
+        backbone, head = build(config, device)
+        encoder_k = KeyEncoder(backbone, config.ema_momentum).to(device) if head.num_keys else None
+        optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay)
+        b, size = config.batch_size, config.image_size
+        images = torch.rand(b, 3, size, size, device=device)
+        labels = torch.randint(0, config.num_classes, (b,), device=device)
+        key_images = torch.rand(b * head.num_keys, 3, size, size, device=device) if encoder_k is not None else None
+        for _ in range(steps):  # the second step holds the momentum buffers: the steady state
+            model_step(backbone, head, optimizer, images, labels, encoder_k, key_images, amp=config.amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def __repr__(self) -> str:
+        return f"WholeStep(head={self.config['head']!r}, backbone={self.config['backbone']!r})"
