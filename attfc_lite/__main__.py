@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("runs") / "heads",
                    help="folder to write: summary.json, summary.png, <head>/seed_<s>/metrics.json, <head>/step_memory.json")
     r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
+    r.add_argument("--large-n-mib", type=_positive_float, default=None,
+                   help="also find, under this memory budget (MiB), the largest N whose whole FullFC step fits, and "
+                        "train AttFC at --large-n-factor times it under the same cap; writes large_n.json")
+    r.add_argument("--large-n-factor", type=_positive_int, default=5)
+    r.add_argument("--large-n-steps", type=_positive_int, default=50, help="training steps of each capped run")
     _add_train_options(r, d)
 
     data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
@@ -233,6 +238,18 @@ def _run(args) -> int:
     result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
                        progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory)
     print(summary_table(result), file=sys.stderr)
+    if args.large_n_mib:
+        from .run import large_n
+        from .utils import write_json
+
+        big = large_n(base, int(args.large_n_mib * 2 ** 20), args.large_n_factor, args.large_n_steps,
+                      progress=not args.quiet)
+        big["command"] = command
+        write_json(args.out / "large_n.json", big)
+        print(f"FullFC's whole step fits up to N = {big['fc_boundary']['largest_fit']:,} in {args.large_n_mib:g} MiB; "
+              f"AttFC at N = {big['attfc']['num_classes']:,}: "
+              f"{'trained' if big['attfc']['fits'] else 'out of memory'} (accuracy {big['attfc']['accuracy_mean']})",
+              file=sys.stderr)
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'} and a folder per head", file=sys.stderr)
     return 0
 

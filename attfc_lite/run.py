@@ -257,3 +257,75 @@ def plot_summary(result: dict):
                  f"{cfg['epochs']} epochs, on {result['device']} ({result['date']})", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, factor: int = 5, steps: int = 50,
+            images_per_identity: int = 2, start: int | None = None, device: str | None = None,
+            timeout_s: float = 900.0, progress: bool = True) -> dict:
+    """Where full FC stops fitting and AttFC goes on, measured under one memory budget.
+
+    1. The largest N for which a whole FullFC training step (backbone, head, SGD) fits in
+       `budget_bytes`, by really running out of memory in a capped child process
+       (`find_oom_boundary` with `memory.step.WholeStep`).
+    2. AttFC trained for `steps` steps at `factor` times that N, under the same cap, with
+       streamed data (`images_per_identity` images of each identity, rendered batch by batch), and
+       evaluated: `memory.train_under_budget`.
+    3. Full FC trained the same way at its largest fitting N, for the verification figures at a
+       size where it fits.
+    The budget is the cap above the child's size after a warm-up: on the CPU address space
+    (RLIMIT_AS), on CUDA the per-process memory fraction. The search starts at `start` (default:
+    half of what the memory model says the head alone would allow).
+    """
+    from .memory import find_oom_boundary, predicted_boundary, train_under_budget
+    from .memory.step import WholeStep
+    from .utils import default_device
+
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be an int >= 1 (AttFC's N as a multiple of FC's largest), got {factor!r}")
+    base = (base or TrainConfig()).validate()
+    dev = default_device(device if device is not None else base.device)
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+
+    fc_config = replace(base, head="fc", device=str(dev))
+    head_only = predicted_boundary(budget_bytes, embedding_dim=base.embedding_dim, batch_size=base.batch_size,
+                                   head="fc", weight_decay=base.weight_decay)
+    start = max(100, head_only // 2) if start is None else start
+    say(f"searching the largest N whose whole FullFC step fits in {budget_bytes / 2 ** 20:,.0f} MiB ...")
+    boundary = find_oom_boundary(budget_bytes, "fc", base.embedding_dim, base.batch_size, device=str(dev),
+                                 start=start, rtol=0.05, warmup_classes=100, timeout_s=timeout_s,
+                                 whole_step=WholeStep(fc_config))
+    if boundary.largest_fit is None or boundary.first_fail is None:
+        raise RuntimeError(f"the search did not bracket FullFC's limit (largest fit {boundary.largest_fit}, first "
+                           f"failure {boundary.first_fail}; {boundary.child_error or 'no error'}): change start or "
+                           f"budget_bytes")
+    n_fc = boundary.largest_fit
+    n_att = factor * n_fc
+    say(f"FullFC: a whole step fits at N = {n_fc:,}, fails at {boundary.first_fail:,}; training AttFC at {n_att:,}")
+    run = dict(images_per_identity=images_per_identity, epochs=1, max_steps=steps, stream_data=True, device=str(dev))
+    attfc = train_under_budget(replace(base, head="attfc", num_classes=n_att, **run), budget_bytes, dev,
+                               timeout_s=timeout_s)
+    say(f"AttFC at N = {n_att:,}: {'trained' if attfc['fits'] else 'ran out of memory'}; training FullFC at {n_fc:,}")
+    fc = train_under_budget(replace(base, head="fc", num_classes=n_fc, **run), budget_bytes, dev, timeout_s=timeout_s)
+
+    def brief(r: dict) -> dict:
+        m = r["metrics"] or {}
+        v = m.get("verification", {})
+        return {"fits": r["fits"], "error": r["error"], "used_bytes": r["used_bytes"], "seconds": r["seconds"],
+                "steps": m.get("steps"), "final_loss": m.get("final_loss"), "accuracy_mean": v.get("accuracy_mean"),
+                "tar_at_far": v.get("tar_at_far"), "images_per_second": m.get("images_per_second"),
+                "head_settings": m.get("head_settings")}
+
+    return {
+        "budget_bytes": int(budget_bytes), "cap": boundary.cap, "factor": factor, "steps": steps,
+        "fc_boundary": {"largest_fit": n_fc, "first_fail": boundary.first_fail, "trials": boundary.trials,
+                        "head_only_predicted": head_only},
+        "attfc": {"num_classes": n_att, **brief(attfc)}, "fc": {"num_classes": n_fc, **brief(fc)},
+        "config": {k: v for k, v in asdict(base).items() if k not in ("head", "num_classes")},
+        **provenance(dev), "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .backbones import count_parameters, make_backbone
-from .faces import MAX_IDENTITIES, FaceWorld, SyntheticFaces, check_disjoint_splits
+from .faces import MAX_IDENTITIES, FaceWorld, StreamedFaces, SyntheticFaces, check_disjoint_splits
 from .attfc import DEFAULT_CONTAINER_RATIO
 from .encoders import DEFAULT_MOMENTUM, KeyEncoder, check_momentum
 from .heads import HEADS, Head, make_head
@@ -80,6 +80,12 @@ class TrainConfig:
     # Mixed precision on CUDA: the backbone (and encoder_k) run under autocast in bfloat16, the
     # head in fp32 (its softmax over many classes wants the range). No loss scaling is needed.
     amp: bool = False
+    # Render each training batch when it is needed instead of all images up front
+    # (`faces.StreamedFaces`): the data set then holds only its labels, whatever num_classes is.
+    stream_data: bool = False
+    # Stop after this many optimizer steps (None: all epochs); the learning-rate schedule ends
+    # there. For runs whose epochs are too long to finish, as at hundreds of thousands of identities.
+    max_steps: int | None = None
     head_kwargs: dict = field(default_factory=dict)  # anything else make_head takes
 
     def validate(self) -> "TrainConfig":
@@ -99,6 +105,9 @@ class TrainConfig:
             raise ValueError(f"image_size must be in [8, 512], got {self.image_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be None or an int >= 1, got {self.max_steps!r}")
         if self.amp and (self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())):
             raise ValueError("amp=True (bfloat16 autocast) is for CUDA devices; set amp=False on the CPU")
         if self.num_classes + self.eval_identities > MAX_IDENTITIES:
@@ -229,7 +238,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         FaceWorld.eval_identities(config.eval_identities)
     if evaluate and train_ids is not None and eval_ids is not None:
         check_disjoint_splits(train_ids, eval_ids)
-    if train_set is None:
+    if train_set is None and config.stream_data:
+        train_set = StreamedFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
+                                  config.seed, device=device)
+    elif train_set is None:
         train_set = SyntheticFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                    config.seed, progress=progress)
     if getattr(train_set, "num_classes", config.num_classes) != config.num_classes:
@@ -249,6 +261,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     n = len(train_set)
     steps_per_epoch = max(1, n // config.batch_size)  # drop the last partial batch: BatchNorm needs > 1 sample
     total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     start_epoch, step, history, seconds = 0, 0, [], 0.0
 
@@ -272,6 +286,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         losses = []
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
+            if step >= total_steps:  # max_steps reached within this epoch
+                break
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             images, labels = _load(train_set, idx, flips[idx])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -311,6 +327,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                 callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels, "backbone": backbone,
                           "head": head, "encoder_k": encoder_k, "keys": keys})
         seconds += time.perf_counter() - t0
+        if not losses:  # max_steps ended the run before this epoch
+            break
         history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
         if out is not None:
             save_checkpoint(out / CHECKPOINT, {
@@ -362,6 +380,7 @@ def _load(dataset, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor,
     else:
         items = [dataset[int(i)] for i in idx]
         images, labels = torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+    flip = flip.to(images.device)  # a streamed data set renders on the training device
     return torch.where(flip[:, None, None, None], images.flip(-1), images), labels
 
 

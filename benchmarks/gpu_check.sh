@@ -35,7 +35,7 @@ step() {
 if [ "$TINY" = 1 ]; then
   DEVICE=cpu
   SIZES=(--classes 20 --images-per-identity 4 --eval-identities 10 --epochs 1 --batch-size 16 --image-size 16
-         --embedding-dim 16 --device cpu --quiet)
+         --embedding-dim 128 --device cpu --quiet)
 else
   DEVICE=cuda
   SIZES=(--quiet)
@@ -68,9 +68,11 @@ checks() {
 run() {
   log the heads side by side: python -m attfc_lite run
   if [ "$TINY" = 1 ]; then
-    step 120 --tail 8 $PY -m attfc_lite run --seeds 0 --memory-classes 1000 "${SIZES[@]}" --out "$OUT/run"
+    step 120 --tail 10 $PY -m attfc_lite run --seeds 0 --memory-classes 1000 --large-n-mib 48 --large-n-steps 5 \
+      "${SIZES[@]}" --out "$OUT/run"
   else
-    step 300 --tail 8 $PY -m attfc_lite run --seeds 0 "${SIZES[@]}" --out "$OUT/run"
+    # where a whole FullFC step stops fitting in 4 GiB of the GPU, and AttFC at 5x that N
+    step 300 --tail 10 $PY -m attfc_lite run --seeds 0 --large-n-mib 4096 "${SIZES[@]}" --out "$OUT/run"
   fi
 }
 

@@ -42,6 +42,10 @@ SWEEPS = {
 RUNS = {  # lesson 08's stored comparison, on a tiny configuration
     "run": ["run", "--variants", "fc", "partial_fc", "attfc", "dcq", "--seeds", "0", "1", "--memory-classes", "300",
             "--out", "tmp_run/heads", *TINY_OPTIONS],
+    # D = 128: with D = 16 FC's rows are so small that the data set's per-identity bookkeeping
+    # (labels, order, key index: some 100 bytes an identity) decides instead
+    "run-large-n": ["run", "--variants", "fc", "--memory-classes", "300", "--large-n-mib", "48", "--large-n-steps", "5",
+                    "--out", "tmp_run/big", *TINY_OPTIONS, "--embedding-dim", "128"],
     "run-bad-variant": ["run", "--variants", "fc", "arcface", "--out", "tmp_run/bad"],
 }
 MEMORY = {
@@ -261,3 +265,17 @@ def test_run_command_trains_every_variant_on_the_same_data(runs):
 def test_run_command_rejects_an_unknown_variant(runs):
     _, r = runs
     assert r["run-bad-variant"].returncode == 2 and "arcface" in r["run-bad-variant"].stderr
+
+
+def test_run_command_finds_where_full_fc_stops_and_trains_attfc_at_five_times_that(runs):
+    cwd, r = runs
+    assert r["run-large-n"].returncode == 0, r["run-large-n"].stderr
+    big = json.loads((cwd / "tmp_run" / "big" / "large_n.json").read_text())
+    boundary = big["fc_boundary"]
+    assert boundary["largest_fit"] < boundary["first_fail"] <= 1.05 * boundary["largest_fit"] + 1
+    fits = {t["num_classes"]: t["fits"] for t in boundary["trials"]}
+    assert fits[boundary["largest_fit"]] and not fits[boundary["first_fail"]]  # both really tried
+    assert big["attfc"]["num_classes"] == 5 * boundary["largest_fit"] and big["attfc"]["fits"], big["attfc"]
+    assert big["attfc"]["steps"] == 5 and big["fc"]["fits"] and big["fc"]["num_classes"] == boundary["largest_fit"]
+    assert big["budget_bytes"] == 48 * 2 ** 20 and "RLIMIT_AS" in big["cap"]
+    assert "FullFC's whole step fits up to N =" in r["run-large-n"].stderr

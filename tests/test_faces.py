@@ -337,3 +337,22 @@ def test_a_dataloader_batches_the_synthetic_split():
     # The stored uint8 image is the render rounded to 1/255.
     fresh = data.world.render(data.identity_ids[:1], torch.tensor([0])).images[0]
     assert (images[0] - fresh).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_streamed_faces_are_the_stored_faces_and_train_the_same_run():
+    from attfc_lite.faces import StreamedFaces
+    from attfc_lite.train import TrainConfig, train
+
+    stored = SyntheticFaces(12, 5, "train", 16, seed=3)
+    streamed = StreamedFaces(12, 5, "train", 16, seed=3)
+    idx = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:25]
+    a, b = stored.get_batch(idx), streamed.get_batch(idx)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.allclose(a[2], b[2])
+    assert streamed.num_classes == 12 and len(streamed) == 60 and streamed[7][1] == stored[7][1]
+    # the whole run is the same whether the images are kept or rendered batch by batch
+    config = dict(num_classes=12, images_per_identity=5, eval_identities=6, epochs=1, batch_size=8, image_size=16,
+                  embedding_dim=8, device="cpu", num_pairs=40)
+    kept = train(TrainConfig(**config), progress=False)
+    rendered = train(TrainConfig(**config, stream_data=True), progress=False)
+    assert kept.history == rendered.history
+    assert all(torch.equal(p, q) for p, q in zip(kept.backbone.parameters(), rendered.backbone.parameters()))

@@ -26,6 +26,8 @@ def test_tiny_mode_runs_every_part_and_writes_into_out(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert list(summary["variants"]) == ["fc", "partial_fc", "attfc", "dcq"] and summary["device"].startswith("cpu")
     assert (tmp_path / "run" / "summary.png").exists() and (tmp_path / "run" / "attfc" / "step_memory.json").exists()
+    big = json.loads((tmp_path / "run" / "large_n.json").read_text())
+    assert big["attfc"]["fits"] and big["attfc"]["num_classes"] == 5 * big["fc_boundary"]["largest_fit"]
     sweep = json.loads((tmp_path / "sweeps" / "dcc_ratio.json").read_text())
     assert sweep["values"] == [0.1, 1.0]
 

@@ -75,3 +75,10 @@ def test_stored_results_record_where_they_came_from_and_are_written_whole(tmp_pa
         write_json(tmp_path / "bad.json", {"x": float("nan")})  # JSON has no NaN: refused, not written
     assert not (tmp_path / "bad.json").exists()
     assert read_stored("r", tmp_path / "a", {"x"}, "cmd") == {"x": 1}  # a name is looked up in the folder
+
+
+def test_large_n_rejects_a_bad_factor():
+    from attfc_lite.run import large_n
+
+    with pytest.raises(ValueError, match="factor"):
+        large_n(factor=0)

@@ -390,3 +390,19 @@ def test_callback_sees_every_step_and_the_result_keeps_encoder_k():
     assert [s for s, _, _ in seen] == [1, 2, 3, 4]
     assert all(shape == (8, 2, 16) for _, shape, _ in seen)
     assert seen[-1][2] is result.encoder_k is not None
+
+
+def test_max_steps_ends_the_run_and_its_schedule_there(monkeypatch):
+    import attfc_lite.train as train_module
+
+    totals = []
+    real = train_module.lr_at
+    monkeypatch.setattr(train_module, "lr_at", lambda step, total, warm, lr: totals.append(total) or real(step, total, warm, lr))
+    config = TrainConfig(num_classes=8, images_per_identity=8, eval_identities=6, epochs=3, batch_size=8,
+                         image_size=16, embedding_dim=8, device="cpu", max_steps=10, warmup_epochs=0.0)
+    result = train(config, progress=False, evaluate=False)
+    # 64 images in batches of 8: 8 steps an epoch; 10 steps = one epoch and 2 steps of the next
+    assert result.metrics["steps"] == 10 and len(result.history) == 2
+    assert totals == [10] * 10  # the cosine schedule reaches zero at step 10, not at 24
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(max_steps=0).validate()

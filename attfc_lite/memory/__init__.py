@@ -53,7 +53,7 @@ from .model import (
     predict_memory,
     predicted_boundary,
 )
-from .oom import OOMBoundary, _oom_child, find_oom_boundary
+from .oom import OOMBoundary, _oom_child, find_oom_boundary, train_under_budget
 from .plots import _TERM_COLOURS, plot_breakdown, plot_memory_vs_classes, plot_timeline
 
 __all__ = [
@@ -61,5 +61,5 @@ __all__ = [
     "OOMBoundary", "OPTIMIZERS", "PHASES", "StepMeasurement", "TERMS", "agreement_table", "build_head",
     "canonical_head", "dtype_name", "find_oom_boundary", "format_agreement", "head_step", "make_optimizer",
     "measure_head_step", "memory_report", "optimizer_copies", "plot_breakdown", "plot_memory_vs_classes",
-    "plot_timeline", "predict_memory", "predicted_boundary", "_TERM_COLOURS", "_oom_child",
+    "plot_timeline", "predict_memory", "predicted_boundary", "train_under_budget", "_TERM_COLOURS", "_oom_child",
 ]

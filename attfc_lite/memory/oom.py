@@ -78,6 +78,69 @@ def _is_oom(exc: BaseException) -> bool:
     return any(msg in str(exc).lower() for msg in _OOM_MESSAGES)
 
 
+def _apply_cap(device: torch.device, budget: int) -> tuple[int, str]:
+    """Cap this process at what it uses now + `budget`: RLIMIT_AS on the CPU, the memory fraction
+    on CUDA. Returns (what it used when capped, how it was capped)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        base = torch.cuda.memory_reserved(device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (base + budget) / total), device)
+        return base, f"torch.cuda.set_per_process_memory_fraction: {base} bytes reserved + budget, of {total}"
+    import resource
+
+    base = _vm_size()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = base + budget if hard == resource.RLIM_INFINITY else min(hard, base + budget)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return base, "RLIMIT_AS: address space after warm-up + budget"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The cap counts address space, so memory that is reserved but unused must not pile up
+    # across trials: a fixed glibc mmap threshold unmaps every large block on free; one malloc
+    # arena stops glibc from reserving a fresh 64 MiB arena after a failed allocation; and
+    # MKL releases its matmul buffers after each call instead of caching them.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_ARENA_MAX", "1")
+    env.setdefault("MKL_DISABLE_FAST_MM", "1")
+    return env
+
+
+def _run_child(code: str, spec: dict, timeout_s: float, on_event: Callable[[dict], None]) -> tuple[int, list[str]]:
+    """Run `python -c code` with the pickled `spec` on stdin; hand each JSON event it reports to
+    `on_event`. Returns (exit status, its other output lines); a child past `timeout_s` is killed."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=_child_env())
+    lines: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        for raw in proc.stdout:
+            lines.put(raw.decode(errors="replace"))
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    proc.stdin.write(pickle.dumps(spec))
+    proc.stdin.close()
+    other: list[str] = []
+    deadline = started + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.perf_counter()))
+        except queue.Empty:
+            proc.kill()
+            other.append(f"timed out after {timeout_s} s")
+            break
+        if line is None:
+            break
+        if line.startswith(_CHILD_TAG):
+            on_event(json.loads(line[len(_CHILD_TAG):]))
+        else:
+            other.append(line.rstrip())
+    return proc.wait(), other
+
+
 def _oom_child() -> None:
     """Entry point of the capped child: reads a pickled spec on stdin, reports JSON lines."""
     spec = pickle.loads(sys.stdin.buffer.read())
@@ -113,20 +176,7 @@ def _oom_child() -> None:
     # cap measures only what the step itself needs.
     attempt(spec["warmup_classes"])
     cleanup()
-    budget = spec["budget_bytes"]
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        base = torch.cuda.memory_reserved(device)
-        torch.cuda.set_per_process_memory_fraction(min(1.0, (base + budget) / total), device)
-        cap = f"torch.cuda.set_per_process_memory_fraction: {base} bytes reserved + budget, of {total}"
-    else:
-        import resource
-
-        base = _vm_size()
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = base + budget if hard == resource.RLIM_INFINITY else min(hard, base + budget)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-        cap = "RLIMIT_AS: address space after warm-up + budget"
+    base, cap = _apply_cap(device, spec["budget_bytes"])
     _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
 
     def in_use() -> int:
@@ -263,56 +313,23 @@ def find_oom_boundary(
         max_trials=_positive_int("max_trials", max_trials), steps=_positive_int("steps", steps),
         warmup_classes=_positive_int("warmup_classes", warmup_classes, 2), whole_step=whole_step,
     )
-    env = dict(os.environ)
-    # The cap counts address space, so memory that is reserved but unused must not pile up
-    # across trials: a fixed glibc mmap threshold unmaps every large block on free; one malloc
-    # arena stops glibc from reserving a fresh 64 MiB arena after a failed allocation; and
-    # MKL releases its matmul buffers after each call instead of caching them.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    env.setdefault("MALLOC_ARENA_MAX", "1")
-    env.setdefault("MKL_DISABLE_FAST_MM", "1")
-    code = "from attfc_lite.memory.oom import _oom_child; _oom_child()"
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
-    lines: queue.Queue = queue.Queue()
-
-    def reader() -> None:
-        for raw in proc.stdout:
-            lines.put(raw.decode(errors="replace"))
-        lines.put(None)
-
-    threading.Thread(target=reader, daemon=True).start()
-    proc.stdin.write(pickle.dumps(spec))
-    proc.stdin.close()
     trials: list[dict[str, Any]] = []
-    other: list[str] = []
-    cap, trying, done = "", None, None
-    deadline = started + timeout_s
-    while True:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.perf_counter()))
-        except queue.Empty:
-            proc.kill()
-            other.append(f"timed out after {timeout_s} s")
-            break
-        if line is None:
-            break
-        if not line.startswith(_CHILD_TAG):
-            other.append(line.rstrip())
-            continue
-        event = json.loads(line[len(_CHILD_TAG):])
+    state: dict[str, Any] = {"cap": "", "trying": None, "done": None}
+
+    def on_event(event: dict) -> None:
         if event["event"] == "ready":
-            cap = event["cap"]
+            state["cap"] = event["cap"]
         elif event["event"] == "trying":
-            trying = event["num_classes"]
+            state["trying"] = event["num_classes"]
         elif event["event"] == "trial":
-            trying = None
+            state["trying"] = None
             trials.append({k: event[k] for k in ("num_classes", "fits", "error", "left_over_bytes", "seconds")})
         elif event["event"] == "done":
-            done = event
-    rc = proc.wait()
+            state["done"] = event
+
+    started = time.perf_counter()
+    rc, other = _run_child("from attfc_lite.memory.oom import _oom_child; _oom_child()", spec, timeout_s, on_event)
+    cap, trying, done = state["cap"], state["trying"], state["done"]
     child_error = None
     if done is None:
         # The child died or hung: a trial in flight counts as a failure, and the reason is kept.
@@ -338,3 +355,70 @@ def find_oom_boundary(
         seconds=time.perf_counter() - started, child_error=child_error,
     )
 
+
+
+# --------------------------------------------------------------------------- a run under a cap
+
+
+def _train_child() -> None:
+    """Entry point of a capped training run: warm up outside the cap, cap, train, report."""
+    from dataclasses import replace
+
+    from ..train import TrainConfig, train
+
+    spec = pickle.loads(sys.stdin.buffer.read())
+    config = TrainConfig.from_dict(spec["config"])
+    device = torch.device(spec["device"])
+    # A few steps of the same kind of run at a small size set up threads, kernels and allocator
+    # arenas once, so the cap counts only what the real run adds.
+    train(replace(config, num_classes=spec["warmup_classes"], max_steps=2), progress=False, evaluate=False)
+    gc.collect()
+    base, cap = _apply_cap(device, spec["budget_bytes"])
+    _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
+    start = time.perf_counter()
+    try:
+        metrics = train(config, progress=False).metrics
+    except (RuntimeError, MemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        _emit({"event": "done", "fits": False, "error": str(exc).strip().splitlines()[0][:160],
+               "seconds": round(time.perf_counter() - start, 3)})
+        return
+    used = (torch.cuda.max_memory_reserved(device) if device.type == "cuda" else _vm_size()) - base
+    _emit({"event": "done", "fits": True, "metrics": metrics, "used_bytes": used,
+           "seconds": round(time.perf_counter() - start, 3)})
+
+
+def train_under_budget(config, budget_bytes: int, device: str | torch.device | None = None,
+                       warmup_classes: int = 100, timeout_s: float = 900.0) -> dict[str, Any]:
+    """Train `config` (a `TrainConfig`) in a child process capped at its size after a warm-up +
+    `budget_bytes` (RLIMIT_AS on the CPU, the memory fraction on CUDA), as `find_oom_boundary`
+    caps its steps. Returns 'fits' (the whole run, evaluation included, stayed under the cap),
+    'metrics' (the run's, when it did), 'error', 'used_bytes' (the address space above the
+    baseline at the end on the CPU; the reserved peak on CUDA), 'cap', 'seconds', 'child_error'."""
+    from dataclasses import asdict
+
+    from ..utils import default_device
+
+    budget = _positive_int("budget_bytes", budget_bytes)
+    config = config.validate()
+    dev = default_device(device if device is not None else config.device)
+    if dev.type == "cpu" and not sys.platform.startswith("linux"):
+        raise ValueError("the CPU memory cap needs Linux (RLIMIT_AS and /proc); run it on Linux or on CUDA")
+    spec = {"config": asdict(config), "device": str(dev), "budget_bytes": budget,
+            "warmup_classes": _positive_int("warmup_classes", warmup_classes, 2)}
+    events: list[dict] = []
+    started = time.perf_counter()
+    rc, other = _run_child("from attfc_lite.memory.oom import _train_child; _train_child()", spec, timeout_s,
+                           events.append)
+    ready = next((e for e in events if e["event"] == "ready"), {})
+    done = next((e for e in events if e["event"] == "done"), None)
+    result = {"budget_bytes": budget, "device": str(dev), "cap": ready.get("cap"), "fits": False, "metrics": None,
+              "error": None, "used_bytes": None, "seconds": round(time.perf_counter() - started, 1),
+              "child_error": None}
+    if done is None:
+        result["child_error"] = f"child ended without finishing (exit status {rc}): {' | '.join(other[-3:])}"
+        result["error"] = result["child_error"]
+    else:
+        result.update({k: done[k] for k in ("fits", "metrics", "error", "used_bytes") if k in done})
+    return result
