@@ -481,10 +481,11 @@ class SyntheticFaces(torch.utils.data.Dataset):
         self.images_per_identity = int(images_per_identity)
         self.labels = torch.arange(num_identities).repeat_interleave(self.images_per_identity)
         self.image_indices = torch.arange(self.images_per_identity).repeat(num_identities)
-        images, quality = render_images(self.world, self.identity_ids[self.labels], self.image_indices,
-                                        progress=progress, device=device)
-        self.images = images
-        self.quality = quality
+        self._prepare(progress, device)
+
+    def _prepare(self, progress: bool, device) -> None:
+        self.images, self.quality = render_images(self.world, self.identity_ids[self.labels], self.image_indices,
+                                                  progress=progress, device=device)
 
     @property
     def num_classes(self) -> int:
@@ -503,11 +504,11 @@ class SyntheticFaces(torch.utils.data.Dataset):
         return self.images[index].float() / 255, int(self.labels[index]), float(self.quality[index])
 
     def __repr__(self) -> str:
-        return (f"SyntheticFaces(split={self.split!r}, identities={self.num_classes}, "
+        return (f"{type(self).__name__}(split={self.split!r}, identities={self.num_classes}, "
                 f"images_per_identity={self.images_per_identity}, image_size={self.world.image_size})")
 
 
-class StreamedFaces(torch.utils.data.Dataset):
+class StreamedFaces(SyntheticFaces):
     """The same split as `SyntheticFaces`, with no images kept: each batch is rendered when asked.
 
     Memory stays at the labels (8 bytes an image), whatever the number of identities; the
@@ -516,28 +517,8 @@ class StreamedFaces(torch.utils.data.Dataset):
     and costs time at every step instead of once.
     """
 
-    def __init__(self, num_identities: int = 1000, images_per_identity: int = 16, split: str = "train",
-                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, world: FaceWorld | None = None,
-                 identity_offset: int = 0, device=None) -> None:
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if int(images_per_identity) < 1:
-            raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
-        self.world = world if world is not None else FaceWorld(seed=seed, image_size=image_size)
-        pick = FaceWorld.train_identities if split == "train" else FaceWorld.eval_identities
-        self.split = split
-        self.identity_ids = pick(num_identities, identity_offset)
-        self.images_per_identity = int(images_per_identity)
-        self.labels = torch.arange(num_identities).repeat_interleave(self.images_per_identity)
-        self.image_indices = torch.arange(self.images_per_identity).repeat(num_identities)
-        self.device = device
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.identity_ids.numel())
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
+    def _prepare(self, progress: bool, device) -> None:
+        self.device = device  # nothing rendered now
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images (float, [0, 1]; on `device`), labels and qualities of the items `indices`, rendered now."""
@@ -551,10 +532,6 @@ class StreamedFaces(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         images, labels, quality = self.get_batch(torch.tensor([index % len(self)]))
         return images[0].cpu(), int(labels[0]), float(quality[0])
-
-    def __repr__(self) -> str:
-        return (f"StreamedFaces(split={self.split!r}, identities={self.num_classes}, "
-                f"images_per_identity={self.images_per_identity}, image_size={self.world.image_size})")
 
 
 def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: torch.Tensor, batch_size: int = 4096,
