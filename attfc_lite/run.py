@@ -261,7 +261,7 @@ def plot_summary(result: dict):
 
 def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, factor: int = 5, steps: int = 50,
             images_per_identity: int = 2, start: int | None = None, device: str | None = None,
-            timeout_s: float = 900.0, progress: bool = True) -> dict:
+            both_share: float = 0.8, timeout_s: float = 900.0, progress: bool = True) -> dict:
     """Where full FC stops fitting and AttFC goes on, measured under one memory budget.
 
     1. The largest N for which a whole FullFC training step (backbone, head, SGD) fits in
@@ -270,8 +270,9 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
     2. AttFC trained for `steps` steps at `factor` times that N, under the same cap, with
        streamed data (`images_per_identity` images of each identity, rendered batch by batch), and
        evaluated: `memory.train_under_budget`.
-    3. Full FC trained the same way at its largest fitting N, for the verification figures at a
-       size where it fits.
+    3. Full FC and AttFC trained the same way at `both_share` of FC's largest N (a longer run
+       than the search's two steps needs some room), for verification figures of both heads at
+       a size where both fit.
     The budget is the cap above the child's size after a warm-up: on the CPU address space
     (RLIMIT_AS), on CUDA the per-process memory fraction. The search starts at `start` (default:
     half of what the memory model says the head alone would allow).
@@ -292,7 +293,8 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
 
             tqdm.write(text)
 
-    fc_config = replace(base, head="fc", device=str(dev))
+    run = dict(images_per_identity=images_per_identity, epochs=1, max_steps=steps, stream_data=True, device=str(dev))
+    fc_config = replace(base, head="fc", **run)
     head_only = predicted_boundary(budget_bytes, embedding_dim=base.embedding_dim, batch_size=base.batch_size,
                                    head="fc", weight_decay=base.weight_decay)
     start = max(100, head_only // 2) if start is None else start
@@ -307,11 +309,12 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
     n_fc = boundary.largest_fit
     n_att = factor * n_fc
     say(f"FullFC: a whole step fits at N = {n_fc:,}, fails at {boundary.first_fail:,}; training AttFC at {n_att:,}")
-    run = dict(images_per_identity=images_per_identity, epochs=1, max_steps=steps, stream_data=True, device=str(dev))
     attfc = train_under_budget(replace(base, head="attfc", num_classes=n_att, **run), budget_bytes, dev,
                                timeout_s=timeout_s)
-    say(f"AttFC at N = {n_att:,}: {'trained' if attfc['fits'] else 'ran out of memory'}; training FullFC at {n_fc:,}")
-    fc = train_under_budget(replace(base, head="fc", num_classes=n_fc, **run), budget_bytes, dev, timeout_s=timeout_s)
+    n_both = max(2, int(both_share * n_fc))
+    say(f"AttFC at N = {n_att:,}: {'trained' if attfc['fits'] else 'ran out of memory'}; both heads at {n_both:,}")
+    both = {head: train_under_budget(replace(base, head=head, num_classes=n_both, **run), budget_bytes, dev,
+                                     timeout_s=timeout_s) for head in ("fc", "attfc")}
 
     def brief(r: dict) -> dict:
         m = r["metrics"] or {}
@@ -325,7 +328,8 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
         "budget_bytes": int(budget_bytes), "cap": boundary.cap, "factor": factor, "steps": steps,
         "fc_boundary": {"largest_fit": n_fc, "first_fail": boundary.first_fail, "trials": boundary.trials,
                         "head_only_predicted": head_only},
-        "attfc": {"num_classes": n_att, **brief(attfc)}, "fc": {"num_classes": n_fc, **brief(fc)},
+        "attfc": {"num_classes": n_att, **brief(attfc)},
+        "both": {head: {"num_classes": n_both, **brief(r)} for head, r in both.items()},
         "config": {k: v for k, v in asdict(base).items() if k not in ("head", "num_classes")},
         **provenance(dev), "seconds": round(time.perf_counter() - started, 1),
     }

@@ -360,17 +360,22 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         "config": asdict(config),
     }
     if evaluate:
-        if eval_set is None:
-            eval_set = SyntheticFaces(config.eval_identities, config.eval_images_per_identity, "eval",
-                                      config.image_size, config.seed, progress=progress)
-        images, labels, quality = _all_items(eval_set)
-        metrics["verification"] = evaluate_verification(backbone, images, labels, quality, num_pairs=config.num_pairs,
-                                                        seed=config.seed, device=device, progress=progress)
+        metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
     if out is not None:
         tmp = out / (METRICS + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
         os.replace(tmp, out / METRICS)
     return TrainResult(backbone, head, metrics, history, encoder_k)
+
+
+def evaluate_run(backbone: nn.Module, config: TrainConfig, eval_set=None, device=None, progress: bool = False) -> dict:
+    """Verification of a trained backbone on the run's evaluation split (identities never trained on)."""
+    if eval_set is None:
+        eval_set = SyntheticFaces(config.eval_identities, config.eval_images_per_identity, "eval",
+                                  config.image_size, config.seed, progress=progress)
+    images, labels, quality = _all_items(eval_set)
+    return evaluate_verification(backbone, images, labels, quality, num_pairs=config.num_pairs, seed=config.seed,
+                                 device=device or default_device(config.device), progress=progress)
 
 
 def _load(dataset, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

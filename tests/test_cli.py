@@ -276,6 +276,9 @@ def test_run_command_finds_where_full_fc_stops_and_trains_attfc_at_five_times_th
     fits = {t["num_classes"]: t["fits"] for t in boundary["trials"]}
     assert fits[boundary["largest_fit"]] and not fits[boundary["first_fail"]]  # both really tried
     assert big["attfc"]["num_classes"] == 5 * boundary["largest_fit"] and big["attfc"]["fits"], big["attfc"]
-    assert big["attfc"]["steps"] == 5 and big["fc"]["fits"] and big["fc"]["num_classes"] == boundary["largest_fit"]
+    assert big["attfc"]["steps"] == 5
+    for head in ("fc", "attfc"):  # both heads trained and evaluated at a size where both fit
+        assert big["both"][head]["fits"] and big["both"][head]["num_classes"] == int(0.8 * boundary["largest_fit"])
+        assert 0 <= big["both"][head]["accuracy_mean"] <= 1
     assert big["budget_bytes"] == 48 * 2 ** 20 and "RLIMIT_AS" in big["cap"]
     assert "FullFC's whole step fits up to N =" in r["run-large-n"].stderr

@@ -75,22 +75,3 @@ def test_amp_needs_cuda():
     with pytest.raises(ValueError, match="amp"):
         measure_model_step(TrainConfig(**TINY), amp=True)
 
-
-def test_whole_step_out_of_memory_search_and_attfc_at_five_times_that(tmp_path):
-    """The large-N path of the single-GPU run, on the CPU: under one address-space budget, where a
-    whole FullFC training step stops fitting, and that AttFC's whole step fits at 5x that N."""
-    from attfc_lite.memory import find_oom_boundary, predict_memory
-    from attfc_lite.memory.step import WholeStep
-
-    small = dict(embedding_dim=64, batch_size=16, image_size=16, device="cpu")
-    budget = 48 * 2 ** 20
-    fc = find_oom_boundary(budget, "fc", embedding_dim=64, batch_size=16, start=20_000, growth=2.0, rtol=0.1,
-                           warmup_classes=1000, whole_step=WholeStep(TrainConfig(head="fc", **small)))
-    assert fc.child_error is None and fc.largest_fit is not None and fc.first_fail is not None, fc.trials
-    # the head alone would fit more: the whole step also holds the backbone, its state and activations
-    head_only = predict_memory(fc.largest_fit, 64, 16, head="fc").peak
-    assert head_only < budget
-    att = find_oom_boundary(budget, "attfc", embedding_dim=64, batch_size=16, start=5 * fc.first_fail,
-                            max_trials=1, warmup_classes=1000,
-                            whole_step=WholeStep(TrainConfig(head="attfc", num_keys=2, **small)))
-    assert att.trials and att.trials[0]["fits"], att.trials  # AttFC trains on where FC ran out

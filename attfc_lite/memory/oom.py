@@ -95,6 +95,17 @@ def _apply_cap(device: torch.device, budget: int) -> tuple[int, str]:
     return base, "RLIMIT_AS: address space after warm-up + budget"
 
 
+def _lift_cap(device: torch.device) -> None:
+    """Undo `_apply_cap` (the soft limit goes back to the hard one; the whole device again)."""
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # The cap counts address space, so memory that is reserved but unused must not pile up
@@ -364,7 +375,7 @@ def _train_child() -> None:
     """Entry point of a capped training run: warm up outside the cap, cap, train, report."""
     from dataclasses import replace
 
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, evaluate_run, train
 
     spec = pickle.loads(sys.stdin.buffer.read())
     config = TrainConfig.from_dict(spec["config"])
@@ -377,7 +388,7 @@ def _train_child() -> None:
     _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
     start = time.perf_counter()
     try:
-        metrics = train(config, progress=False).metrics
+        result = train(config, progress=False, evaluate=False)
     except (RuntimeError, MemoryError) as exc:
         if not _is_oom(exc):
             raise
@@ -385,15 +396,19 @@ def _train_child() -> None:
                "seconds": round(time.perf_counter() - start, 3)})
         return
     used = (torch.cuda.max_memory_reserved(device) if device.type == "cuda" else _vm_size()) - base
-    _emit({"event": "done", "fits": True, "metrics": metrics, "used_bytes": used,
-           "seconds": round(time.perf_counter() - start, 3)})
+    seconds = round(time.perf_counter() - start, 3)
+    # Verification needs no head and is not training: it runs with the cap lifted.
+    _lift_cap(device)
+    metrics = dict(result.metrics, verification=evaluate_run(result.backbone, config, device=device))
+    _emit({"event": "done", "fits": True, "metrics": metrics, "used_bytes": used, "seconds": seconds})
 
 
 def train_under_budget(config, budget_bytes: int, device: str | torch.device | None = None,
                        warmup_classes: int = 100, timeout_s: float = 900.0) -> dict[str, Any]:
     """Train `config` (a `TrainConfig`) in a child process capped at its size after a warm-up +
     `budget_bytes` (RLIMIT_AS on the CPU, the memory fraction on CUDA), as `find_oom_boundary`
-    caps its steps. Returns 'fits' (the whole run, evaluation included, stayed under the cap),
+    caps its steps; verification on the unseen identities runs after training with the cap lifted
+    (it needs no head). Returns 'fits' (the whole training stayed under the cap),
     'metrics' (the run's, when it did), 'error', 'used_bytes' (the address space above the
     baseline at the end on the CPU; the reserved peak on CUDA), 'cap', 'seconds', 'child_error'."""
     from dataclasses import asdict

@@ -170,9 +170,10 @@ def plot_step_timelines(steps: dict[str, dict[str, Any]], unit: str = "MiB", ax=
 
 
 class WholeStep:
-    """Whole training steps of a `TrainConfig`'s model at any number of identities, as a picklable
-    callable `(num_classes, device, steps)`: what `find_oom_boundary(whole_step=...)` runs in its
-    capped child process to find where a whole step stops fitting."""
+    """Training steps of a `TrainConfig`'s whole run at any number of identities, as a picklable
+    callable `(num_classes, device, steps)`: `train` itself for `steps` steps, with the batches
+    rendered on demand (`faces.StreamedFaces`), so data loading counts as it does in training.
+    What `find_oom_boundary(whole_step=...)` runs in its capped child process."""
 
     def __init__(self, config) -> None:
         from dataclasses import asdict
@@ -182,20 +183,12 @@ class WholeStep:
     def __call__(self, num_classes: int, device: torch.device, steps: int = 2) -> None:
         from dataclasses import replace
 
-        from ..encoders import KeyEncoder
-        from ..train import TrainConfig, build
+        from ..train import TrainConfig, train
 
-        config = replace(TrainConfig.from_dict(self.config), num_classes=int(num_classes))
-        backbone, head = build(config, device)
-        encoder_k = KeyEncoder(backbone, config.ema_momentum).to(device) if head.num_keys else None
-        optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay)
-        b, size = config.batch_size, config.image_size
-        images = torch.rand(b, 3, size, size, device=device)
-        labels = torch.randint(0, config.num_classes, (b,), device=device)
-        key_images = torch.rand(b * head.num_keys, 3, size, size, device=device) if encoder_k is not None else None
-        for _ in range(steps):  # the second step holds the momentum buffers: the steady state
-            model_step(backbone, head, optimizer, images, labels, encoder_k, key_images, amp=config.amp)
+        # two steps: the second holds the momentum buffers, the steady state
+        config = replace(TrainConfig.from_dict(self.config), num_classes=int(num_classes), max_steps=int(steps),
+                         stream_data=True, device=str(device))
+        train(config, progress=False, evaluate=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
