@@ -177,7 +177,7 @@ def _grade(name: str, answer, expected: float, rtol: float, slips=(), hint: str 
         return "wrong"
     tol = rtol * abs(expected)
     if abs(value - expected) <= tol:
-        print(f"{name}: right (within {rtol:.2g} relative)")
+        print(f"{name}: right " + (f"(within {rtol:.2g} relative)" if rtol else "(exact)"))
         return "right"
     if in_bytes:
         slips = [*slips, *((expected / unit, f"Give the answer in bytes, not in {name_}.")
@@ -278,3 +278,25 @@ def check_logit_bytes(answer, num_classes: int = 2_059_906, ratio: float = 0.3, 
         (batch_size * q * 8, "fp32: 4 bytes per number."),
         (q * 4, "There is one row per query of the batch."),
     ], hint="B rows, Q = floor(ratio x N) columns, 4 bytes each.", in_bytes=True)
+
+
+# -- lesson 09 ---------------------------------------------------------------------------
+def check_encoder_k_bytes(answer, parameters: int = 43_600_000):
+    """Exercise 09.1: what AttFC's key encoder adds to memory for a backbone of `parameters` fp32
+    weights: one copy, with no gradient and no optimizer state."""
+    _grade("encoder_k bytes", answer, 4 * parameters, 1e-3, slips=[
+        (8 * parameters, "encoder_k has no optimizer: no momentum buffer, only its weights."),
+        (12 * parameters, "encoder_k gets no gradient and no momentum: it is updated by EMA under no_grad."),
+        (2 * parameters, "The weights are fp32: 4 bytes each."),
+        (parameters, "Count bytes: 4 per fp32 weight."),
+    ], hint="A copy of the backbone's weights, 4 bytes each; nothing else is kept between steps "
+            "(BatchNorm buffers are negligible here).", in_bytes=True)
+
+
+def check_images_per_step(answer, batch_size: int = 128, num_keys: int = 4):
+    """Exercise 09.2: images through a backbone (encoder_q or encoder_k) in one AttFC step."""
+    _grade("images", answer, batch_size * (1 + num_keys), 0.0, slips=[
+        (batch_size * num_keys, "The B queries go through encoder_q too."),
+        (batch_size, "Each query also has K key images, embedded by encoder_k."),
+        (batch_size * (2 + num_keys), "The backward pass does not embed images again."),
+    ], hint="B queries through encoder_q, and K key images for each of them through encoder_k.")

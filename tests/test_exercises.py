@@ -109,3 +109,17 @@ def test_lessons_06_to_08_grade_hand_answers_and_name_each_slip(capsys):
         if check in (ex.check_container_bytes, ex.check_logit_bytes):
             got, message = grade(check, right / 2 ** 20)
             assert got == "wrong" and "in bytes, not in MiB" in message
+
+
+def test_lesson_09_checks_by_hand(capsys):
+    def said(check, answer):
+        check(answer)
+        return capsys.readouterr().out
+
+    assert "right" in said(ex.check_encoder_k_bytes, 4 * 43_600_000)
+    assert "no optimizer" in said(ex.check_encoder_k_bytes, 8 * 43_600_000)
+    assert "in bytes, not in MiB" in said(ex.check_encoder_k_bytes, 4 * 43_600_000 / 2 ** 20)
+    assert "right" in said(ex.check_images_per_step, 640)
+    assert "queries go through encoder_q" in said(ex.check_images_per_step, 512)
+    out = said(ex.check_images_per_step, 600)
+    assert "wrong" in out and "640" not in out
