@@ -246,7 +246,7 @@ def _run(args) -> int:
                       progress=not args.quiet)
         big["command"] = command
         write_json(args.out / "large_n.json", big)
-        print(f"FullFC's whole step fits up to N = {big['fc_boundary']['largest_fit']:,} in {args.large_n_mib:g} MiB; "
+        print(f"two FullFC training steps fit up to N = {big['fc_boundary']['largest_fit']:,} in {args.large_n_mib:g} MiB; "
               f"AttFC at N = {big['attfc']['num_classes']:,}: "
               f"{'trained' if big['attfc']['fits'] else 'out of memory'} (accuracy {big['attfc']['accuracy_mean']})",
               file=sys.stderr)

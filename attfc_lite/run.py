@@ -181,7 +181,8 @@ def summary_table(result: dict) -> str:
     lines = [head]
     for row in result["summary"]:
         line = f"{result['variants'][row['variant']]['label']:<27}"
-        line += f"{row['accuracy_mean']:>9.3f} ± {row['accuracy_seed_std']:.3f}"
+        line += (f"{row['accuracy_mean']:>9.3f} ± {row['accuracy_seed_std']:.3f}" if len(row["seeds"]) > 1
+                 else f"{row['accuracy_mean']:>9.3f} (1 seed)")
         line += "".join(f"{row['tar_at_far'][k]:>10.3f}" for k in fars) + f"{row['images_per_second']:>10,.0f}"
         line += "".join(f"{m['measured_peak_bytes'] / 2 ** 20:>20,.2f}" for m in row["head_memory"] or [])
         lines.append(line)
@@ -237,13 +238,16 @@ def plot_summary(result: dict):
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     ax = axes[0][0]
     labels = [result["variants"][r["variant"]]["label"] for r in result["summary"]]
+    several = len(result["seeds"]) > 1
     ax.bar(range(len(labels)), [r["accuracy_mean"] for r in result["summary"]],
-           yerr=[r["accuracy_seed_std"] for r in result["summary"]], capsize=4, color="tab:blue", alpha=0.8)
+           yerr=[r["accuracy_seed_std"] for r in result["summary"]] if several else None, capsize=4,
+           color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(labels)), [label.replace(" (", "\n(") for label in labels], fontsize=8)
     low = min(r["accuracy_mean"] for r in result["summary"])
     ax.set_ylim(max(0.0, low - 0.1), 1.0)
     ax.set_ylabel("10-fold verification accuracy")
-    ax.set_title(f"accuracy on unseen identities (mean of {len(result['seeds'])} seed(s) ± std)", fontsize=10)
+    ax.set_title(f"accuracy on unseen identities (mean of {len(result['seeds'])} seeds ± std)" if several
+                 else "accuracy on unseen identities (one seed)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     if result.get("step_memory"):
         plot_step_timelines({result["variants"][v]["label"]: step for v, step in result["step_memory"].items()},
@@ -298,7 +302,7 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
     head_only = predicted_boundary(budget_bytes, embedding_dim=base.embedding_dim, batch_size=base.batch_size,
                                    head="fc", weight_decay=base.weight_decay)
     start = max(100, head_only // 2) if start is None else start
-    say(f"searching the largest N whose whole FullFC step fits in {budget_bytes / 2 ** 20:,.0f} MiB ...")
+    say(f"searching the largest N for which two FullFC training steps fit in {budget_bytes / 2 ** 20:,.0f} MiB ...")
     boundary = find_oom_boundary(budget_bytes, "fc", base.embedding_dim, base.batch_size, device=str(dev),
                                  start=start, rtol=0.05, warmup_classes=100, timeout_s=timeout_s,
                                  whole_step=WholeStep(fc_config))
@@ -308,7 +312,7 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
                            f"budget_bytes")
     n_fc = boundary.largest_fit
     n_att = factor * n_fc
-    say(f"FullFC: a whole step fits at N = {n_fc:,}, fails at {boundary.first_fail:,}; training AttFC at {n_att:,}")
+    say(f"FullFC: two training steps fit at N = {n_fc:,}, not at {boundary.first_fail:,}; training AttFC at {n_att:,}")
     attfc = train_under_budget(replace(base, head="attfc", num_classes=n_att, **run), budget_bytes, dev,
                                timeout_s=timeout_s)
     n_both = max(2, int(both_share * n_fc))

@@ -281,4 +281,4 @@ def test_run_command_finds_where_full_fc_stops_and_trains_attfc_at_five_times_th
         assert big["both"][head]["fits"] and big["both"][head]["num_classes"] == int(0.8 * boundary["largest_fit"])
         assert 0 <= big["both"][head]["accuracy_mean"] <= 1
     assert big["budget_bytes"] == 48 * 2 ** 20 and "RLIMIT_AS" in big["cap"]
-    assert "FullFC's whole step fits up to N =" in r["run-large-n"].stderr
+    assert "two FullFC training steps fit up to N =" in r["run-large-n"].stderr

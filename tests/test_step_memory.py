@@ -65,7 +65,7 @@ def test_thin_timeline_keeps_each_phase_peak_and_plot_draws(steps):
         values = [v for v, p in zip(att["timeline_bytes"], att["timeline_phase"]) if p == phase]
         assert max(v for v, p in zip(thin["timeline_bytes"], thin["timeline_phase"]) if p == phase) == max(values)
     ax = plot_step_timelines({"FC": steps["fc"], "AttFC": thin})
-    assert len(ax.get_legend().get_texts()) == 2
+    assert len(ax.get_legend().get_texts()) == 3  # two heads and the dotted held line
     plt.close("all")
 
 
