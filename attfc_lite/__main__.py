@@ -218,7 +218,18 @@ def _sweep(args) -> int:
     for row in result["summary"]:
         print(f"{args.param}={row['value']:g}: {row['accuracy_mean']:.3f} (seed spread ±{row['accuracy_seed_std']:.3f})",
               file=sys.stderr)
-    print(f"wrote {out}", file=sys.stderr)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sweep import plot_accuracy_memory
+
+    ax = plot_accuracy_memory(result)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out.with_suffix(".png"), dpi=100)
+    plt.close(ax.figure)
+    print(f"wrote {out} and {out.with_suffix('.png')} (accuracy against head memory)", file=sys.stderr)
     return 0
 
 

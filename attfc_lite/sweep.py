@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 from .train import TrainConfig, train
 from .utils import provenance, read_stored, write_json
 
-__all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise"]
+__all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise", "head_memory_of",
+           "plot_accuracy_memory"]
 
 #: The settings a sweep can vary: command-line name -> TrainConfig field.
 PARAMS: dict[str, str] = {
@@ -148,6 +149,45 @@ def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | Non
     ax.set_xlabel(xlabel or sweep["param"])
     ax.set_ylabel("10-fold verification accuracy")
     ax.set_title(f"sweep of {sweep['param']} ({sweep['device']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def head_memory_of(sweep: dict, value, num_classes: int | None = None) -> int:
+    """Predicted peak bytes of one head step (the memory model) for the sweep's configuration with
+    its setting at `value`, at the sweep's number of identities or at `num_classes`."""
+    from .attfc import container_capacity
+    from .memory import predict_memory
+
+    config = dict(sweep["config"], **{sweep["field"]: value})
+    n = int(num_classes or config["num_classes"])
+    knobs: dict[str, Any] = {"weight_decay": config.get("weight_decay", 0.0)}
+    if config["head"] == "partial_fc":
+        knobs["sample_rate"] = config["sample_rate"]
+    if config["head"] == "attfc":
+        knobs["container_size"] = container_capacity(n, config["dcc_ratio"], config.get("container_size"))
+        knobs["num_keys"] = config["num_keys"]
+    return predict_memory(n, config["embedding_dim"], config["batch_size"], head=config["head"], **knobs).peak
+
+
+def plot_accuracy_memory(sweep: dict, num_classes: int | None = None, ax=None, label: str | None = None):
+    """The ablation's trade-off: mean accuracy over seeds (± their std) against the head step's
+    predicted memory, each point labelled with its value. `num_classes` sizes the memory at
+    another N than the sweep's (the accuracy stays the sweep's own)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5.5, 3.6))[1]
+    rows = sorted(sweep["summary"], key=lambda r: r["value"])
+    xs = [head_memory_of(sweep, r["value"], num_classes) / 2 ** 20 for r in rows]
+    ax.errorbar(xs, [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_seed_std"] for r in rows], fmt="o-",
+                capsize=3, label=label or f"{sweep['param']} ({len(sweep['seeds'])} seeds ± std)")
+    for x, r in zip(xs, rows):
+        ax.annotate(f"{r['value']:g}", (x, r["accuracy_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    n = int(num_classes or sweep["config"]["num_classes"])
+    ax.set_xlabel(f"head step peak at N = {n:,} (MiB, memory model)")
+    ax.set_ylabel("10-fold verification accuracy")
+    ax.set_title(f"accuracy against head memory: {sweep['param']} ({sweep['device']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax

@@ -220,6 +220,7 @@ def test_dcc_ratio_sweep_command_writes_what_the_widget_reads(runs):
         assert set(run) >= {"value", "seed", "accuracy_mean", "accuracy_std", "tar_at_far", "far_achieved", "auc",
                             "images_per_second", "head_settings"}
         assert 0.0 <= run["accuracy_mean"] <= 1.0
+    assert (cwd / "tmp_sw" / "dcc_ratio.png").stat().st_size > 5_000  # accuracy against head memory
     mid = dcc_size(0.3, 1000, sweep=data)["accuracy"]
     assert mid["measured"] and mid["accuracy"] == data["summary"][1]["accuracy_mean"]
 

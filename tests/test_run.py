@@ -82,3 +82,26 @@ def test_large_n_rejects_a_bad_factor():
 
     with pytest.raises(ValueError, match="factor"):
         large_n(factor=0)
+
+
+def test_ablation_plot_puts_accuracy_against_the_models_head_memory():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.memory import predict_memory
+    from attfc_lite.sweep import head_memory_of, load_sweep, plot_accuracy_memory
+
+    sweep = load_sweep("dcc_ratio")
+    config = sweep["config"]
+    # ratio 0.1 of 1,000 identities: a container of 100, by the model directly
+    want = predict_memory(1000, config["embedding_dim"], config["batch_size"], head="attfc", container_size=100,
+                          num_keys=config["num_keys"], weight_decay=config["weight_decay"]).peak
+    assert head_memory_of(sweep, 0.1) == want
+    assert head_memory_of(sweep, 1.0) > head_memory_of(sweep, 0.1)  # a larger container costs more
+    ax = plot_accuracy_memory(sweep, num_classes=1_000_000)
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == [r["accuracy_mean"] for r in sorted(sweep["summary"], key=lambda r: r["value"])]
+    assert list(line.get_xdata()) == sorted(line.get_xdata())  # memory grows with the ratio
+    plt.close("all")
