@@ -23,7 +23,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from .train import TrainConfig, train
 from .utils import provenance, read_stored, write_json
@@ -54,25 +53,14 @@ def _check_variants(variants: Sequence[str]) -> list[str]:
 def head_memory(config: TrainConfig, num_classes: int | None = None) -> dict[str, Any]:
     """Measured and predicted peak of one head step (SGD with the run's momentum) for `config`'s
     head at its shapes, or at `num_classes` identities (the container keeps its ratio)."""
-    from .memory import measure_head_step, predict_memory
-    from .train import build
-    from .utils import default_device
+    from .memory import memory_report
+    from .train import memory_knobs
 
-    config = replace(config, num_classes=int(num_classes or config.num_classes))
-    device = default_device(config.device)
-    _, head = build(config, torch.device("cpu"))
-    measured = measure_head_step(head, config.batch_size, "sgd", device, momentum=config.momentum,
-                                 weight_decay=config.weight_decay, time_step=True)
-    knobs = {}
-    if config.head == "partial_fc":
-        knobs["sample_rate"] = config.sample_rate
-    if config.head == "attfc":
-        knobs.update(container_size=head.container.capacity, num_keys=config.num_keys)
-    predicted = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
-                               momentum=config.momentum, weight_decay=config.weight_decay, **knobs)
-    del head
-    return {"num_classes": config.num_classes, "measured_peak_bytes": measured.peak_bytes,
-            "predicted_peak_bytes": predicted.peak, "step_seconds": measured.step_seconds}
+    n = int(num_classes or config.num_classes)
+    report = memory_report(config.head, n, config.embedding_dim, config.batch_size,
+                           device=None if config.device == "auto" else config.device, **memory_knobs(config))
+    return {"num_classes": n, "measured_peak_bytes": report["measured_peak_bytes"],
+            "predicted_peak_bytes": report["predicted"]["peak"], "step_seconds": report["step_seconds"]}
 
 
 def _round(values: Sequence[float], digits: int = 5) -> list[float]:

@@ -157,18 +157,12 @@ def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | Non
 def head_memory_of(sweep: dict, value, num_classes: int | None = None) -> int:
     """Predicted peak bytes of one head step (the memory model) for the sweep's configuration with
     its setting at `value`, at the sweep's number of identities or at `num_classes`."""
-    from .attfc import container_capacity
     from .memory import predict_memory
+    from .train import memory_knobs
 
-    config = dict(sweep["config"], **{sweep["field"]: value})
-    n = int(num_classes or config["num_classes"])
-    knobs: dict[str, Any] = {"weight_decay": config.get("weight_decay", 0.0)}
-    if config["head"] == "partial_fc":
-        knobs["sample_rate"] = config["sample_rate"]
-    if config["head"] == "attfc":
-        knobs["container_size"] = container_capacity(n, config["dcc_ratio"], config.get("container_size"))
-        knobs["num_keys"] = config["num_keys"]
-    return predict_memory(n, config["embedding_dim"], config["batch_size"], head=config["head"], **knobs).peak
+    config = TrainConfig.from_dict({**sweep["config"], sweep["field"]: value})
+    n = int(num_classes or config.num_classes)
+    return predict_memory(n, config.embedding_dim, config.batch_size, head=config.head, **memory_knobs(config)).peak
 
 
 def plot_accuracy_memory(sweep: dict, num_classes: int | None = None, ax=None, label: str | None = None):

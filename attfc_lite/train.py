@@ -193,6 +193,16 @@ def head_settings(config: TrainConfig) -> dict:
     return {}
 
 
+def memory_knobs(config: TrainConfig) -> dict:
+    """The settings of `config` that the memory model (`predict_memory`, `memory_report`) reads."""
+    knobs = {"momentum": config.momentum, "weight_decay": config.weight_decay}
+    if config.head == "partial_fc":
+        knobs["sample_rate"] = config.sample_rate
+    if config.head == "attfc":
+        knobs.update(num_keys=config.num_keys, container_ratio=config.dcc_ratio, container_size=config.container_size)
+    return knobs
+
+
 def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
     backbone = make_backbone(config.backbone, config.embedding_dim, config.image_size).to(device)
     head = make_head(config.head, config.embedding_dim, config.num_classes, margin=config.margin,
