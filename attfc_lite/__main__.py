@@ -43,6 +43,35 @@ def _device(text: str) -> str:
     return text
 
 
+# TrainConfig fields whose command-line option has another name
+_DEST_OF = {"num_classes": "classes", "num_keys": "k"}
+
+
+def _profile_text() -> str:
+    from .run import PROFILES
+
+    return ", ".join(f"{k}={v}" for k, v in PROFILES["gpu"].items())
+
+
+def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace):
+    """Parse again with the chosen profile's values as the defaults (options given still win); the
+    TrainConfig fields without an option go to args.profile_extra."""
+    from .run import PROFILE_MEMORY_CLASSES, PROFILE_VARIANTS, PROFILES, resolve_profile
+
+    name = resolve_profile(args.profile)
+    sub = parser.train_parsers[args.command]
+    dests = {a.dest for a in sub._actions}
+    values = {_DEST_OF.get(k, k): v for k, v in PROFILES[name].items()}
+    if "memory_classes" in dests:
+        values["memory_classes"] = PROFILE_MEMORY_CLASSES[name]
+        values["variants"] = PROFILE_VARIANTS[name]
+    sub.set_defaults(**{k: v for k, v in values.items() if k in dests})
+    args = parser.parse_args(argv)
+    args.profile = name
+    args.profile_extra = {k: v for k, v in PROFILES[name].items() if _DEST_OF.get(k, k) not in dests}
+    return args
+
+
 def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     """The options of one training run, shared by `train` and `sweep`."""
     from .margins import DEFAULT_M, MARGINS
@@ -80,7 +109,11 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="attfc: keep the container's entries of a query's own identity as negatives (an ablation)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
-    t.add_argument("--amp", action="store_true", help="CUDA only: the backbone in bfloat16 autocast, the head in fp32")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
+                   help="CUDA only: the backbone in bfloat16 autocast, the head in fp32")
+    t.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="the defaults of the options: cpu (as shown), or gpu, whose TrainConfig differs in "
+                        + _profile_text() + "; auto: gpu when CUDA is present. Options given override the profile")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -118,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics and a whole-step memory timeline, and a summary (JSON and PNG)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="heads to train: " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
+                   help="heads to train (the gpu profile: the first three): " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--memory-classes", type=_positive_int, default=100_000,
-                   help="also measure each head's step at this many identities")
+                   help="also measure each head's step at this many identities (the gpu profile: 1,000,000)")
     r.add_argument("--out", type=Path, default=Path("runs") / "heads",
                    help="folder to write: summary.json, summary.png, <head>/seed_<s>/metrics.json, <head>/step_memory.json")
     r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
@@ -165,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--k", type=_positive_int, default=None, help="attfc: key embeddings per query (default 2)")
     m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
     m.add_argument("--device", type=_device, default="auto")
+    parser.train_parsers = {"train": t, "sweep": sw, "run": r}
     return parser
 
 
@@ -183,7 +217,8 @@ def config_from_args(args, head: str | None = None):
                        device=args.device, sample_rate=args.sample_rate, num_keys=args.k, dcc_ratio=args.dcc_ratio,
                        container_size=args.container_size, ema_momentum=args.ema_momentum,
                        temperature=args.temperature, amp=args.amp,
-                       head_kwargs={"mask_own": False} if args.no_mask else {}).validate()
+                       head_kwargs={"mask_own": False} if args.no_mask else {},
+                       **getattr(args, "profile_extra", {})).validate()
 
 
 def _train(args) -> int:
@@ -246,8 +281,18 @@ def _run(args) -> int:
               f"± {run['accuracy_std']:.3f}, {run['images_per_second']:,.0f} images/s ({run['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
 
+    def epoch_done(e: dict) -> None:
+        if args.quiet:  # the bars show it otherwise
+            print(f"  {VARIANTS[e['variant']][0]}, seed {e['seed']}: epoch {e['epoch']}/{e['epochs']}, "
+                  f"mean loss {e['loss']:.3f}", file=sys.stderr, flush=True)
+
+    print(f"profile {args.profile}: {base.num_classes:,} identities x {base.images_per_identity} images of "
+          f"{base.image_size} px, {base.backbone}, D = {base.embedding_dim}, B = {base.batch_size}, "
+          f"{base.epochs} epoch(s){', bfloat16 autocast' if base.amp else ''}; heads: {', '.join(args.variants)}",
+          file=sys.stderr, flush=True)
     result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
-                       progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory)
+                       progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory,
+                       on_epoch=epoch_done)
     print(summary_table(result), file=sys.stderr)
     if args.large_n_mib:
         from .run import large_n
@@ -315,6 +360,11 @@ def _memory(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in parser.train_parsers:
+        try:
+            args = _apply_profile(parser, argv, args)
+        except ValueError as exc:
+            parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
     try:
         return handlers[args.command](args)

@@ -524,7 +524,7 @@ class StreamedFaces(SyntheticFaces):
         """Images (float, [0, 1]; on `device`), labels and qualities of the items `indices`, rendered now."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         images, quality = render_images(self.world, self.identity_ids[self.labels[indices]],
-                                        self.image_indices[indices], device=self.device)
+                                        self.image_indices[indices], device=self.device, keep_on_device=True)
         return images.to(self.device).float().div_(255), self.labels[indices], quality
 
     def __getitem__(self, index: int):
@@ -541,19 +541,21 @@ RENDER_CHUNK = 256
 
 def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: torch.Tensor,
                   batch_size: int = RENDER_CHUNK,
-                  progress: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render many images in batches (with a progress bar if asked); uint8 images on the CPU."""
+                  progress: bool = False, device=None, keep_on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render many images in batches (with a progress bar if asked): uint8 images on the CPU, or
+    with `keep_on_device` on `device` (no copy to the host and back for a batch rendered on a GPU)."""
     from tqdm.auto import tqdm
 
     n = int(identities.numel())
-    images = torch.empty(n, 3, world.image_size, world.image_size, dtype=torch.uint8)
-    quality = torch.empty(n)
+    store = device if keep_on_device and device is not None else "cpu"
+    images = torch.empty(n, 3, world.image_size, world.image_size, dtype=torch.uint8, device=store)
+    quality = torch.empty(n, device=store)
     with tqdm(total=n, desc="rendering faces", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             out = world.render(identities[sl], image_indices[sl], device=device)
-            images[sl] = (out.images * 255 + 0.5).to(torch.uint8).cpu()
-            quality[sl] = out.quality.cpu()
+            images[sl] = (out.images * 255 + 0.5).to(torch.uint8).to(images.device)
+            quality[sl] = out.quality.to(quality.device)
             bar.update(out.images.shape[0])
     return images, quality
 

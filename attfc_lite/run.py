@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 from .train import TrainConfig, train
 from .utils import provenance, read_stored, write_json
 
-__all__ = ["VARIANTS", "run_heads", "load_run", "summary_table", "plot_losses", "plot_rocs", "plot_summary", "STORED"]
+__all__ = ["VARIANTS", "PROFILES", "resolve_profile", "profile_config", "run_heads", "load_run", "summary_table",
+           "plot_losses", "plot_rocs", "plot_summary", "large_n", "STORED"]
 
 #: Name -> (label, the TrainConfig fields that make it).
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -36,8 +37,54 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attfc": ("AttFC", {"head": "attfc"}),
     "dcq": ("DCQ-style (AttFC, K = 1)", {"head": "attfc", "num_keys": 1}),
 }
+#: Name -> the TrainConfig fields that differ from its defaults; 'auto' picks 'gpu' when CUDA is present.
+PROFILES: dict[str, dict] = {
+    # The lessons' configuration: 1,000 identities x 16 images of 32 pixels, the small ResNet, six
+    # epochs; the four heads in about 5 minutes on two CPU cores.
+    "cpu": {},
+    # The single-GPU run: 100,000 identities of 112-pixel faces, rendered batch by batch on the GPU
+    # (the data set holds only labels), a torchvision ResNet-18 in bfloat16 autocast and
+    # channels-last, D = 512, B = 512, one epoch. Few images per identity, as in large face data
+    # sets: each class centre of W is updated only a few times. A CPU run of this shape (20,000
+    # identities x 4 images, one epoch, 32 px) gave FC 0.668 and AttFC 0.829 with K = 2 as with
+    # K = 4, so K = 2, the paper's, which embeds half the key images.
+    "gpu": dict(num_classes=100_000, images_per_identity=3, eval_identities=1_000, image_size=112,
+                backbone="resnet18", embedding_dim=512, batch_size=512, epochs=1, warmup_epochs=0.1, num_keys=2,
+                amp=True, channels_last=True, stream_data=True),
+}
+#: Per profile: the N at which `run` also measures each head's step alone, and the memory budget
+#: (MiB) of the large-N demonstration (lesson 09 uses 128 MiB on the CPU; gpu_check 16 GiB).
+PROFILE_MEMORY_CLASSES = {"cpu": 100_000, "gpu": 1_000_000}
+PROFILE_LARGE_N_MIB = {"cpu": 128, "gpu": 16_384}
+#: The heads `run` trains by default: on the GPU the three of the paper (DCQ-style is lesson 08's).
+PROFILE_VARIANTS = {"cpu": ["fc", "partial_fc", "attfc", "dcq"], "gpu": ["fc", "partial_fc", "attfc"]}
 LOSS_EVERY = 10  # steps per point of the stored loss curve (the mean over them)
 STORED = Path(__file__).resolve().parents[1] / "data" / "runs"  # the course's stored runs
+
+
+def resolve_profile(profile: str = "auto") -> str:
+    """'cpu' or 'gpu': the name itself, or for 'auto' 'gpu' when CUDA is present, else 'cpu'."""
+    import torch
+
+    if profile == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be 'auto' or one of {sorted(PROFILES)}, got {profile!r}")
+    if PROFILES[profile].get("amp") and not torch.cuda.is_available():
+        raise ValueError(f"profile {profile!r} needs a CUDA device (bfloat16 autocast) and there is none: use "
+                         f"profile 'cpu' (or 'auto'), or profile_config({profile!r}, amp=False, device='cpu') to "
+                         f"build its configuration on the CPU")
+    return profile
+
+
+def profile_config(profile: str = "auto", **overrides) -> TrainConfig:
+    """The TrainConfig of a profile ('auto', 'cpu' or 'gpu') with `overrides` (TrainConfig fields) on
+    top; `profile_config('gpu', amp=False, device='cpu')` builds the GPU profile's shapes on a CPU."""
+    unknown = sorted(set(overrides) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"overrides must be TrainConfig fields, got {unknown}")
+    name = profile if profile in PROFILES and overrides.get("amp") is False else resolve_profile(profile)
+    return replace(TrainConfig(), **{**PROFILES[name], **overrides}).validate()
 
 
 def _check_variants(variants: Sequence[str]) -> list[str]:
@@ -70,7 +117,7 @@ def _round(values: Sequence[float], digits: int = 5) -> list[float]:
 def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,), base: TrainConfig | None = None,
               memory_classes: int | None = 100_000, out: str | os.PathLike | None = None, progress: bool = True,
               command: str | None = None, on_run: Callable[[dict], None] | None = None,
-              step_memory: bool = True) -> dict:
+              step_memory: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train every variant for every seed on `base`'s data; return the results, and with `out` (a
     folder) write them: summary.json and summary.png, and per variant seed_<s>/metrics.json (what
     `train` records) and step_memory.json (one whole training step measured).
@@ -78,6 +125,8 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
     `memory_classes`: also measure each head's step alone at this many identities (None: skip).
     `step_memory`: measure one whole training step per variant (backbone, key encoder, head,
     optimizer; `memory.step.measure_model_step`), kept with a thinned timeline.
+    `on_run(run)` after each run and `on_epoch({variant, seed, epoch, epochs, loss})` after each
+    epoch report progress (the command line prints them when its bars are off).
     """
     from .memory.step import measure_model_step, thin_timeline
 
@@ -97,7 +146,21 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         if progress:
             tqdm.write(f"[{i + 1}/{len(configs)}] {VARIANTS[variant][0]}, seed {seed}")
         losses: list[float] = []
-        result = train(config, progress=progress, callback=lambda state: losses.append(state["loss"]))
+        epoch_losses: dict[int, list[float]] = {}
+
+        def report(epoch: int) -> None:
+            if on_epoch is not None and epoch in epoch_losses:
+                on_epoch({"variant": variant, "seed": seed, "epoch": epoch + 1, "epochs": config.epochs,
+                          "loss": statistics.fmean(epoch_losses[epoch])})
+
+        def watch(state: dict) -> None:
+            losses.append(state["loss"])
+            if state["epoch"] not in epoch_losses:
+                report(state["epoch"] - 1)
+            epoch_losses.setdefault(state["epoch"], []).append(state["loss"])
+
+        result = train(config, progress=progress, callback=watch)
+        report(max(epoch_losses, default=-1))
         m, v = result.metrics, result.metrics["verification"]
         del result
         if out is not None:

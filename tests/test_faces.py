@@ -356,3 +356,13 @@ def test_streamed_faces_are_the_stored_faces_and_train_the_same_run():
     rendered = train(TrainConfig(**config, stream_data=True), progress=False)
     assert kept.history == rendered.history
     assert all(torch.equal(p, q) for p, q in zip(kept.backbone.parameters(), rendered.backbone.parameters()))
+
+
+def test_rendering_can_keep_images_where_they_were_rendered():
+    from attfc_lite.faces import FaceWorld, render_images
+
+    world = FaceWorld(0, 16)
+    ids, idx = torch.arange(5), torch.arange(5) % 3
+    host, q_host = render_images(world, ids, idx, batch_size=2)
+    kept, q_kept = render_images(world, ids, idx, batch_size=2, device="cpu", keep_on_device=True)
+    assert torch.equal(host, kept) and torch.equal(q_host, q_kept) and kept.dtype == torch.uint8

@@ -105,3 +105,48 @@ def test_ablation_plot_puts_accuracy_against_the_models_head_memory():
     assert list(line.get_ydata()) == [r["accuracy_mean"] for r in sorted(sweep["summary"], key=lambda r: r["value"])]
     assert list(line.get_xdata()) == sorted(line.get_xdata())  # memory grows with the ratio
     plt.close("all")
+
+
+def test_profiles_set_what_they_say_and_overrides_win():
+    import torch
+
+    from attfc_lite.run import PROFILES, profile_config, resolve_profile
+    from attfc_lite.train import TrainConfig
+
+    assert profile_config("cpu") == TrainConfig().validate()  # the CPU profile is the lessons' defaults
+    gpu = profile_config("gpu", amp=False, device="cpu")  # the GPU profile's shapes, built on a CPU
+    assert (gpu.num_classes, gpu.image_size, gpu.backbone, gpu.embedding_dim) == (100_000, 112, "resnet18", 512)
+    assert gpu.stream_data and gpu.channels_last and not gpu.amp and PROFILES["gpu"]["amp"]
+    assert profile_config("cpu", epochs=2).epochs == 2
+    assert resolve_profile("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="profile must be 'auto' or one of"):
+        resolve_profile("tpu")
+    with pytest.raises(ValueError, match="overrides must be TrainConfig fields, got \\['epoch'\\]"):
+        profile_config("cpu", epoch=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device.*profile 'cpu'"):
+            profile_config("gpu")
+
+
+def test_cli_profile_gives_defaults_that_options_override():
+    from attfc_lite.__main__ import _apply_profile, build_parser, config_from_args
+
+    parser = build_parser()
+    argv = ["run", "--profile", "cpu", "--epochs", "2", "--amp"]
+    args = _apply_profile(parser, argv, parser.parse_args(argv))
+    assert args.epochs == 2 and args.classes == 1000 and args.variants == ["fc", "partial_fc", "attfc", "dcq"]
+    assert args.memory_classes == 100_000 and args.amp and args.profile_extra == {}
+    # the GPU profile's values become the defaults; an option given still wins
+    parser = build_parser()
+    argv = ["sweep", "k", "--classes", "5000", "--no-amp", "--device", "cpu"]
+    args = parser.parse_args(argv)
+    args.profile = "cpu"
+    from unittest import mock
+
+    with mock.patch("attfc_lite.run.resolve_profile", return_value="gpu"):
+        args = _apply_profile(parser, argv, args)
+    assert (args.classes, args.image_size, args.backbone, args.batch_size, args.k) == (5000, 112, "resnet18", 512, 2)
+    assert not args.amp and args.profile == "gpu"
+    assert args.profile_extra == {"warmup_epochs": 0.1, "channels_last": True, "stream_data": True}
+    config = config_from_args(args, head="attfc")
+    assert config.num_classes == 5000 and config.stream_data and config.warmup_epochs == 0.1 and config.num_keys == 2

@@ -406,3 +406,17 @@ def test_max_steps_ends_the_run_and_its_schedule_there(monkeypatch):
     assert totals == [10] * 10  # the cosine schedule reaches zero at step 10, not at 24
     with pytest.raises(ValueError, match="max_steps"):
         TrainConfig(max_steps=0).validate()
+
+
+def test_channels_last_backbone_gives_the_same_run_up_to_rounding():
+    from dataclasses import replace
+
+    config = TrainConfig(num_classes=6, images_per_identity=4, eval_identities=4, eval_images_per_identity=2,
+                         epochs=1, batch_size=8, image_size=16, embedding_dim=16, device="cpu", num_pairs=10)
+    plain = train(config, progress=False, evaluate=False)
+    last = train(replace(config, channels_last=True), progress=False, evaluate=False)
+    w = next(p for p in last.backbone.parameters() if p.dim() == 4)
+    assert w.is_contiguous(memory_format=torch.channels_last)  # the setting took effect
+    assert last.metrics["final_loss"] == pytest.approx(plain.metrics["final_loss"], rel=1e-4)
+    for a, b in zip(plain.backbone.parameters(), last.backbone.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
