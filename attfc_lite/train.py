@@ -385,12 +385,14 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
 
 def evaluate_run(backbone: nn.Module, config: TrainConfig, eval_set=None, device=None, progress: bool = False) -> dict:
     """Verification of a trained backbone on the run's evaluation split (identities never trained on)."""
-    if eval_set is None:
+    device = device or default_device(config.device)
+    if eval_set is None:  # rendered on the GPU when there is one (112-pixel faces are slow on a CPU)
         eval_set = SyntheticFaces(config.eval_identities, config.eval_images_per_identity, "eval",
-                                  config.image_size, config.seed, progress=progress)
+                                  config.image_size, config.seed, progress=progress,
+                                  device=device if torch.device(device).type == "cuda" else None)
     images, labels, quality = _all_items(eval_set)
     return evaluate_verification(backbone, images, labels, quality, num_pairs=config.num_pairs, seed=config.seed,
-                                 device=device or default_device(config.device), progress=progress)
+                                 device=device, progress=progress)
 
 
 def _load(dataset, idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
