@@ -157,11 +157,13 @@ def plot_quality_study(study: dict, axes=None):
     for i, n in enumerate(names):
         ax.text(i, np.nan_to_num(values[i]), f"{values[i]:+.2f}\n({study['by_degradation'][n]['keys']} keys)",
                 ha="center", va="bottom" if np.nan_to_num(values[i]) >= 0 else "top", fontsize=7)
-    ax.axhline(0, color="0.3", lw=0.8)
+    ax.axhline(0, color="0.3", lw=0.8, label="0: no rank correlation")
     ax.set_ylabel("Spearman(weight, quality)")
     ax.set_xlabel("strongest degradation of the key image")
     ax.set_title("rank correlation within each type", fontsize=9)
-    lo = min(0, np.nanmin(values) if values else 0) - 0.1
-    hi = max(0, np.nanmax(values) if values else 0) + 0.15
+    finite = [v for v in values if np.isfinite(v)]
+    lo = min(finite) - 0.1 if finite and min(finite) < 0 else 0.0  # bars from 0; room below for negative labels
+    hi = max(0, max(finite) if finite else 0) + 0.15
     ax.set_ylim(lo, hi)
+    ax.legend(fontsize=7)
     return axes

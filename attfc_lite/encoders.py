@@ -120,7 +120,7 @@ class DriftTracker:
             ax.plot(self.steps, self.drift[m], label=f"momentum {m:g} (averages ~{1 / max(1 - m, 1e-12):,.0f} steps)")
         ax.set_yscale("log")
         ax.set_xlabel("training step")
-        ax.set_ylabel("drift ||θ_k − θ_q|| / ||θ_q||")
+        ax.set_ylabel("drift ||θ_k − θ_q|| / ||θ_q|| (log scale)")
         ax.set_title("how far encoder_k lags behind encoder_q")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

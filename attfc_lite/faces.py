@@ -8,7 +8,10 @@ shift, rotation, scale, expression, lighting, colour, background) and a degradat
 noise, downscaling, occlusion) whose ground-truth quality score in [0, 1] comes with it.
 
 Everything is vectorised over the batch in plain torch ops, so `render` runs wherever the
-index tensors live.
+index tensors live. `FaceWorld._render` runs in named stages: the face (`_draw_background`,
+`_draw_head`, then the features `_draw_beard`, `_draw_eyes`, `_draw_nose`, `_draw_mouth`,
+`_draw_mole`), the photo's nuisance (`_apply_lighting`, `_apply_camera`), and the degradations
+(`_degrade_downscale`, `_degrade_occlusion`, `_degrade_blur`, `_degrade_noise`).
 """
 from __future__ import annotations
 
@@ -76,7 +79,8 @@ IMAGE_PARAMS: dict[str, tuple[float, float]] = {
     "occ_b": (0.0, 1.0),
 }
 
-# Physical strength of each degradation at severity 1 (pixel units at 32x32; scaled with size).
+# Physical strength of each degradation at severity 1: blur sigma and downscale factor in pixels
+# of a 32x32 image (scaled with the image size), noise std per pixel, occluded fraction of the image.
 MAX_BLUR_SIGMA = 1.6
 MAX_NOISE_STD = 0.15
 MAX_DOWNSCALE = 4.0
@@ -215,55 +219,53 @@ class FaceWorld:
         return RenderOutput(*(torch.cat(fields) for fields in zip(*(vars(p).values() for p in parts))))
 
     def _render(self, ids, img_ids, ip, sp) -> RenderOutput:
-        n, size, device = ids.shape[0], self.image_size, ids.device
-        px = 2.0 / size
-        zero = torch.zeros(n, device=device)
+        """One chunk, stage by stage: draw the face (identity + expression), then the nuisance of
+        the photo (lighting, camera), then the degradations (downscale, occlusion, blur, noise)."""
+        c = _Canvas.make(self.image_size, sp)
+        colours = _colours(ip, sp)
+        # 1. The face: background, head (geometry and hair), then the identity's features.
+        img = self._draw_background(c, sp, colours)
+        head = self._draw_head(c, img, ip, colours)
+        self._draw_beard(c, img, ip, head, colours)
+        self._draw_eyes(c, img, ip, sp, head, colours)
+        self._draw_nose(c, img, ip, head, colours)
+        self._draw_mouth(c, img, ip, sp, head, colours)
+        self._draw_mole(c, img, ip, head, colours)
+        # 2. Nuisance of the photo (pose and expression are drawn above).
+        img = self._apply_lighting(c, img, sp)
+        down, grid = self._degrade_downscale(c, sp)  # the camera samples on this (coarser) grid
+        img = self._apply_camera(c, img, sp, grid)
+        # 3. The remaining degradations, in the order a camera would add them.
+        img, occ = self._degrade_occlusion(c, img, sp)
+        img, sigma = self._degrade_blur(c, img, sp)
+        img, noise = self._degrade_noise(c, img, sp, ids, img_ids)
+        img = img.clamp_(0, 1)
+        return RenderOutput(img, 1.0 - sp["severity"], sigma, noise, down, occ)
 
-        # Face coordinates of the canvas: x varies along columns only, y along rows only, so
-        # most shapes are sums of a row term and a column term (cheap). Roll, shift and scale
-        # are applied afterwards as one warp of the finished picture.
-        pix = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
-        x, y = pix.view(1, 1, size).expand(n, 1, size), pix.view(1, size, 1).expand(n, size, 1)
+    # -- the face ---------------------------------------------------------------------
+    @staticmethod
+    def _draw_background(c: _Canvas, sp, colours) -> torch.Tensor:
+        """A new canvas filled with the image's background colour and its vertical gradient."""
+        bg = colours["bg"]
+        return (bg[:, :, None, None] * (1 + _col(sp["bg_grad"]) * c.y).unsqueeze(1)).expand(
+            c.n, 3, c.size, c.size).contiguous()
 
-        yaw, pitch = sp["yaw"], sp["pitch"]
-        cyaw = torch.cos(yaw)
-
-        def at(x0, depth=0.0):
-            """Screen x of a face point at horizontal offset x0 and depth (the yaw turns it)."""
-            return x0 * cyaw + torch.sin(yaw) * depth
-
-        def at_y(y0, depth=0.0):
-            return y0 + torch.sin(pitch) * depth
-
-        def ellipse(cx, cy, rx, ry):
-            """Anti-aliased filled ellipse: sigmoid of (1 - d) in units of about one pixel."""
-            k = _col(torch.minimum(rx, ry) / (2 * px))
-            ex = k * ((x - _col(cx)) / _col(rx)) ** 2
-            ey = k * ((y - _col(cy)) / _col(ry)) ** 2 - k
-            return _sigmoid(-(ex + ey))
-
-        # Colours.
-        tone = ip["skin"]
-        skin = torch.stack([0.93 - 0.55 * tone + ip["skin_r"], 0.78 - 0.52 * tone + ip["skin_g"], 0.66 - 0.48 * tone], 1)
-        hair = _hsv_to_rgb(0.02 + 0.1 * ip["hair_h"], 0.35 + 0.4 * ip["hair_h"], 0.1 + 0.8 * ip["hair_v"] * torch.sqrt(ip["hair_v"]))
-        iris = _hsv_to_rgb(ip["iris_h"], 0.3 + 0.4 * ip["iris_v"], 0.15 + 0.5 * ip["iris_v"])
-        lips = torch.stack([0.55 + 0.3 * ip["lip_h"], 0.22 + 0.1 * ip["lip_h"], 0.25 + 0.1 * ip["lip_h"]], 1)
-        lips = lips * (1 - 0.35 * tone[:, None])
-        bg = torch.stack([sp["bg_r"], sp["bg_g"], sp["bg_b"]], 1)
-        dark = torch.full((n, 3), 0.08, device=device)
-
-        img = (bg[:, :, None, None] * (1 + _col(sp["bg_grad"]) * y).unsqueeze(1)).expand(n, 3, size, size).contiguous()
-        face_cx, face_cy = at(zero, 0.08), ip["face_cy"]
-        rx, ry = ip["face_rx"] * (0.88 + 0.12 * cyaw), ip["face_ry"]
+    @staticmethod
+    def _draw_head(c: _Canvas, img, ip, colours) -> _Head:
+        """Paint long hair, neck, ears, the face (with its jaw) and the hair on top; return the head's geometry."""
+        x, y, px = c.x, c.y, c.px
+        skin, hair = colours["skin"], colours["hair"]
+        face_cx, face_cy = c.at(c.zero, 0.08), ip["face_cy"]
+        rx, ry = ip["face_rx"] * (0.88 + 0.12 * c.cyaw), ip["face_ry"]
 
         # Long hair behind the head, neck, ears.
         long_hair = ((ip["hair_long"] > 0.6) & (ip["bald"] > 0.12)).float()
         if bool(long_hair.any()):
-            back = ellipse(face_cx, face_cy + 0.12, rx * 1.22 * ip["hair_volume"], ry * 1.12)
+            back = c.ellipse(face_cx, face_cy + 0.12, rx * 1.22 * ip["hair_volume"], ry * 1.12)
             _paint(img, back * _col(long_hair), hair)
-        _paint(img, ellipse(face_cx, face_cy + ry * 0.95, rx * 0.55, ry * 0.6), skin * 0.82)
+        _paint(img, c.ellipse(face_cx, face_cy + ry * 0.95, rx * 0.55, ry * 0.6), skin * 0.82)
         for side in (-1.0, 1.0):
-            ear = ellipse(at(side * (ip["face_rx"] + 0.01)), face_cy + 0.02, ip["ear"] * 0.7, ip["ear"] * 1.4)
+            ear = c.ellipse(c.at(side * (ip["face_rx"] + 0.01)), face_cy + 0.02, ip["ear"] * 0.7, ip["ear"] * 1.4)
             _paint(img, ear * _col(1 - long_hair), skin * 0.9)
         # Face: the jaw narrows the lower half (a row-dependent width).
         below = torch.relu(y - _col(face_cy)) / _col(ry)
@@ -275,20 +277,28 @@ class FaceWorld:
         # Hair on top: the head ellipse above an identity-specific hairline.
         has_hair = (ip["bald"] > 0.12).float()
         hairline = _col(face_cy - ry * ip["hairline"]) + _col(ip["hair_curve"]) * (x - _col(face_cx)) ** 2
-        top = ellipse(face_cx, face_cy - 0.04, rx * 1.06 * ip["hair_volume"], ry * 1.04)
+        top = c.ellipse(face_cx, face_cy - 0.04, rx * 1.06 * ip["hair_volume"], ry * 1.04)
         _paint(img, top * _sigmoid((hairline - y) / px) * _col(has_hair), hair)
+        return _Head(face_cx, face_cy, face)
 
-        # Beard: lower face below the nose.
+    @staticmethod
+    def _draw_beard(c: _Canvas, img, ip, head: _Head, colours) -> None:
+        """Paint a beard (some identities) over the face below the nose."""
         beard = (ip["beard"] > 0.75).float() * (0.55 + 0.45 * (ip["beard"] - 0.75) / 0.25)
         if bool(beard.any()):
-            chin = _sigmoid((y - _col(at_y(face_cy + ip["nose_y"] + 0.12, 0.1))) / (2 * px))
-            _paint(img, face * (chin * _col(beard)), hair * 0.8)
+            chin = _sigmoid((c.y - _col(c.at_y(head.cy + ip["nose_y"] + 0.12, 0.1))) / (2 * c.px))
+            _paint(img, head.face * (chin * _col(beard)), colours["hair"] * 0.8)
 
-        eye_y = at_y(face_cy + ip["eye_y"], 0.1)
+    @staticmethod
+    def _draw_eyes(c: _Canvas, img, ip, sp, head: _Head, colours) -> None:
+        """Paint both eyebrows and eyes (openness, gaze and brow raise are expression) and any glasses."""
+        x, y, px, n, cyaw = c.x, c.y, c.px, c.n, c.cyaw
+        hair, dark = colours["hair"], colours["dark"]
+        eye_y = c.at_y(head.cy + ip["eye_y"], 0.1)
         open_ = sp["eye_open"].clamp(max=1.0)
         glasses = (ip["glasses"] > 0.82).float()
         for side in (-1.0, 1.0):
-            ex = at(side * ip["eye_dx"], 0.12)
+            ex = c.at(side * ip["eye_dx"], 0.12)
             # Eyebrow: a thin ellipse, sheared by the identity's tilt.
             by = eye_y - ip["brow_gap"] - sp["brow_raise"]
             dxb = x - _col(ex + side * 0.01)
@@ -298,87 +308,190 @@ class FaceWorld:
             _paint(img, brow, hair * 0.7)
             # Eye white, then the iris and pupil clipped to it.
             ew, eh = ip["eye_w"] * cyaw, ip["eye_h"] * open_
-            white = ellipse(ex, eye_y, ew, eh)
-            _paint(img, white, torch.full((n, 3), 0.92, device=device))
+            white = c.ellipse(ex, eye_y, ew, eh)
+            _paint(img, white, torch.full((n, 3), 0.92, device=c.device))
             iris_x, ir = ex + sp["gaze_x"] * ew * 0.5, ip["eye_h"] * 0.95
-            _paint(img, white * ellipse(iris_x, eye_y, ir, ir), iris)
-            _paint(img, white * ellipse(iris_x, eye_y, ir * 0.45, ir * 0.45), dark)
+            _paint(img, white * c.ellipse(iris_x, eye_y, ir, ir), colours["iris"])
+            _paint(img, white * c.ellipse(iris_x, eye_y, ir * 0.45, ir * 0.45), dark)
             if bool(glasses.any()):
                 gr = ip["eye_w"] * 1.35
-                ring = ellipse(ex, eye_y, gr * cyaw, gr * 0.8) - ellipse(ex, eye_y, gr * cyaw * 0.82, gr * 0.62)
+                ring = c.ellipse(ex, eye_y, gr * cyaw, gr * 0.8) - c.ellipse(ex, eye_y, gr * cyaw * 0.82, gr * 0.62)
                 _paint(img, ring.clamp(0, 1) * _col(glasses), dark)
 
-        # Nose: a shaded ridge and the nostrils.
-        nose_x, nose_y = at(zero, 0.22), at_y(face_cy + ip["nose_y"], 0.2)
-        ridge = ellipse(nose_x, nose_y - ip["nose_len"] * 0.4, ip["nose_w"] * 0.6, ip["nose_len"] * 0.6)
+    @staticmethod
+    def _draw_nose(c: _Canvas, img, ip, head: _Head, colours) -> None:
+        """Paint the nose: a shaded ridge and the nostrils."""
+        skin = colours["skin"]
+        nose_x, nose_y = c.at(c.zero, 0.22), c.at_y(head.cy + ip["nose_y"], 0.2)
+        ridge = c.ellipse(nose_x, nose_y - ip["nose_len"] * 0.4, ip["nose_w"] * 0.6, ip["nose_len"] * 0.6)
         _paint(img, ridge * 0.45, skin * 0.72)
-        _paint(img, ellipse(nose_x, nose_y, ip["nose_w"] * 1.2, ip["nose_w"] * 0.45) * 0.6, skin * 0.55)
+        _paint(img, c.ellipse(nose_x, nose_y, ip["nose_w"] * 1.2, ip["nose_w"] * 0.45) * 0.6, skin * 0.55)
 
-        # Mouth: a curved band; a smile bends it, an open mouth shows the dark inside.
-        mx, my = at(zero, 0.15), at_y(face_cy + ip["mouth_y"], 0.1)
-        mw = ip["mouth_w"] * cyaw
+    @staticmethod
+    def _draw_mouth(c: _Canvas, img, ip, sp, head: _Head, colours) -> None:
+        """Paint the mouth: a curved band; a smile bends it, an open mouth shows the dark inside."""
+        x, y, px = c.x, c.y, c.px
+        mx, my = c.at(c.zero, 0.15), c.at_y(head.cy + ip["mouth_y"], 0.1)
+        mw = ip["mouth_w"] * c.cyaw
         bend = _col(my) - _col(sp["smile"] * 0.12) * (x - _col(mx)) ** 2 / _col(mw)
         thick = ip["lip"] * (1 + sp["mouth_open"] * 0.8)
         km = _col(thick / (2 * px))
         dxm = ((x - _col(mx)) / _col(mw)) ** 2
-        _paint(img, _sigmoid(km - km * (dxm + ((y - bend) / _col(thick)) ** 2)), lips)
+        _paint(img, _sigmoid(km - km * (dxm + ((y - bend) / _col(thick)) ** 2)), colours["lips"])
         inner_h = thick * sp["mouth_open"] * 0.6 + 1e-3
         ki = _col(inner_h / (2 * px))
-        _paint(img, _sigmoid(ki - ki * (dxm / 0.64 + ((y - bend) / _col(inner_h)) ** 2)), dark * 1.5)
+        _paint(img, _sigmoid(ki - ki * (dxm / 0.64 + ((y - bend) / _col(inner_h)) ** 2)), colours["dark"] * 1.5)
 
+    @staticmethod
+    def _draw_mole(c: _Canvas, img, ip, head: _Head, colours) -> None:
+        """Paint a mole (some identities) on the face."""
         mole = (ip["mole"] > 0.7).float()
         if bool(mole.any()):
-            spot = ellipse(at(ip["mole_x"], 0.1), face_cy + ip["mole_y"], zero + 0.03, zero + 0.03)
-            _paint(img, face * spot * _col(mole), skin * 0.45)
+            spot = c.ellipse(c.at(ip["mole_x"], 0.1), head.cy + ip["mole_y"], c.zero + 0.03, c.zero + 0.03)
+            _paint(img, head.face * spot * _col(mole), colours["skin"] * 0.45)
 
-        # Lighting (a directional gradient), contrast and white balance in one affine map.
+    # -- nuisance of the photo --------------------------------------------------------
+    @staticmethod
+    def _apply_lighting(c: _Canvas, img, sp) -> torch.Tensor:
+        """Lighting (a directional gradient), brightness, contrast and white balance, as one affine map."""
         light = _col(sp["brightness"]) + _col(sp["light"]) * (
-            _col(torch.cos(sp["light_angle"])) * x + _col(torch.sin(sp["light_angle"])) * y
+            _col(torch.cos(sp["light_angle"])) * c.x + _col(torch.sin(sp["light_angle"])) * c.y
         )
         gain = torch.stack([sp["gain_r"], sp["gain_g"], sp["gain_b"]], 1)
-        c = sp["contrast"][:, None] * gain
-        img = img * light.unsqueeze(1) * c[:, :, None, None] + ((0.5 - 0.5 * sp["contrast"])[:, None] * gain)[:, :, None, None]
+        k = sp["contrast"][:, None] * gain
+        return img * light.unsqueeze(1) * k[:, :, None, None] + ((0.5 - 0.5 * sp["contrast"])[:, None] * gain)[:, :, None, None]
 
-        # Camera: roll, scale and shift as one warp, sampled on a coarser grid when the image
-        # is downscaled (point-sampled low resolution, shown at full size).
-        down = 1.0 + (MAX_DOWNSCALE - 1.0) * sp["d_down"]
-        # Below 1.25x a point-sampled downscale is invisible and would only shift edges by a
-        # fraction of a pixel (as blur below sigma 0.3 is skipped).
-        down = torch.where(down < 1.25, torch.ones_like(down), down)
-        cells = torch.arange(size, device=device, dtype=torch.float32)
-        # Cell centres (c + 0.5), so a factor of 1 + tiny leaves the grid where it was.
-        coarse = (torch.floor((cells.view(1, -1) + 0.5) / down.view(-1, 1)) + 0.5) * down.view(-1, 1)
-        q = coarse.clamp(max=size - 0.5) / size * 2 - 1  # [n, size]
-        u, v = q.view(n, 1, size), q.view(n, size, 1)
+    @staticmethod
+    def _apply_camera(c: _Canvas, img, sp, grid: torch.Tensor) -> torch.Tensor:
+        """Camera roll, scale and shift as one bilinear warp, sampled at the points `grid` [n, size] (see `_degrade_downscale`)."""
+        n, size = c.n, c.size
+        u, v = grid.view(n, 1, size), grid.view(n, size, 1)
         cr, sr = _col(torch.cos(sp["roll"])), _col(torch.sin(sp["roll"]))
         uu, vv = u - _col(sp["dx"]), v - _col(sp["dy"])
         gx = (cr * uu + sr * vv) / _col(sp["scale"])
         gy = (-sr * uu + cr * vv) / _col(sp["scale"])
-        img = F.grid_sample(img, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=False)
+        return F.grid_sample(img, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=False)
 
-        # Occlusion: a solid rectangle over part of the picture.
+    # -- degradations -----------------------------------------------------------------
+    @staticmethod
+    def _degrade_downscale(c: _Canvas, sp) -> tuple[torch.Tensor, torch.Tensor]:
+        """Downscale: the factor [n] (relative to 32x32) and the coarse grid [n, size] of points (in [-1, 1]) the camera samples."""
+        size = c.size
+        # Point-sampled low resolution, shown at full size. The factor is relative to a 32x32
+        # image, as the blur's sigma is: a factor of 2 keeps 16x16 of detail at any size.
+        down = 1.0 + (MAX_DOWNSCALE - 1.0) * sp["d_down"]
+        # Below 1.25x a point-sampled downscale is invisible and would only shift edges by a
+        # fraction of a pixel (as blur below sigma 0.3 is skipped).
+        down = torch.where(down < 1.25, torch.ones_like(down), down)
+        # One coarse cell in this image's pixels: one pixel (the image's own grid) when there is
+        # no downscale, and never less.
+        cell = torch.where(down > 1, down * (size / DEFAULT_IMAGE_SIZE), torch.ones_like(down)).clamp(min=1.0).view(-1, 1)
+        cells = torch.arange(size, device=c.device, dtype=torch.float32)
+        # Cell centres (c + 0.5), so a factor of 1 + tiny leaves the grid where it was.
+        coarse = (torch.floor((cells.view(1, -1) + 0.5) / cell) + 0.5) * cell
+        return down, coarse.clamp(max=size - 0.5) / size * 2 - 1
+
+    @staticmethod
+    def _degrade_occlusion(c: _Canvas, img, sp) -> tuple[torch.Tensor, torch.Tensor]:
+        """Occlusion: a solid rectangle over part of the picture; returns the image and the occluded fraction [n]."""
         occ = MAX_OCCLUSION * sp["d_occ"] * (sp["d_occ"] > 0.1)
         if bool((occ > 0).any()):
+            x, y, px = c.x, c.y, c.px
             area = occ * 4.0  # fraction of the [-1, 1]^2 image
             half_w, half_h = torch.sqrt(area * sp["occ_aspect"]) / 2, torch.sqrt(area / sp["occ_aspect"]) / 2
             box = _sigmoid((_col(half_w) - (x - _col(sp["occ_x"])).abs()) / px) * _sigmoid(
                 (_col(half_h) - (y - _col(sp["occ_y"])).abs()) / px
             )
             _paint(img, box * _col((occ > 0).float()), torch.stack([sp["occ_r"], sp["occ_g"], sp["occ_b"]], 1))
+        return img, occ
 
-        sigma = MAX_BLUR_SIGMA * sp["d_blur"] * size / DEFAULT_IMAGE_SIZE
-        img = _blur(img, sigma)
+    @staticmethod
+    def _degrade_blur(c: _Canvas, img, sp) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blur: a Gaussian of sigma [n] pixels (scaled with the image size); returns the image and sigma."""
+        sigma = MAX_BLUR_SIGMA * sp["d_blur"] * c.size / DEFAULT_IMAGE_SIZE
+        return _blur(img, sigma), sigma
 
-        # Sensor noise: triangular (sum of two uniforms), unit variance, from the hash.
+    def _degrade_noise(self, c: _Canvas, img, sp, ids, img_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sensor noise: per-pixel triangular noise (unit variance, from the hash) times std [n]; returns the image and std."""
         noise = MAX_NOISE_STD * sp["d_noise"]
         noisy = torch.nonzero(noise > 0.004).squeeze(1)
         if noisy.numel():
-            pixel = torch.arange(3 * size * size, device=device).view(1, -1)
+            size = c.size
+            pixel = torch.arange(3 * size * size, device=c.device).view(1, -1)
             h = _hash(self.seed, _NOISE, ids[noisy].view(-1, 1), img_ids[noisy].view(-1, 1), pixel)
             tri = ((h & 0xFFFF) + (h >> 16)).to(torch.float32) * (math.sqrt(6.0) / 65536.0) - math.sqrt(6.0)
             img[noisy] += tri.view(-1, 3, size, size) * noise[noisy].view(-1, 1, 1, 1)
-        img = img.clamp_(0, 1)
-        return RenderOutput(img, 1.0 - sp["severity"], sigma, noise, down, occ)
+        return img, noise
+
+
+@dataclass
+class _Canvas:
+    """The pixel grid of a chunk in face coordinates ([-1, 1], y down), and the head pose.
+
+    x varies along columns only ([n, 1, size]) and y along rows only ([n, size, 1]), so most
+    shapes are sums of a row term and a column term (cheap). Roll, shift and scale are applied
+    afterwards as one warp of the finished picture (`FaceWorld._apply_camera`).
+    """
+
+    n: int
+    size: int
+    px: float  # one pixel in face units
+    x: torch.Tensor
+    y: torch.Tensor
+    zero: torch.Tensor
+    yaw: torch.Tensor
+    pitch: torch.Tensor
+    cyaw: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @classmethod
+    def make(cls, size: int, sp) -> "_Canvas":
+        """The canvas of `size` pixels for the images whose parameters are `sp`."""
+        yaw = sp["yaw"]
+        n, device = yaw.shape[0], yaw.device
+        pix = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
+        x, y = pix.view(1, 1, size).expand(n, 1, size), pix.view(1, size, 1).expand(n, size, 1)
+        return cls(n, size, 2.0 / size, x, y, torch.zeros(n, device=device), yaw, sp["pitch"], torch.cos(yaw))
+
+    def at(self, x0, depth=0.0):
+        """Screen x of a face point at horizontal offset x0 and depth (the yaw turns it)."""
+        return x0 * self.cyaw + torch.sin(self.yaw) * depth
+
+    def at_y(self, y0, depth=0.0):
+        """Screen y of a face point at height y0 and depth (the pitch tilts it)."""
+        return y0 + torch.sin(self.pitch) * depth
+
+    def ellipse(self, cx, cy, rx, ry):
+        """Anti-aliased filled ellipse: sigmoid of (1 - d) in units of about one pixel."""
+        k = _col(torch.minimum(rx, ry) / (2 * self.px))
+        ex = k * ((self.x - _col(cx)) / _col(rx)) ** 2
+        ey = k * ((self.y - _col(cy)) / _col(ry)) ** 2 - k
+        return _sigmoid(-(ex + ey))
+
+
+@dataclass
+class _Head:
+    """Where the head was drawn: the face centre (cx, cy) [n] and the face's alpha mask [n, size, size]."""
+
+    cx: torch.Tensor
+    cy: torch.Tensor
+    face: torch.Tensor
+
+
+def _colours(ip, sp) -> dict[str, torch.Tensor]:
+    """The palette [n, 3] of each image: the identity's skin, hair, iris and lips, the background, a dark tone."""
+    tone = ip["skin"]
+    skin = torch.stack([0.93 - 0.55 * tone + ip["skin_r"], 0.78 - 0.52 * tone + ip["skin_g"], 0.66 - 0.48 * tone], 1)
+    hair = _hsv_to_rgb(0.02 + 0.1 * ip["hair_h"], 0.35 + 0.4 * ip["hair_h"], 0.1 + 0.8 * ip["hair_v"] * torch.sqrt(ip["hair_v"]))
+    iris = _hsv_to_rgb(ip["iris_h"], 0.3 + 0.4 * ip["iris_v"], 0.15 + 0.5 * ip["iris_v"])
+    lips = torch.stack([0.55 + 0.3 * ip["lip_h"], 0.22 + 0.1 * ip["lip_h"], 0.25 + 0.1 * ip["lip_h"]], 1)
+    lips = lips * (1 - 0.35 * tone[:, None])
+    bg = torch.stack([sp["bg_r"], sp["bg_g"], sp["bg_b"]], 1)
+    dark = torch.full((tone.shape[0], 3), 0.08, device=tone.device)
+    return {"skin": skin, "hair": hair, "iris": iris, "lips": lips, "bg": bg, "dark": dark}
 
 
 def _blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -585,9 +698,38 @@ def bench(num_images: int = 16384, image_size: int = DEFAULT_IMAGE_SIZE, device=
             "seconds": round(best, 4), "device": device.type, "threads": torch.get_num_threads()}
 
 
+# plot_preview ranks this many images of each identity (or images_per_identity, if more).
+PREVIEW_POOL = 8
+
+
+def preview_selection(identities, images_per_identity: int, world: FaceWorld) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image indices [rows, cols] that `plot_preview` shows, and their qualities, best first.
+
+    Each identity ranks its images 0..max(PREVIEW_POOL, cols)-1 by quality and keeps `cols` ranks
+    spread evenly from the best to the worst. Quality does not depend on the image size, so
+    neither does the selection, and a grid with fewer columns shows a subset of the larger one.
+    """
+    identities = torch.as_tensor(identities).reshape(-1)
+    rows, cols = identities.numel(), int(images_per_identity)
+    pool = max(PREVIEW_POOL, cols)
+    quality = world.quality(identities.repeat_interleave(pool), torch.arange(pool).repeat(rows)).view(rows, pool)
+    order = torch.argsort(quality, dim=1, descending=True, stable=True)
+    ranks = torch.linspace(0, pool - 1, cols).round().long() if cols > 1 else torch.zeros(1, dtype=torch.long)
+    chosen = order[:, ranks]
+    return chosen, torch.gather(quality, 1, chosen)
+
+
 def plot_preview(world: FaceWorld | None = None, identities=None, images_per_identity: int = 8, num_identities: int = 6,
                  ax=None, zoom: int = 1):
-    """A grid: one row per identity, its images sorted by quality, each titled with it."""
+    """A grid: one row per identity, its images from best to worst quality, each titled with its index and quality.
+
+    The same (seed, identities, images_per_identity) picks the same images at any `image_size`
+    (see `preview_selection`): a 2 x 6 grid at 112x112 shows a subset of a 6 x 8 grid's faces at
+    32x32, in the same order. Only the resolution differs: each face has the same pose, features,
+    lighting, occlusion, blur and downscale (both scaled to the image), but edges are anti-aliased
+    over a few pixels at any size (so softer at 32x32), and sensor noise is drawn per pixel (the
+    same strength per pixel, a finer pattern at 112x112).
+    """
     import matplotlib.pyplot as plt
 
     world = world or FaceWorld()
@@ -595,23 +737,62 @@ def plot_preview(world: FaceWorld | None = None, identities=None, images_per_ide
         identities = torch.arange(num_identities)
     identities = torch.as_tensor(identities).reshape(-1)
     rows, cols = identities.numel(), images_per_identity
-    ids = identities.repeat_interleave(cols)
-    idx = torch.arange(cols).repeat(rows)
-    out = world.render(ids, idx)
-    order = torch.argsort(out.quality.view(rows, cols), dim=1, descending=True)
+    chosen, quality = preview_selection(identities, cols, world)
+    out = world.render(identities.repeat_interleave(cols), chosen.reshape(-1))
     imgs = out.images.view(rows, cols, 3, world.image_size, world.image_size)
-    quality = out.quality.view(rows, cols)
     if ax is None:
-        fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols * zoom, 1.35 * rows * zoom), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols * zoom, 1.35 * rows * zoom + 0.5), squeeze=False)
     else:
         axes = ax
     for r in range(rows):
         for c in range(cols):
             a = axes[r][c]
-            j = int(order[r, c])
-            a.imshow(imgs[r, j].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            a.imshow(imgs[r, c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
             a.set_xticks([]), a.set_yticks([])
-            a.set_title(f"q={float(quality[r, j]):.2f}", fontsize=7)
+            a.set_title(f"#{int(chosen[r, c])} q={float(quality[r, c]):.2f}", fontsize=7)
             if c == 0:
                 a.set_ylabel(f"id {int(identities[r])}", fontsize=7)
+    fig = axes[0][0].figure
+    if not fig.get_suptitle():
+        size = world.image_size
+        fig.suptitle(f"FaceWorld(seed={world.seed}) at {size}x{size} px: images best to worst quality", fontsize=9)
+        fig.supxlabel("#image index, q = ground-truth quality (1 = undegraded)", fontsize=7)
+        fig.supylabel("identity", fontsize=7)
     return axes
+
+
+def plot_quality_histogram(world: FaceWorld | None = None, num_identities: int = 10_000, images_per_identity: int = 10,
+                           bins: int = 40, ax=None):
+    """Histogram of ground-truth quality, with the curve that the severity's law predicts.
+
+    The tall last bar is not a clamp: severity = max_severity * u ** 1.6 with u uniform, whose
+    density grows without bound towards 0, so P(quality > 1 - t) = (t / max_severity) ** 0.625
+    (about 10% of images in the top 2.5% of quality at max_severity 1, against 2.5% for a flat law).
+    Only a quality within float rounding of 1 (severity below 2**-25: 0.002% of images) is exactly 1.0.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    world = world or FaceWorld()
+    ids = torch.arange(num_identities).repeat_interleave(images_per_identity)
+    quality = world.quality(ids, torch.arange(images_per_identity).repeat(num_identities)).double()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3))
+    m = max(world.max_severity, 1e-12)
+    edges = np.linspace(1.0 - m, 1.0, bins + 1)
+    counts, _, _ = ax.hist(quality.numpy(), bins=edges, color="C0", label=f"{quality.numel():,} images")
+    # Expected count in [a, b]: n * (P(q > a) - P(q > b)), with P(q > 1 - t) = (t / m) ** 0.625.
+    tail = np.clip((1.0 - edges) / m, 0, 1) ** 0.625
+    expected = quality.numel() * (tail[:-1] - tail[1:])
+    centres = (edges[:-1] + edges[1:]) / 2
+    ax.plot(centres, expected, "o-", color="C1", ms=3, label="expected: severity = u^1.6, u uniform")
+    share = float((quality >= edges[-2]).double().mean())
+    exact = float((quality == 1.0).double().mean())
+    ax.annotate(f"{share:.1%} of images have q >= {edges[-2]:.3f}:\nseverity = u^1.6 piles up near 0\n(no clamp; {exact:.3%} exactly 1.0)",
+                xy=(centres[-1], counts[-1]), xytext=(0.35, 0.6), textcoords="axes fraction", fontsize=7,
+                arrowprops=dict(arrowstyle="->", color="0.3"))
+    ax.set_title(f"Ground-truth quality of {quality.numel():,} images (seed {world.seed})", fontsize=9)
+    ax.set_xlabel("quality = 1 - severity (1 = undegraded)")
+    ax.set_ylabel("images per bin")
+    ax.legend(fontsize=7, loc="upper left")
+    return ax

@@ -131,7 +131,7 @@ def plot_gcc_vs_tcc(study: dict, axes=None):
                     fmt=fmt, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("K, key images per centre")
+    ax.set_xlabel("K, key images per centre (log scale)")
     ax.set_ylabel("cosine to the true class centre")
     ax.set_title("how close each centre is to the FC row (95 % intervals)", fontsize=10)
     ax.legend(fontsize=8)
@@ -142,7 +142,7 @@ def plot_gcc_vs_tcc(study: dict, axes=None):
         errs = [1.96 * r["by_quality"][half]["gain_se"] * 1000 for r in study["by_k"]]
         ax_gain.bar([j + (i - 0.5) * width for j in range(len(ks))], gains, width, yerr=errs, capsize=3,
                     color=colour, alpha=0.7, label=f"keys of {half} quality (half of the draws)")
-    ax_gain.axhline(0, color="0.3", lw=1)
+    ax_gain.axhline(0, color="0.3", lw=1, label="0: attention adds nothing")
     ax_gain.set_xticks(range(len(ks)), [str(k) for k in ks])
     ax_gain.set_xlabel("K, key images per centre")
     ax_gain.set_ylabel("GCC minus mean, cosine x 1000")

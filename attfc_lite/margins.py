@@ -171,12 +171,16 @@ def plot_margin_curves(s: float = 1.0, ax=None, arcface_m: float = 0.5, cosface_
     cos = torch.cos(theta).view(-1, 1)
     target = torch.zeros(len(theta), dtype=torch.long)
     degrees = torch.rad2deg(theta)
-    ax.plot(degrees, s * cos[:, 0], label="softmax: cos θ", color="0.4", ls="--")
-    ax.plot(degrees, CosFace(s, cosface_m)(cos, target)[:, 0], label=f"CosFace: cos θ − {cosface_m}")
-    ax.plot(degrees, ArcFace(s, arcface_m)(cos, target)[:, 0], label=f"ArcFace: cos(θ + {arcface_m})")
+    times = "" if s == 1 else f"{s:g}·"  # the curves are the logits themselves, scale s included
+    ax.plot(degrees, s * cos[:, 0], label=f"softmax: {times}cos θ", color="0.4", ls="--")
+    ax.plot(degrees, CosFace(s, cosface_m)(cos, target)[:, 0],
+            label=f"CosFace: {times}(cos θ − {cosface_m})" if times else f"CosFace: cos θ − {cosface_m}")
+    ax.plot(degrees, ArcFace(s, arcface_m)(cos, target)[:, 0], label=f"ArcFace: {times}cos(θ + {arcface_m})")
     ax.set_xlabel("angle θ between embedding and its class centre (degrees)")
-    ax.set_ylabel("target logit" + (f" / {s:g}" if s != 1 else ""))
-    ax.axvline(180 - math.degrees(arcface_m), color="0.8", lw=0.8)
+    ax.set_ylabel("target logit" + (f" (scale s = {s:g})" if s != 1 else " (s = 1: a cosine)"))
+    limit = 180 - math.degrees(arcface_m)
+    ax.axvline(limit, color="0.8", lw=0.8, label=f"θ = π − m = {limit:.1f}° (ArcFace fallback)")
+    ax.set_title("the target logit with and without a margin", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
@@ -195,11 +199,12 @@ def plot_margin_2d(m: float = 0.5, angle_between: float = 80.0, ax=None):
     ax = ax or plt.subplots(figsize=(4, 4))[1]
     half = math.radians(angle_between) / 2
     t = torch.linspace(0, 2 * math.pi, 400)
-    ax.plot(torch.cos(t), torch.sin(t), color="0.7", lw=1)
+    ax.plot(torch.cos(t), torch.sin(t), color="0.7", lw=1, label="unit circle")
     centres = {"class 1": math.pi / 2 + half, "class 2": math.pi / 2 - half}
     for (name, a), color in zip(centres.items(), ("C0", "C1")):
         ax.annotate("", (math.cos(a), math.sin(a)), (0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2))
         ax.text(1.12 * math.cos(a), 1.12 * math.sin(a), name, color=color, ha="center", va="center")
+        ax.plot([], [], color=color, lw=2, label=f"{name} centre")  # the arrow's legend entry
     mid = math.pi / 2
     ax.plot([0, 1.05 * math.cos(mid)], [0, 1.05 * math.sin(mid)], "k--", lw=1, label="softmax boundary")
     for sign in (-1, 1):
@@ -210,7 +215,9 @@ def plot_margin_2d(m: float = 0.5, angle_between: float = 80.0, ax=None):
     ax.fill(torch.cat([torch.zeros(1), torch.cos(wedge)]), torch.cat([torch.zeros(1), torch.sin(wedge)]),
             color="C3", alpha=0.15, label=f"margin m = {m} rad")
     ax.set_aspect("equal")
-    ax.set_xlim(-1.3, 1.3), ax.set_ylim(-0.4, 1.3)
-    ax.axis("off")
-    ax.legend(loc="lower center", fontsize=8)
+    ax.set_xlim(-1.3, 1.3), ax.set_ylim(-0.9, 1.3)  # below 0: room for the legend
+    ax.set_xlabel("embedding coordinate 1 (unit length)")
+    ax.set_ylabel("embedding coordinate 2 (unit length)")
+    ax.set_title(f"decision boundaries of two classes {angle_between:g}° apart", fontsize=10)
+    ax.legend(loc="lower center", fontsize=7, ncol=2)
     return ax

@@ -105,7 +105,8 @@ def plot_sample(head: PartialFC, labels: torch.Tensor, ax=None):
     ax.imshow(kind.view(1, -1).numpy(), aspect="auto", cmap=ListedColormap(colours), vmin=0, vmax=2,
               interpolation="nearest")
     ax.set_yticks([])
-    ax.set_xlabel("class centre (row of W)")
+    ax.set_ylabel("this step", fontsize=8)
+    ax.set_xlabel("class centre index (row of W)")
     ax.set_title(f"one Partial FC step: {len(positives)} positives + "
                  f"{index.numel() - len(positives)} sampled negatives = {index.numel()} of "
                  f"{head.num_classes} centres in the logits")

@@ -172,7 +172,9 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
                "seconds": m["seconds"], "steps": m["steps"], "final_loss": m["final_loss"],
                "head_settings": m["head_settings"],
                "loss_curve": {"every": LOSS_EVERY, "loss": _round(curve, 4)},
-               "roc": {"fpr": _round(v["roc"]["fpr"], 6), "tpr": _round(v["roc"]["tpr"], 5)}}
+               "num_pairs_all": {"genuine": v.get("num_genuine_all"), "impostor": v.get("num_impostor_all")},
+               # FARs to 4 significant digits: with millions of impostor pairs they reach 1e-7
+               "roc": {"fpr": [float(f"{f:.4g}") for f in v["roc"]["fpr"]], "tpr": _round(v["roc"]["tpr"], 5)}}
         if seed == seeds[0]:  # memory does not depend on the seed
             run["head_memory"] = [head_memory(config)] + ([head_memory(config, memory_classes)]
                                                           if memory_classes else [])

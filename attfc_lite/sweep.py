@@ -144,9 +144,12 @@ def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | Non
             label="one run", zorder=4)  # above the error bars, whose caps sit on the runs with two seeds
     if reference is not None:
         ax.axhline(reference, color="0.3", ls="--", lw=1, label=f"{reference_label}: {reference:.3f}")
+    xlabel = xlabel or sweep["param"]
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel or sweep["param"])
+        if "log scale" not in xlabel:  # say so once, also where the caller's label already does
+            xlabel += " (log scale)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("10-fold verification accuracy")
     ax.set_title(f"sweep of {sweep['param']} ({sweep['device']})", fontsize=9)
     ax.grid(alpha=0.3)

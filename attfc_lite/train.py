@@ -423,19 +423,23 @@ def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
             None if torch.isnan(quality).all() else quality)
 
 
-def plot_history(histories, labels=None, ax=None):
-    """Mean training loss per epoch for one run's history (or a list of them)."""
+def plot_history(histories, labels=None, ax=None, title: str | None = None):
+    """Mean training loss per epoch for one run's history (or a list of them).
+
+    Unlabelled runs are named 'run' (one history) or 'run 1', 'run 2', ... in the legend;
+    `title` replaces the default title."""
     import matplotlib.pyplot as plt
 
     if histories and isinstance(histories[0], dict):
         histories = [histories]
-    labels = labels or [None] * len(histories)
+    labels = list(labels or [None] * len(histories))
+    labels = [label if label else ("run" if len(histories) == 1 else f"run {i + 1}") for i, label in enumerate(labels)]
     ax = ax or plt.subplots(figsize=(5, 3))[1]
     for history, label in zip(histories, labels):
         ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
+    ax.set_ylabel("mean training loss (cross-entropy, nats)")
+    ax.set_title(title or "mean training loss per epoch", fontsize=10)
     ax.grid(alpha=0.3)
-    if any(labels):
-        ax.legend()
+    ax.legend(fontsize=8)
     return ax

@@ -497,3 +497,39 @@ def test_plot_key_views_and_quality_study_draw():
     ax1, ax2 = plot_quality_study(study)
     assert "Spearman" in ax1.get_title() and ax2.get_ylabel().startswith("Spearman")
     plt.close("all")
+
+
+def test_plot_quality_study_bars_start_at_zero_and_every_panel_is_labelled():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from attfc_lite.attention import DEGRADATIONS, plot_quality_study
+
+    rng = np.random.default_rng(0)
+    study = {"quality": rng.random((6, 2)), "weights": rng.random((6, 2)), "degradation": rng.integers(0, 4, (6, 2)),
+             "k": 2, "num_identities": 6, "spearman": 0.3,
+             "by_degradation": {n: {"keys": 3, "spearman": v} for n, v in zip(DEGRADATIONS, (0.4, 0.2, 0.1, 0.3))}}
+    ax1, ax2 = plot_quality_study(study)
+    for ax in (ax1, ax2):
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+    assert len(ax1.get_legend().get_texts()) == len(DEGRADATIONS) + 1  # each type and the uniform weight 1/K
+    assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["0: no rank correlation"]
+    assert ax2.get_ylim()[0] == 0  # all correlations positive: the bars start at 0
+    study["by_degradation"]["blur"]["spearman"] = -0.2
+    assert plot_quality_study(study)[1].get_ylim()[0] == pytest.approx(-0.3)  # room for the negative bar's label
+    plt.close("all")
+
+
+def test_drift_plot_says_its_axis_is_log_scale():
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.encoders import DriftTracker
+
+    tracker = DriftTracker(momenta=(0.9, 0.99))
+    tracker.steps = [1, 2, 3]
+    tracker.drift = {0.9: [0.1, 0.05, 0.02], 0.99: [0.01, 0.02, 0.03]}
+    ax = tracker.plot()
+    assert ax.get_title() and ax.get_xlabel() == "training step" and ax.get_yscale() == "log"
+    assert "log scale" in ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == 2
+    plt.close("all")

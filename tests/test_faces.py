@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attfc_lite.faces import (
     MAX_BLUR_SIGMA,
@@ -15,6 +16,8 @@ from attfc_lite.faces import (
     SyntheticFaces,
     bench,
     plot_preview,
+    plot_quality_histogram,
+    preview_selection,
 )
 
 WORLD = FaceWorld(seed=0)
@@ -111,6 +114,112 @@ def test_scalar_image_index_broadcasts():
     a = WORLD.render(ids, torch.tensor(3))
     b = WORLD.render(ids, torch.tensor([3, 3]))
     assert torch.equal(a.images, b.images)
+
+
+# Pinned output. Computed with the renderer as it was before `_render` was split into stages:
+# per image, the sum of its 3 x H x W pixels and a probe sum weighted by cos(0.37 k) over the
+# flattened pixels k (which sees where things are, not only how bright). The tolerance, 5e-4,
+# is far below one grey level in one pixel (1/255 = 0.004) and far above last-bit differences
+# between CPUs. The 32x32 images cover every degradation: clean, blur (1.49 px), noise
+# (0.147), downscale (3.97x) and occlusion (0.30); the 16 and 112 ones have no downscale.
+PINNED_32 = dict(
+    ids=[10, 138, 53, 85, 86, 0, 1], idx=[0, 3, 3, 0, 1, 0, 1],
+    quality=[0.999086, 0.067931, 0.021334, 0.011042, 0.001446, 0.51971, 0.11344],
+    downscale=[1.0, 1.0, 1.5857, 3.9669, 1.4771, 2.4409, 3.6597],
+    occlusion=[0.0, 0.0, 0.0, 0.0, 0.2996, 0.0, 0.0866],
+    sums=[1610.52727, 1645.16485, 1161.10208, 1047.49686, 1294.43058, 1012.64586, 1204.8425],
+    probe=[-4.46264, -1.17696, 9.19981, -2.05263, -2.60934, -2.83672, -9.27059],
+)
+PINNED_OTHER_SIZES = {  # ids [10, 138], image indices [0, 3]
+    16: dict(sums=[398.8736, 402.45889], probe=[-1.62126, 7.26775]),
+    112: dict(sums=[19768.91065, 20319.54239], probe=[1.31037, 1.43727]),
+}
+
+
+def _sums_and_probe(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    x = images.double().flatten(1)
+    probe = torch.cos(0.37 * torch.arange(x.shape[1], dtype=torch.float64))
+    return x.sum(1).tolist(), (x * probe).sum(1).tolist()
+
+
+def test_render_matches_the_pinned_reference():
+    pin = PINNED_32
+    out = WORLD.render(torch.tensor(pin["ids"]), torch.tensor(pin["idx"]))
+    assert out.quality.tolist() == pytest.approx(pin["quality"], abs=2e-6)
+    assert out.downscale.tolist() == pytest.approx(pin["downscale"], abs=1e-4)
+    assert out.occlusion.tolist() == pytest.approx(pin["occlusion"], abs=1e-4)
+    sums, probe = _sums_and_probe(out.images)
+    assert sums == pytest.approx(pin["sums"], abs=5e-4)
+    assert probe == pytest.approx(pin["probe"], abs=5e-4)
+    for size, pin in PINNED_OTHER_SIZES.items():
+        sums, probe = _sums_and_probe(FaceWorld(seed=0, image_size=size).render(torch.tensor([10, 138]), torch.tensor([0, 3])).images)
+        assert sums == pytest.approx(pin["sums"], abs=5e-4), size
+        assert probe == pytest.approx(pin["probe"], abs=5e-4), size
+
+
+def test_render_runs_in_named_stages():
+    # Where a learner looks for blur or occlusion: each stage is a method with a docstring.
+    for name in ("_draw_background", "_draw_head", "_draw_beard", "_draw_eyes", "_draw_nose", "_draw_mouth",
+                 "_draw_mole", "_apply_lighting", "_apply_camera", "_degrade_downscale", "_degrade_occlusion",
+                 "_degrade_blur", "_degrade_noise"):
+        assert getattr(FaceWorld, name).__doc__, name
+
+
+# -- the same face at any resolution -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_sizes():
+    ids, idx = torch.arange(300) * 7919 + 11, torch.arange(300) % 9
+    return ids, idx, {size: FaceWorld(seed=0, image_size=size).render(ids, idx) for size in (16, 32, 112)}
+
+
+def test_degradations_do_not_depend_on_image_size(three_sizes):
+    _, _, out = three_sizes
+    for size in (16, 112):
+        for name in ("quality", "noise_std", "downscale", "occlusion"):
+            assert torch.equal(getattr(out[size], name), getattr(out[32], name)), (size, name)
+        # blur is reported in the image's own pixels, so it scales with the size
+        assert torch.allclose(out[size].blur_sigma, out[32].blur_sigma * size / 32, rtol=1e-6)
+
+
+def test_112_render_shrunk_to_32_is_close_to_the_32_render(three_sizes):
+    # Sensor noise is drawn per pixel (a different pattern at each size), so noise-free images only.
+    # Measured on these 114 images: mean 0.028, max 0.079 (edges are anti-aliased over a few pixels at
+    # any size, so softer at 32x32); two different faces differ by 0.24 on average, by 0.12 at least.
+    # Before the downscale followed the image size, the 112x112 and 16x16 images kept 3.5x and half the
+    # detail of the 32x32 one, and 32 -> 16 reached 0.093.
+    _, _, out = three_sizes
+    keep = out[32].noise_std <= 0.004
+    assert int(keep.sum()) > 100
+    shrunk = F.interpolate(out[112].images[keep], size=32, mode="area")
+    diff = (shrunk - out[32].images[keep]).abs().flatten(1).mean(1)
+    assert float(diff.mean()) < 0.035 and float(diff.max()) < 0.09
+    other = (out[32].images[keep] - out[32].images[keep].roll(1, 0)).abs().flatten(1).mean(1)
+    assert float(other.mean()) > 5 * float(diff.mean())
+    shrunk16 = F.interpolate(out[32].images[keep], size=16, mode="area")
+    diff16 = (shrunk16 - out[16].images[keep]).abs().flatten(1).mean(1)
+    assert float(diff16.mean()) < 0.035 and float(diff16.max()) < 0.08
+
+
+def test_downscale_keeps_the_same_detail_at_any_size():
+    # A downscale of 3x leaves about 32 / 3 sample columns across the image at 32x32, and as many at
+    # 112x112 (it once left 112 / 3 there: a downscaled 112x112 image looked almost sharp).
+    from attfc_lite.faces import _Canvas
+
+    ids, idx = torch.arange(400), torch.zeros(400, dtype=torch.long)
+    counts = {}
+    for size in (32, 112):
+        world = FaceWorld(seed=0, image_size=size)
+        sp = world.image_params(ids, idx)
+        down, grid = world._degrade_downscale(_Canvas.make(size, sp), sp)
+        counts[size] = torch.tensor([len(torch.unique(row)) for row in grid])
+    strong = down > 2
+    assert int(strong.sum()) > 20
+    downscaled = down > 1
+    assert int((counts[112] - counts[32])[downscaled].abs().max()) <= 1
+    assert bool((counts[112][strong] <= 32 / down[strong] + 1).all())
+    assert bool((counts[112][down == 1] == 112).all())  # no downscale: every pixel its own sample
 
 
 # -- identity range and arguments ----------------------------------------------------------
@@ -295,23 +404,74 @@ def test_bench_reports_a_positive_speed():
     assert result["images_per_second"] == pytest.approx(256 / result["seconds"], rel=0.01)
 
 
-def test_plot_preview_grid_sorted_by_quality():
-    import matplotlib
+def _shown(axes):
+    """(image index, quality) of every panel of a preview grid, read back from the panel titles."""
+    return [[(int(a.get_title().split()[0][1:]), float(a.get_title().split("=")[1])) for a in row] for row in axes]
 
-    matplotlib.use("Agg")
+
+def test_plot_preview_grid_sorted_by_quality():
     import matplotlib.pyplot as plt
 
     world = FaceWorld(seed=0)
     axes = plot_preview(world, identities=[3, 8], images_per_identity=4)
     try:
         assert len(axes) == 2 and all(len(row) == 4 for row in axes)
+        shown = _shown(axes)
         for r, ident in enumerate((3, 8)):
-            want = sorted(world.quality(torch.full((4,), ident), torch.arange(4)).tolist(), reverse=True)
-            titles = [float(axes[r][c].get_title().split("=")[1]) for c in range(4)]
-            assert titles == pytest.approx(want, abs=0.006)
+            idx = [j for j, _ in shown[r]]
+            want = world.quality(torch.full((4,), ident), torch.tensor(idx)).tolist()
+            assert [q for _, q in shown[r]] == pytest.approx(want, abs=0.006)
+            assert want == sorted(want, reverse=True) and len(set(idx)) == 4 and max(idx) < 8
             assert str(ident) in axes[r][0].get_ylabel()
+        fig = axes[0][0].figure
+        assert "32x32" in fig.get_suptitle() and "quality" in fig.get_supxlabel() and fig.get_supylabel() == "identity"
     finally:
         plt.close(axes[0][0].figure)
+
+
+def test_plot_preview_shows_the_same_faces_at_32_and_112():
+    # Lesson 00's two grids: 6 identities x 8 images at 32x32, then 2 x 6 at 112x112. The smaller one
+    # shows the same identities and a subset of the same images, in the same order.
+    import matplotlib.pyplot as plt
+
+    small = plot_preview(FaceWorld(seed=0, image_size=32), num_identities=6, images_per_identity=8)
+    large = plot_preview(FaceWorld(seed=0, image_size=112), num_identities=2, images_per_identity=6, zoom=1.6)
+    try:
+        a, b = _shown(small), _shown(large)
+        for r in range(2):
+            assert small[r][0].get_ylabel() == large[r][0].get_ylabel()
+            big_row = [j for j, _ in a[r]]
+            row = [j for j, _ in b[r]]
+            assert [big_row.index(j) for j in row] == sorted(big_row.index(j) for j in row)  # a subsequence
+            assert row[0] == big_row[0] and row[-1] == big_row[-1]  # from the best to the worst
+        assert large[0][0].images[0].get_array().shape == (112, 112, 3)
+    finally:
+        plt.close(small[0][0].figure), plt.close(large[0][0].figure)
+    # The selection is a function of the seed, identities and column count only.
+    for cols in (1, 4, 6, 8, 11):
+        one, q1 = preview_selection(torch.arange(3), cols, FaceWorld(seed=2, image_size=16))
+        two, q2 = preview_selection(torch.arange(3), cols, FaceWorld(seed=2, image_size=112))
+        assert torch.equal(one, two) and one.shape == (3, cols) and torch.equal(q1, q2)
+        assert bool((q1[:, :-1] >= q1[:, 1:]).all())
+
+
+def test_quality_spike_at_one_is_the_severity_law_not_a_clamp():
+    # severity = u ** 1.6: P(quality > 1 - t) = t ** 0.625, so the top 2.5% of the quality range holds
+    # 10% of the images (seed 0, lesson 00's 100,000 images: 9,998). Exactly 1.0 only needs
+    # severity < 2**-25 in float32: 2 images of the 100,000.
+    import matplotlib.pyplot as plt
+
+    ax = plot_quality_histogram(FaceWorld(seed=0), num_identities=10_000, images_per_identity=10)
+    try:
+        assert "quality" in ax.get_title().lower() and ax.get_xlabel() and ax.get_ylabel()
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert len(labels) == 2 and "100,000 images" in labels[0] and "u^1.6" in labels[1]
+        note = [c for c in ax.get_children() if type(c).__name__ == "Annotation"][0].get_text()
+        assert "10.0% of images have q >= 0.975" in note and "0.002% exactly 1.0" in note
+    finally:
+        plt.close(ax.figure)
+    q = FaceWorld(seed=0).quality(torch.arange(10_000).repeat_interleave(10), torch.arange(10).repeat(10_000))
+    assert int((q >= 0.975).sum()) == 9998 and int((q == 1.0).sum()) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -114,3 +114,22 @@ def test_plots_draw():
     ax = plot_trajectory(watch, identity=0)
     assert len(ax.get_lines()) == 3 and ax.get_xlabel() == "training step"
     plt.close("all")
+
+
+def test_plot_gcc_vs_tcc_says_log_scale_and_labels_the_zero_line():
+    import matplotlib.pyplot as plt
+
+    def row(k):
+        values = {name: 0.5 + 0.1 * i for i, name in enumerate(("gcc", "mean", "single", "query"))}
+        return {"k": k, **values, **{name + "_se": 0.01 for name in values},
+                "by_quality": {half: {"gain": 0.002, "gain_se": 0.001} for half in ("low", "high")}}
+
+    ax, ax_gain = plot_gcc_vs_tcc({"by_k": [row(1), row(2), row(4)]})
+    for a in (ax, ax_gain):
+        assert a.get_title() and a.get_xlabel() and a.get_ylabel()
+    assert "log scale" in ax.get_xlabel() and "log scale" not in ax_gain.get_xlabel()  # the bars sit side by side
+    assert len(ax.get_legend().get_texts()) == 4
+    texts = [t.get_text() for t in ax_gain.get_legend().get_texts()]
+    assert len(texts) == 3 and any(t.startswith("0:") for t in texts)
+    assert ax_gain.get_ylim()[0] <= 0  # the bars rise from 0
+    plt.close("all")

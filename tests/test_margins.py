@@ -208,3 +208,29 @@ def test_make_margin_combined_takes_m_as_a_triple():
     assert (built.m1, built.m2, built.m3) == (1.0, 0.3, 0.2)
     with pytest.raises(ValueError, match=r"m=\(m1, m2, m3\)"):
         make_margin("combined", m=0.5)
+
+
+def test_plot_margin_curves_has_a_title_and_labels_the_pi_minus_m_line():
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.margins import plot_margin_curves
+
+    ax = plot_margin_curves(s=16.0)
+    assert ax.get_title() and "degrees" in ax.get_xlabel() and "s = 16" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(texts) == len(ax.get_lines()) == 4  # three curves and the theta = pi - m line
+    assert any("π − m" in t and "151.4°" in t for t in texts) and texts[0] == "softmax: 16·cos θ"
+    plt.close("all")
+
+
+def test_plot_margin_2d_has_a_title_axis_labels_and_legend_entries():
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.margins import plot_margin_2d
+
+    ax = plot_margin_2d(m=0.5)
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.axison
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["unit circle", "class 1 centre", "class 2 centre", "softmax boundary", "ArcFace boundaries",
+                     "margin m = 0.5 rad"]
+    plt.close("all")

@@ -125,3 +125,15 @@ def test_eval_mode_uses_every_centre_and_bad_rate_is_named():
         with pytest.raises(ValueError, match="sample_rate"):
             PartialFC(4, 30, sample_rate=bad)
     assert isinstance(make_head("partial_fc", 4, 30, sample_rate=0.5), PartialFC)
+
+
+def test_plot_sample_has_a_title_axis_labels_and_a_legend_entry_per_colour():
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.partial_fc import plot_sample
+
+    head = PartialFC(8, 200, sample_rate=0.1)
+    ax = plot_sample(head, torch.tensor([3, 7, 7, 50]))
+    assert "3 positives" in ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == 3  # positive, sampled negative, not in this step
+    plt.close("all")

@@ -150,3 +150,24 @@ def test_cli_profile_gives_defaults_that_options_override():
     assert args.profile_extra == {"warmup_epochs": 0.1, "channels_last": True, "stream_data": True}
     config = config_from_args(args, head="attfc")
     assert config.num_classes == 5000 and config.stream_data and config.warmup_epochs == 0.1 and config.num_keys == 2
+
+
+def test_plot_sweep_says_log_scale_once_and_labels_every_series():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.sweep import plot_sweep
+
+    sweep = {"param": "dcc-ratio", "seeds": [0, 1], "device": "cpu",
+             "summary": [{"value": 0.1, "accuracy_mean": 0.8, "accuracy_seed_std": 0.01},
+                         {"value": 1.0, "accuracy_mean": 0.9, "accuracy_seed_std": 0.02}],
+             "runs": [{"value": v, "accuracy_mean": a} for v, a in ((0.1, 0.79), (0.1, 0.81), (1.0, 0.9))]}
+    ax = plot_sweep(sweep, log_x=True, reference=0.85, xlabel="container ratio Q / N")
+    assert ax.get_title() and ax.get_ylabel() and ax.get_xlabel() == "container ratio Q / N (log scale)"
+    assert len(ax.get_legend().get_texts()) == 3  # mean ± std, each run, the reference line
+    ax = plot_sweep(sweep, log_x=True, xlabel="sample rate r (log scale)")
+    assert ax.get_xlabel() == "sample rate r (log scale)"
+    assert plot_sweep(sweep).get_xlabel() == "dcc-ratio"  # a linear axis says nothing about scale
+    plt.close("all")

@@ -75,3 +75,19 @@ def test_amp_needs_cuda():
     with pytest.raises(ValueError, match="amp"):
         measure_model_step(TrainConfig(**TINY), amp=True)
 
+
+
+def test_plot_step_timelines_labels_its_axes_in_the_unit_and_starts_at_zero():
+    import matplotlib.pyplot as plt
+
+    MiB = 2 ** 20
+    step = {"timeline_ms": [1.0, 2.0, 4.0], "timeline_bytes": [2 * MiB, 5 * MiB, 0], "held_bytes": 100 * MiB,
+            "peak_bytes": 105 * MiB}
+    ax = plot_step_timelines({"FC": step, "AttFC": {**step, "held_bytes": 90 * MiB, "peak_bytes": 95 * MiB}})
+    assert ax.get_title() and ax.get_xlabel() and "(MiB)" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["FC: peak 105.0 MiB", "AttFC: peak 95.0 MiB", "dotted: held between steps"]
+    assert ax.get_ylim()[0] == 0  # the held memory is not cut off: peaks compare at their true sizes
+    ax = plot_step_timelines({"FC": step}, unit="GiB")
+    assert "(GiB)" in ax.get_ylabel() and "GiB" in ax.get_legend().get_texts()[0].get_text()
+    plt.close("all")

@@ -420,3 +420,18 @@ def test_channels_last_backbone_gives_the_same_run_up_to_rounding():
     assert last.metrics["final_loss"] == pytest.approx(plain.metrics["final_loss"], rel=1e-4)
     for a, b in zip(plain.backbone.parameters(), last.backbone.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_plot_history_has_a_title_labels_and_a_legend_entry_per_run():
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.train import plot_history
+
+    history = [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 2.0}]
+    ax = plot_history(history)
+    assert ax.get_title() and ax.get_xlabel() == "epoch" and "nats" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["run"]  # unlabelled: still in the legend
+    ax = plot_history([history, history], labels=["FC", None], title="two runs")
+    assert ax.get_title() == "two runs"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["FC", "run 2"]
+    plt.close("all")

@@ -19,6 +19,8 @@ from attfc_lite.verification import (  # noqa: E402
     embed,
     evaluate_verification,
     kfold_accuracy,
+    FAR_CONVENTION,
+    all_pairs_verification,
     make_pairs,
     plot_roc,
     roc_curve,
@@ -456,15 +458,22 @@ def test_evaluate_verification_end_to_end():
     clean = evaluate_verification(OneHotPlusNoise(8, 0.0), images, labels, num_pairs=1000)
     assert clean["accuracy_mean"] == 1.0 and clean["auc"] == pytest.approx(1.0)
     assert clean["num_pairs"] == 1000
-    assert clean["tar_at_far"]["1e-2"] == pytest.approx(1.0)
-    assert clean["tar_at_far"]["1e-3"] is None and clean["tar_at_far"]["1e-4"] is None  # 500 impostors
+    # TAR@FAR now reads all 96 * 95 / 2 pairs: 8 * C(12, 2) = 528 genuine, 4032 impostor
+    assert (clean["num_genuine_all"], clean["num_impostor_all"]) == (528, 4032)
+    assert clean["tar_at_far"]["1e-2"] == 1.0 and clean["tar_at_far"]["1e-3"] == 1.0
+    assert clean["tar_at_far"]["1e-4"] is None  # 4032 < 10000 impostor pairs
+    assert clean["tar_at_far_notes"]["1e-4"] == "too few impostor pairs: 4032 < 10000 needed for FAR 1e-4"
 
     res = evaluate_verification(OneHotPlusNoise(8, 6.0), images, labels, qualities=quality, num_pairs=1000, batch_size=17)
     json.dumps(res, allow_nan=False)
-    assert set(res) >= {"num_pairs", "accuracy_mean", "accuracy_std", "tar_at_far", "auc", "roc", "by_quality"}
+    assert set(res) >= {"num_pairs", "num_genuine", "num_impostor", "accuracy_mean", "accuracy_std", "tar_at_far",
+                        "far_achieved", "impostors_accepted", "genuine_accepted", "far_thresholds",
+                        "tar_at_far_notes", "num_genuine_all", "num_impostor_all", "far_convention", "auc", "roc",
+                        "by_quality"}
+    assert res["far_convention"] == FAR_CONVENTION
     assert 0.6 < res["accuracy_mean"] < 1.0
     fpr, tpr = res["roc"]["fpr"], res["roc"]["tpr"]
-    assert len(fpr) == len(tpr) <= 510 and fpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
+    assert len(fpr) == len(tpr) <= 350 and fpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
     assert all(isinstance(v, float) for v in fpr)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     high, low = res["by_quality"]["high"], res["by_quality"]["low"]
@@ -509,7 +518,13 @@ def test_plot_roc_returns_axes():
     try:
         assert isinstance(ax, matplotlib.axes.Axes)
         assert ax.get_xscale() == "log"
-        assert ax.get_xlim() == pytest.approx((1e-4, 1.0))
+        # the FAR axis starts below every operating point, by at most about a decade and a half
+        xs = [x for line in ax.get_lines() if line.get_marker() not in ("None", "") for x in line.get_xdata()]
+        lowest = min(xs + [1e-3])
+        left, right = ax.get_xlim()
+        assert right == 1.0 and lowest / 15 < left <= lowest / 1.5 and math.log10(left) == round(math.log10(left))
+        assert ax.get_ylim() == pytest.approx((0.0, 1.01))
+        assert ax.get_title() and "FAR" in ax.get_xlabel() and "TAR" in ax.get_ylabel()
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert any(t.startswith("clean") for t in legend) and any(t.startswith("noisy") for t in legend)
         ax2 = plot_roc(results[0])
@@ -568,19 +583,367 @@ def test_threshold_separates_adjacent_floats():
     assert res32["accuracy_mean"] == 1.0
 
 
-def test_summary_and_roc_markers_use_the_achieved_far():
+
+
+# --------------------------------------------------------------------------- all pairs
+
+
+def naive_all_pairs(emb, labels):
+    """(genuine, impostor) cosine scores of every unordered pair of different images, by a double loop."""
+    rows = [[float(v) for v in row] for row in emb]
+    ids = [int(v) for v in labels]
+    genuine, impostor = [], []
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            dot = sum(a * b for a, b in zip(rows[i], rows[j]))
+            cos = dot / (math.sqrt(sum(a * a for a in rows[i])) * math.sqrt(sum(b * b for b in rows[j])))
+            (genuine if ids[i] == ids[j] else impostor).append(cos)
+    return genuine, impostor
+
+
+def naive_operating_point(genuine, impostor, far):
+    """Brute force over every threshold t in {+inf} and all scores, accepting score >= t: among the
+    thresholds that accept at most far * n_impostor impostor pairs, the one accepting the most
+    genuine pairs. Returns (genuine accepted, impostor accepted)."""
+    best = (0, 0)
+    for t in set(genuine) | set(impostor):
+        fp = sum(1 for s in impostor if s >= t)
+        if fp <= far * len(impostor) + 1e-9:
+            tp = sum(1 for s in genuine if s >= t)
+            best = max(best, (tp, fp))
+    return best
+
+
+def naive_auc(genuine, impostor):
+    wins = sum(1.0 if g > i else 0.5 if g == i else 0.0 for g in genuine for i in impostor)
+    return wins / (len(genuine) * len(impostor))
+
+
+def _uneven_labels(sizes, seed):
+    labels = torch.cat([torch.full((c,), i, dtype=torch.long) for i, c in enumerate(sizes)])
+    return labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
+
+
+def _check_against_naive(res, genuine, impostor, fars, tol=0.0):
+    """`tol`: how far the naive loop's float scores may sit from the library's (0: exact arithmetic)."""
+    assert (res["num_genuine"], res["num_impostor"]) == (len(genuine), len(impostor))
+    for far in fars:
+        key = next(k for k in res["tar_at_far"] if float(k) == far)
+        tp, fp = naive_operating_point(genuine, impostor, far)
+        assert (res["genuine_accepted"][key], res["impostors_accepted"][key]) == (tp, fp), key
+        assert res["tar_at_far"][key] == tp / len(genuine), key
+        assert res["far_achieved"][key] == fp / len(impostor) and res["far_achieved"][key] <= far, key
+        # the threshold is an impostor score and accepts exactly these pairs under "score > threshold"
+        t = res["thresholds"][key]
+        if t is not None:
+            assert sum(s > t + tol for s in genuine) == tp and sum(s > t + tol for s in impostor) == fp, key
+            assert any(abs(s - t) <= tol for s in impostor), key
+
+
+@pytest.mark.parametrize("chunk_elements, tile", [(None, None), (50, 4)])
+def test_all_pairs_matches_a_naive_double_loop(chunk_elements, tile, monkeypatch):
+    # 9 identities of uneven sizes (one singleton), shuffled: 46 images, float64 embeddings.
+    # With tiny chunks and tiles, the identities of 8 and 10 images take the path for an
+    # identity too big for one block, and the impostor rows come 4 at a time.
+    import attfc_lite.verification as ver
+
+    if chunk_elements is not None:
+        monkeypatch.setattr(ver, "_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(ver, "_TILE", tile)
+    labels = _uneven_labels([2, 3, 4, 5, 6, 7, 8, 10, 1], seed=0)
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    emb = centres[labels] + 0.9 * torch.randn(46, 5, generator=gen, dtype=torch.float64)
+    emb = emb * torch.rand(46, 1, generator=gen, dtype=torch.float64) * 3  # not unit length: cosine normalises
+    genuine, impostor = naive_all_pairs(emb, labels)
+    assert len(genuine) == 1 + 3 + 6 + 10 + 15 + 21 + 28 + 45 and len(genuine) + len(impostor) == 46 * 45 // 2
+    fars = (0.005, 0.01, 0.05, 0.2, 0.5)
+    res = all_pairs_verification(emb, labels, fars=fars)
+    _check_against_naive(res, genuine, impostor, fars, tol=1e-12)
+    assert res["auc"] == pytest.approx(naive_auc(genuine, impostor), abs=1e-12)
+    json.dumps(res, allow_nan=False)
+
+
+def test_all_pairs_exact_with_many_ties():
+    # Entries +-1/4 in 16 dims: unit rows, every cosine a multiple of 1/8 computed exactly, so many
+    # genuine and impostor scores tie, across and within the two kinds.
+    labels = _uneven_labels([3, 4, 5, 6, 7, 9], seed=2)
+    gen = torch.Generator().manual_seed(3)
+    signs = torch.where(torch.rand(6, 16, generator=gen) < 0.5, -1.0, 1.0)[labels]
+    flip = torch.rand(34, 16, generator=gen) < 0.3
+    emb = torch.where(flip, -signs, signs) / 4.0
+    genuine, impostor = naive_all_pairs(emb, labels)
+    assert len(set(genuine) & set(impostor)) >= 3
+    fars = (0.01, 0.03, 0.1, 0.3, 1.0)
+    res = all_pairs_verification(emb, labels, fars=fars)
+    _check_against_naive(res, genuine, impostor, fars)
+    assert res["auc"] == naive_auc(genuine, impostor)  # exact counts, one rounding at the end
+    assert res["thresholds"]["1e0"] is None and res["tar_at_far"]["1e0"] == 1.0
+    assert res["notes"] == {"1e0": "FAR 1 accepts every pair"}
+
+
+def test_all_pairs_thinned_roc_holds_only_exact_points():
+    labels = _uneven_labels([4, 5, 6, 7, 8, 9, 2], seed=4)
+    emb = torch.randn(41, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + labels[:, None] * 0.1
+    genuine, impostor = naive_all_pairs(emb, labels)
+    res = all_pairs_verification(emb, labels, fars=(0.01, 0.1))
+    n_gen, n_imp = len(genuine), len(impostor)
+    exact = {(0, 0)} | {
+        (sum(s >= t for s in impostor), sum(s >= t for s in genuine)) for t in set(genuine) | set(impostor)
+    }
+    fpr, tpr = res["roc"]["fpr"], res["roc"]["tpr"]
+    points = [(round(f * n_imp), round(t * n_gen)) for f, t in zip(fpr, tpr)]
+    assert all(p in exact for p in points)
+    assert points[0] == (0, 0) and points[-1] == (n_imp, n_gen) and points == sorted(points)
+    for key in res["tar_at_far"]:  # each operating point is on the stored curve
+        assert (res["impostors_accepted"][key], res["genuine_accepted"][key]) in points
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_pairs_chunking_gives_identical_results(dtype):
+    # Identical down to the last bit of every threshold and the AUC (float64 matrix products
+    # round differently for different row counts: the fixed tile grid is what keeps them equal).
+    labels = _uneven_labels([1, 2, 3] + [8] * 30 + [40], seed=6)
+    gen = torch.Generator().manual_seed(7)
+    emb = torch.randn(labels.max() + 1, 32, generator=gen)[labels] + 1.5 * torch.randn(labels.numel(), 32, generator=gen)
+    emb = emb.to(dtype)
+    fars = (1e-4, 1e-3, 1e-2, 0.1)
+    whole = all_pairs_verification(emb, labels, fars=fars, chunk_rows=10_000)
+    assert whole["num_impostor"] > 10_000 and whole["tar_at_far"]["1e-4"] is not None
+    for rows in (1, 64, 100, 128, None):
+        assert all_pairs_verification(emb, labels, fars=fars, chunk_rows=rows) == whole, rows
+    # the scores themselves, bit for bit, whatever the chunk
+    import attfc_lite.verification as ver
+
+    unit, id_end, _, _ = ver._sorted_embeddings(emb, labels)
+    n = labels.numel()
+    one = ver._impostor_scores(unit, id_end, 0, n)
+    for rows in (64, 128, 192):
+        assert torch.equal(torch.cat([ver._impostor_scores(unit, id_end, c, min(c + rows, n)) for c in range(0, n, rows)]), one)
+    # in another order of the images, the same pairs give the same figures
+    perm = torch.randperm(labels.numel(), generator=gen)
+    again = all_pairs_verification(emb[perm], labels[perm], fars=fars, chunk_rows=64)
+    assert again["tar_at_far"] == whole["tar_at_far"] and again["impostors_accepted"] == whole["impostors_accepted"]
+
+
+def test_all_pairs_holds_one_chunk_of_rows_at_a_time(monkeypatch):
+    import attfc_lite.verification as ver
+
+    seen = []
+    original = ver._impostor_scores
+
+    def spy(emb, id_end, c0, c1):
+        out = original(emb, id_end, c0, c1)
+        seen.append((c1 - c0, out.numel(), emb.shape[0]))
+        return out
+
+    monkeypatch.setattr(ver, "_impostor_scores", spy)
+    labels = torch.arange(100).repeat_interleave(5)
+    emb = torch.randn(500, 8, generator=torch.Generator().manual_seed(8))
+    res = ver.all_pairs_verification(emb, labels, chunk_rows=128)
+    assert len(seen) == 4 and all(rows <= 128 and numel <= rows * n for rows, numel, n in seen)
+    assert sum(numel for _, numel, _ in seen) == res["num_impostor"] == (500 * 500 - 100 * 25) // 2
+
+
+def test_all_pairs_agrees_with_the_score_list_functions():
+    # The same figures from the list of every pair's score, through roc_curve and tar_at_far_report.
+    labels = torch.arange(60).repeat_interleave(6)
+    gen = torch.Generator().manual_seed(9)
+    emb = torch.randn(60, 16, generator=gen, dtype=torch.float64)[labels] + torch.randn(360, 16, generator=gen, dtype=torch.float64)
+    unit = emb / emb.norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(360, 360, offset=1)
+    scores = (unit[i] * unit[j]).sum(dim=1)
+    same = labels[i] == labels[j]
+    fars = (1e-4, 1e-3, 1e-2)
+    res = all_pairs_verification(emb, labels, fars=fars)
+    rep = tar_at_far_report(scores, same, fars=fars)
+    for key, r in rep.items():
+        assert res["tar_at_far"][key] == pytest.approx(r["tar"]) and res["far_achieved"][key] == pytest.approx(r["far_achieved"])
+        assert res["impostors_accepted"][key] == r["impostors_accepted"]
+    assert res["auc"] == pytest.approx(roc_curve(scores, same)["auc"], abs=1e-12)
+
+
+def test_all_pairs_roc_is_small_and_covers_low_fars():
+    labels = torch.arange(150).repeat_interleave(10)
+    gen = torch.Generator().manual_seed(10)
+    emb = torch.randn(150, 32, generator=gen)[labels] + 0.8 * torch.randn(1500, 32, generator=gen)
+    res = all_pairs_verification(emb, labels)
+    fpr = np.asarray(res["roc"]["fpr"])
+    assert len(fpr) <= 350
+    n_imp = res["num_impostor"]  # 1,113,750: the smallest FAR is 9e-7
+    assert fpr[fpr > 0].min() == pytest.approx(1 / n_imp)
+    assert np.sum(fpr < 1e-5) >= 10  # FAR 1 / n_imp to 1e-5 holds only 11 possible values
+    for decade in range(-5, 0):  # at least 20 points in each further decade of FAR
+        assert np.sum((fpr >= 10.0**decade) & (fpr < 10.0 ** (decade + 1))) >= 20, decade
+    assert res["impostors_accepted"]["1e-4"] == 111 and res["far_achieved"]["1e-4"] <= 1e-4
+
+
+def test_all_pairs_too_few_impostors_and_bad_far():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])  # 3 genuine, 12 impostor pairs
+    emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(11))
+    res = all_pairs_verification(emb, labels, fars=(0.01, 0.1))
+    assert res["tar_at_far"] == {"1e-2": None, "1e-1": res["tar_at_far"]["1e-1"]}
+    assert res["notes"]["1e-2"] == "too few impostor pairs: 12 < 100 needed for FAR 1e-2"
+    assert res["impostors_accepted"]["1e-1"] == 1 and res["impostors_accepted"]["1e-2"] is None
+    with pytest.raises(ValueError, match="fars"):
+        all_pairs_verification(emb, labels, fars=(0.0,))
+
+
+@pytest.mark.parametrize(
+    "embeddings, labels, kwargs, error, message",
+    [
+        (torch.randn(6), torch.tensor([0, 0, 1, 1, 2, 2]), {}, ValueError, r"embeddings must be 2-D \[N, D\].*reshape"),
+        (torch.randn(6, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2]), {}, ValueError, r"embeddings must be 2-D.*reshape"),
+        (torch.ones(6, 4, dtype=torch.long), torch.tensor([0, 0, 1, 1, 2, 2]), {}, TypeError, r"embeddings.*\.float\(\)"),
+        ([[1.0, 0.0]] * 4, torch.tensor([0, 0, 1, 1]), {}, TypeError, r"embeddings must be a torch.Tensor.*as_tensor"),
+        (torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2]), {}, ValueError, r"labels must be 1-D with one identity id per row of embeddings \(6\).*same order"),
+        (torch.randn(6, 4), torch.tensor([[0, 0, 1], [1, 2, 2]]), {}, ValueError, r"labels must be 1-D.*got shape \(2, 3\)"),
+        (torch.randn(6, 4), torch.tensor([0.0, 0, 1, 1, 2, 2]), {}, TypeError, r"labels must be an integer tensor.*labels.long\(\)"),
+        (torch.randn(6, 4), [0, 0, 1, 1, 2, 2], {}, TypeError, r"labels must be a torch.Tensor.*as_tensor"),
+        (torch.randn(6, 4), torch.tensor([-1, -1, 1, 1, 2, 2]), {}, ValueError, r"labels must be identity ids >= 0.*torch.unique"),
+        (torch.randn(4, 4), torch.tensor([3, 3, 3, 3]), {}, ValueError, r"labels hold 1 identity.*more identities"),
+        (torch.randn(4, 4), torch.tensor([0, 1, 2, 3]), {}, ValueError, r"no identity in labels has 2 or more images.*at least 2 images"),
+        (torch.tensor([[1.0, 0.0], [float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 1]), {}, ValueError, r"embeddings contain NaN"),
+        (torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 1]), {}, ValueError, r"embeddings row 1 is all zeros.*drop that image"),
+        (torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]), {"chunk_rows": 0}, ValueError, r"chunk_rows must be a positive int.*None"),
+        (torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]), {"chunk_rows": 2.5}, ValueError, r"chunk_rows must be a positive int"),
+        (torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]), {"fars": (1e-2, 0.01)}, ValueError, r"fars holds the same FAR twice"),
+    ],
+)
+def test_all_pairs_rejects_bad_input_by_name(embeddings, labels, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        all_pairs_verification(embeddings, labels, **kwargs)
+
+
+# --------------------------------------------------------------------------- the 10-fold accuracy is unchanged
+
+# evaluate_verification's 10-fold figures before TAR@FAR moved to all pairs, computed with
+# attfc_lite/verification.py at commit 79afd3ad475098e433af7feacf25027906b0bb52 on
+# _toy_world(k, per_id) and OneHotPlusNoise(k, noise), qualities given:
+# (k, per_id, noise, num_pairs, seed) -> accuracy_mean, accuracy_std, num_pairs used, and
+# by_quality high / low accuracy_mean and accuracy_std.
+FROZEN_ACCURACY = [
+    ((8, 12, 6.0, 1000, 0), (0.6839999999999999, 0.046086874487211646, 1000,
+                             0.722, 0.618, 0.052497618993626746, 0.04770744176750624)),
+    ((20, 12, 6.0, 6000, 3), (0.6359848484848485, 0.028419190124094964, 2640,
+                              0.703030303030303, 0.553030303030303, 0.041742355496836095, 0.02854764194154058)),
+    ((20, 12, 4.0, 2000, 1), (0.698, 0.028913664589601894, 2000,
+                              0.794, 0.589, 0.04608687448721165, 0.026627053911388688)),
+]
+
+
+@pytest.mark.parametrize("setting, frozen", FROZEN_ACCURACY)
+def test_kfold_accuracy_is_unchanged(setting, frozen):
+    k, per_id, noise, num_pairs, seed = setting
+    images, labels, quality = _toy_world(k=k, per_id=per_id)
+    res = evaluate_verification(OneHotPlusNoise(k, noise), images, labels, quality, num_pairs=num_pairs, seed=seed)
+    high, low = res["by_quality"]["high"], res["by_quality"]["low"]
+    got = (res["accuracy_mean"], res["accuracy_std"], res["num_pairs"],
+           high["accuracy_mean"], low["accuracy_mean"], high["accuracy_std"], low["accuracy_std"])
+    assert got == frozen  # exactly: same pairs, same scores, same folds
+
+
+def test_kfold_accuracy_follows_the_lfw_protocol_on_the_sampled_pairs():
+    # The same figure from the sampled pair list by the naive protocol loop, independent of the frozen numbers.
+    images, labels, _ = _toy_world(k=12, per_id=10, seed=4)
+    model = OneHotPlusNoise(12, 5.0)
+    res = evaluate_verification(model, images, labels, num_pairs=800, seed=5)
+    a, b, same = make_pairs(labels, 800, seed=5)
+    emb = embed(model, images)
+    scores = (emb[a] * emb[b]).sum(dim=1)
+    accs, _ = naive_kfold(scores.double().tolist(), same.tolist())
+    assert res["accuracy_mean"] == pytest.approx(sum(accs) / len(accs), abs=1e-15)
+    assert (res["num_pairs"], res["num_genuine"], res["num_impostor"]) == (800, 400, 400)
+    assert 0.5 < res["accuracy_mean"] < 1.0
+
+
+# --------------------------------------------------------------------------- summary and plot
+
+
+def test_summary_prints_the_pairs_behind_each_figure():
     images, labels, _ = _toy_world(k=20, per_id=12)
     res = evaluate_verification(OneHotPlusNoise(20, 6.0), images, labels, num_pairs=6000)
-    assert set(res["far_achieved"]) == set(res["tar_at_far"]) == {"1e-2", "1e-3", "1e-4"}
-    key = "1e-2"
-    assert res["far_achieved"][key] <= 1e-2
-    assert res["impostors_accepted"][key] == round(res["far_achieved"][key] * res["num_impostor"])
-    assert f"at FAR {res['far_achieved'][key]:.2g}" in verification_summary(res)
-    ax = plot_roc(res)
+    n_gen, n_imp = 20 * 66, (240 * 240 - 20 * 144) // 2
+    assert (res["num_genuine_all"], res["num_impostor_all"]) == (n_gen, n_imp)
+    text = verification_summary(res)
+    lines = text.splitlines()
+    assert lines[0] == "pairs: 2,640 sampled for the 10-fold accuracy (1,320 genuine, 1,320 impostor)"
+    assert f"pairs: all {n_gen + n_imp:,} for AUC and TAR@FAR ({n_gen:,} genuine, {n_imp:,} impostor)" in lines
+    for key in ("1e-2", "1e-3", "1e-4"):  # 1e-4 of 27,360 impostor pairs: 2 accepted
+        accepted, far = res["impostors_accepted"][key], res["far_achieved"][key]
+        assert far <= float(key) and accepted == round(far * n_imp)
+        want = (f"TAR@FAR={key}: {res['tar_at_far'][key]:.3f} ({res['genuine_accepted'][key]:,} of {n_gen:,} genuine "
+                f"pairs accepted; at FAR {far:.2g}: {accepted:,} of {n_imp:,} impostor pairs accepted)")
+        assert want in lines, want
+    assert res["impostors_accepted"]["1e-4"] == 2
+    assert any(line.startswith("TAR@FAR rule: accept score > the (k+1)-th highest impostor score") for line in lines)
+
+
+def test_summary_of_a_result_stored_before_all_pairs():
+    old = {"num_pairs": 6000, "num_genuine": 3000, "num_impostor": 3000, "accuracy_mean": 0.9, "accuracy_std": 0.01,
+           "auc": 0.95, "tar_at_far": {"1e-2": 0.5}, "far_achieved": {"1e-2": 0.01}, "impostors_accepted": {"1e-2": 30}}
+    text = verification_summary(old)
+    assert "pairs: 6,000 (3,000 genuine, 3,000 impostor)" in text
+    assert "TAR@FAR=1e-2: 0.500 (at FAR 0.01: 30 of 3,000 impostor pairs accepted)" in text
+    assert "all" not in text and "rule" not in text
+
+
+def test_plot_roc_marks_every_operating_point_with_a_legend_entry():
+    images, labels, _ = _toy_world(k=20, per_id=12)
+    results = [evaluate_verification(OneHotPlusNoise(20, s), images, labels, num_pairs=2000) for s in (4.0, 6.0)]
+    ax = plot_roc(results, labels=["less noise", "more noise"])
     try:
-        markers = [line for line in ax.get_lines() if line.get_marker() == "o"]
-        xs = sorted(markers[0].get_xdata())
-        want = sorted(v for k, v in res["far_achieved"].items() if v and res["tar_at_far"][k] is not None)
-        assert xs == pytest.approx(want)
+        assert ax.get_title() == "ROC, all pairs of the evaluation set"
+        assert ax.get_xlabel() == "FAR: fraction of impostor pairs accepted (log scale)"
+        assert ax.get_ylabel() == "TAR: fraction of genuine pairs accepted"
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        for name, res in zip(("less noise", "more noise"), results):
+            assert f"{name} (AUC {res['auc']:.4f})" in legend
+        assert "chance (TAR = FAR)" in legend
+        points = [line for line in ax.get_lines() if line.get_marker() not in ("None", "") and len(line.get_xdata())]
+        proxies = {line.get_marker(): line.get_label() for line in ax.get_lines()
+                   if line.get_marker() not in ("None", "") and not len(line.get_xdata())}
+        want = sorted((res["far_achieved"][k], res["tar_at_far"][k]) for res in results for k in res["tar_at_far"]
+                      if res["tar_at_far"][k] is not None and res["far_achieved"][k] > 0)
+        got = sorted((float(p.get_xdata()[0]), float(p.get_ydata()[0])) for p in points)
+        assert np.allclose(got, want, rtol=1e-12, atol=0)
+        assert len(want) == 6  # three targets on each curve
+        for p in points:  # every marker shape has its legend entry, named after its target FAR
+            assert p.get_marker() in proxies and proxies[p.get_marker()] in legend
+            assert ax.get_xlim()[0] < p.get_xdata()[0] < 1.0
+        assert sorted(proxies.values()) == [f"TAR at FAR \u2264 {k}" for k in ("1e-2", "1e-3", "1e-4")]
+        assert len(set(proxies)) == 3  # one marker shape per target
     finally:
         plt.close("all")
+
+
+def test_all_pairs_far_times_count_rounding_below_an_integer():
+    # 2 identities x 10 images: 100 impostor pairs. 0.29 * 100 = 28.999999999999996 in floats,
+    # yet 29 / 100 == 0.29: a threshold accepting 29 impostor pairs meets FAR 0.29.
+    labels = torch.arange(2).repeat_interleave(10)
+    emb = torch.randn(20, 3, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    genuine, impostor = naive_all_pairs(emb, labels)
+    fars = (0.29, 0.57, 0.58)
+    res = all_pairs_verification(emb, labels, fars=fars)
+    assert res["impostors_accepted"] == {"2.9e-1": 29, "5.7e-1": 57, "5.8e-1": 58}
+    _check_against_naive(res, genuine, impostor, fars, tol=1e-12)
+
+
+def test_quality_split_plot_shows_the_fold_spread_as_error_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from attfc_lite.verification import plot_quality_split
+
+    r = {"accuracy_mean": 0.89, "accuracy_std": 0.01,
+         "by_quality": {"high": {"accuracy_mean": 0.92, "accuracy_std": 0.02},
+                        "low": {"accuracy_mean": 0.87, "accuracy_std": 0.03}}}
+    ax = plot_quality_split(r)
+    assert ax.get_title() and ax.get_ylabel() == "10-fold verification accuracy"
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([0.89, 0.92, 0.87])
+    caps = [line for line in ax.lines if len(line.get_ydata()) == 3]  # the error bars' cap markers
+    tops = sorted(y for line in caps for y in line.get_ydata() if y > 0.895)
+    assert pytest.approx(0.94) in tops and pytest.approx(0.90) in tops  # mean + std for high and low
+    with pytest.raises(ValueError, match="no 'by_quality'"):
+        plot_quality_split({"accuracy_mean": 0.9, "accuracy_std": 0.0})

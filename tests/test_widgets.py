@@ -1,16 +1,30 @@
-"""The "will it fit?" callback against hand-computed bytes, and the widget wiring."""
+"""The "will it fit?" callbacks against hand-computed bytes, and the widget wiring."""
 from __future__ import annotations
 
 import pytest
 
-from attfc_lite.widgets import KEY_ENCODER_PARAMS, fit_verdict, verdict_html, will_it_fit_widget
+from attfc_lite.memory import BACKBONES
+from attfc_lite.widgets import (
+    KEY_ENCODER_PARAMS,
+    dataset_for,
+    fit_curve,
+    fit_verdict,
+    plot_fit_curve,
+    resolve_num_classes,
+    verdict_html,
+    verdict_text,
+    will_it_fit_widget,
+)
 
 GiB = 2**30
 D, B = 512, 128
+N42 = 2_059_906  # WebFace42M identities
+IR50 = BACKBONES["iresnet50"]  # P parameters; X, I measured bytes per image (test_memory_mixed checks them)
+IMAGE = 3 * 112 * 112 * 4  # one fp32 112 x 112 RGB image
 
 
 def fc_peak(n: int, d: int = D, b: int = B, e: int = 4) -> int:
-    """W + momentum + batch held, and the centre-gradient phase (5 N x D copies + one B x D)."""
+    """The FC head's step alone: W + momentum + batch held, and the centre-gradient phase (5 N x D copies + one B x D)."""
     return 7 * n * d * e + 2 * b * d * e + 8 * b
 
 
@@ -18,31 +32,142 @@ def largest_fc(capacity: int, d: int = D, b: int = B, e: int = 4) -> int:
     return (capacity - 2 * b * d * e - 8 * b) // (7 * d * e)
 
 
+def fc_step_fp32_sgd(n: int, d: int = D, b: int = B) -> int:
+    """The whole FC step, fp32, SGD with momentum, iResNet-50: the head's step at its F.normalize
+    backward while the backbone's activations of the batch are alive, next to the backbone's
+    weights and momentum and the batch of images."""
+    return fc_peak(n, d, b) + 8 * IR50.params + b * IMAGE + b * IR50.activation_bytes
+
+
+# ---------------------------------------------------------------- the head alone (backbone=None)
+
+
 def test_small_head_fits():
-    r = fit_verdict(1000, D, B, "float32", device_gib=1)
+    r = fit_verdict(1000, D, B, "float32", device_gib=1, backbone=None)
     assert r["peak_bytes"] == fc_peak(1000) == 14_861_312
     assert r["fits"] is True
     assert r["capacity_bytes"] == GiB
     assert r["headroom_bytes"] == GiB - 14_861_312
     assert sum(r["breakdown"].values()) == r["peak_bytes"]
+    assert r["parts"] == {"head": 14_861_312, "backbone": 0, "key encoder": 0}
     assert r["max_num_classes"] == largest_fc(GiB)
     assert r["verdict"].startswith("fits")
+    assert "the head alone" in r["notes"][0]
 
 
-def test_webface42m_needs_more_than_24_gib_but_fits_80():
-    n = 2_059_906
-    small = fit_verdict(n, device_gib=24)
-    assert small["peak_bytes"] == fc_peak(n)
+def test_webface42m_head_alone_needs_more_than_24_gib_but_fits_80():
+    small = fit_verdict(N42, device_gib=24, backbone=None)
+    assert small["peak_bytes"] == fc_peak(N42)
     assert small["fits"] is False and small["headroom_bytes"] < 0
     assert small["verdict"].startswith("does not fit")
     assert f"{largest_fc(24 * GiB):,}" in small["verdict"]
-    big = fit_verdict(n, device_gib=80)
-    assert big["fits"] is True and big["headroom_bytes"] == 80 * GiB - fc_peak(n)
+    big = fit_verdict(N42, device_gib=80, backbone=None)
+    assert big["fits"] is True and big["headroom_bytes"] == 80 * GiB - fc_peak(N42)
 
 
-def test_half_precision_halves_the_head():
-    r = fit_verdict(10_000, dtype="float16", device_gib=24)
+def test_pure_half_precision_halves_the_head_and_says_it_is_not_training_practice():
+    r = fit_verdict(10_000, precision="float16", device_gib=24, backbone=None)  # the old dtype name
+    assert r["precision"] == "pure_fp16"
     assert r["peak_bytes"] == 7 * 10_000 * D * 2 + 2 * B * D * 2 + 8 * B
+    assert any("not a training recipe" in note for note in r["notes"])
+    assert fit_verdict(10_000, dtype="float16", backbone=None)["peak_bytes"] == r["peak_bytes"]
+
+
+# ---------------------------------------------------------------- the whole step
+
+
+def test_webface42m_fc_whole_step_fp32_sgd():
+    r = fit_verdict("WebFace42M", D, B, "fp32", 24, "fc", "sgd")
+    assert r["dataset"] == "WebFace42M" and r["num_classes"] == N42
+    assert r["peak_bytes"] == fc_step_fp32_sgd(N42)
+    assert r["parts"]["head"] == fc_peak(N42)
+    assert r["parts"]["backbone"] == 8 * IR50.params + B * IMAGE + B * IR50.activation_bytes
+    assert r["head_only_peak_bytes"] == fc_peak(N42)
+    assert not r["fits"]
+    # 36.3 GiB: 27.5 GiB of head and 8.8 GiB of backbone (8.4 GiB of it activations)
+    assert round(r["peak_bytes"] / GiB, 1) == 36.3 and round(r["parts"]["head"] / GiB, 1) == 27.5
+    # where the FC step stops fitting 24 GiB: the largest N with fc_step_fp32_sgd(N) <= 24 GiB
+    fixed = fc_step_fp32_sgd(0)
+    limit = (24 * GiB - fixed) // (28 * D)
+    assert r["max_num_classes"] == r["fc_max_num_classes_24gb"] == limit
+    assert fc_step_fp32_sgd(limit) <= 24 * GiB < fc_step_fp32_sgd(limit + 1)
+    # the same step fits the 40 and 80 GB cards
+    assert fit_verdict(N42, D, B, "fp32", 40)["fits"] and fit_verdict(N42, D, B, "fp32", 80)["fits"]
+
+
+def test_webface42m_fc_whole_step_mixed_adam():
+    r = fit_verdict(N42, D, B, "mixed_bf16", 24, "fc", "adam")
+    n, p = N42, IR50.params
+    # head: fp32 W and two fp32 Adam moments; the fp32 normalize backward (5 x 4ND), the two
+    # fp32 norm vectors [N], fp32 + bf16 normalised embeddings; fp32 embeddings and labels
+    head = 12 * n * D + 4 * B * D + 8 * B + 20 * n * D + 8 * n + 6 * B * D
+    # backbone: fp32 weights and two moments, its bf16 weight copies, bf16 activations, images
+    backbone = 12 * p + 2 * p + B * IR50.mixed_activation_bytes + B * IMAGE
+    assert r["parts"] == {"head": head, "backbone": backbone, "key encoder": 0}
+    assert r["peak_bytes"] == head + backbone
+    assert not r["fits"]
+    assert any("does not shrink the FC head" in note for note in r["notes"])
+
+
+def test_webface42m_attfc_whole_step_fp32_sgd_and_mixed_adam():
+    q = 617_971  # 0.3 N, rounded down
+    k, p = 2, IR50.params
+    # AttFC head: the container (Q fp32 centres + int64 labels), the batch (embeddings, K keys per
+    # query, labels); at its peak one B x Q fp32 logit buffer and the B x Q bool mask, the
+    # normalised embeddings and GCCs
+    head = q * (4 * D + 8) + (1 + k) * B * D * 4 + 8 * B + B * q * 4 + B * q + 2 * B * D * 4
+    key_encoder = 4 * p
+    images = (1 + k) * B * IMAGE
+    r = fit_verdict(N42, D, B, "fp32", 24, "attfc", "sgd")
+    assert r["container_size"] == q
+    assert r["parts"] == {"head": head, "backbone": 8 * p + images + B * IR50.activation_bytes,
+                          "key encoder": key_encoder}
+    assert r["fits"] and round(r["peak_bytes"] / GiB, 1) == 10.5
+    assert any("still grows with N through Q" in note for note in r["notes"])
+    mixed = fit_verdict(N42, D, B, "mixed_fp16", 24, "attfc", "adam")
+    assert mixed["parts"] == {"head": head, "backbone": 14 * p + images + B * IR50.mixed_activation_bytes,
+                              "key encoder": key_encoder}
+    assert mixed["fits"] and round(mixed["peak_bytes"] / GiB, 1) == 6.6
+    # the key encoder's no_grad forward on K*B key images is a phase of its own, below the peak
+    assert k * B * IR50.mixed_inference_bytes < mixed["peak_bytes"]
+
+
+def test_attfc_fixed_container_stops_the_growth_with_n():
+    a = fit_verdict(1_000_000, head="attfc", container_size=50_000)
+    b = fit_verdict(10_000_000, head="attfc", container_size=50_000)
+    assert a["peak_bytes"] == b["peak_bytes"] and a["container_size"] == 50_000
+    assert a["max_num_classes"] is None and "any number of identities" in a["verdict"]
+    assert any("no longer depends on N" in note for note in a["notes"])
+    grows = fit_verdict(10_000_000, head="attfc")
+    assert grows["container_size"] == 3_000_000 and grows["peak_bytes"] > b["peak_bytes"]
+
+
+def test_key_encoder_constant_is_insightfaces_iresnet50():
+    assert KEY_ENCODER_PARAMS == IR50.params and abs(KEY_ENCODER_PARAMS - 43.6e6) < 0.1e6
+
+
+# ---------------------------------------------------------------- the menu, bad input, text
+
+
+def test_dataset_menu_follows_a_typed_n():
+    assert dataset_for(93_431) == "MS1MV3" and dataset_for(2_059_906) == "WebFace42M"
+    assert dataset_for(93_432) == "custom" and dataset_for(10_000_000) == "custom"
+    assert resolve_num_classes("MS1MV3") == 93_431
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: fit_verdict(-5), r"num_classes must be a whole number of identities >= 2"),
+    (lambda: fit_verdict(1.5), r"num_classes must be a whole number"),
+    (lambda: fit_verdict("WebFace100M"), r"num_classes: unknown dataset 'WebFace100M'; use one of"),
+    (lambda: fit_verdict(1000, optimizer="rmsprop"), r"optimizer must be one of .*got 'rmsprop'"),
+    (lambda: fit_verdict(1000, precision="fp8"), r"precision must be one of .*mixed_fp16"),
+    (lambda: fit_verdict(1000, backbone="vit"), r"backbone must be one of .*or None"),
+    (lambda: fit_verdict(1000, head="arcface"), r"head must be one of"),
+    (lambda: fit_curve(precision="half"), r"precision must be one of"),
+])
+def test_bad_input_names_the_argument_and_the_fix(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
 
 
 def test_bad_device_memory():
@@ -56,22 +181,86 @@ def test_verdict_html_has_one_segment_per_visible_term():
     page = verdict_html(r)
     assert "does not fit" in page
     assert page.count('title="') == sum(1 for v in r["breakdown"].values() if 560 * v / r["peak_bytes"] >= 0.5)
+    assert "<b>head</b>" in page and "<b>backbone</b>" in page
+
+
+def test_verdict_text_shows_the_parts():
+    text = verdict_text(fit_verdict(N42, D, B, "mixed_bf16", 24, "fc", "adam"))
+    assert "WebFace42M: N = 2,059,906" in text and "Adam (two fp32 state buffers)" in text
+    assert "peak of the step: head 31.4 GiB + backbone 4.8 GiB = 36.3 GiB" in text
+    assert "stops fitting a 24 GB card above N = " in text
+
+
+# ---------------------------------------------------------------- the plot
+
+
+def test_fit_curve_and_its_plot():
+    import matplotlib.pyplot as plt
+
+    curve = fit_curve(points=12)
+    assert curve["num_classes"][0] == 10_000 and curve["num_classes"][-1] == 10_000_000
+    assert curve["fc_head_bytes"][-1] == fc_peak(10_000_000)
+    assert curve["total_bytes"]["full FC"][-1] == fc_step_fp32_sgd(10_000_000)
+    assert curve["fc_limit_24gb"] == fit_verdict(N42)["fc_max_num_classes_24gb"]
+    result = fit_verdict(N42)
+    ax = plot_fit_curve(curve, result)
+    assert ax.get_title() and "GiB" in ax.get_ylabel() and "identities N" in ax.get_xlabel()
+    lines = ax.get_lines()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(labels) == len(lines) == 3 + 1 + 3 + 1 + 1  # heads, FC head alone, cards, FC limit, this point
+    assert all(not line.get_label().startswith("_") for line in lines)
+    assert any("24 GB card (24 GiB)" in label for label in labels)
+    star = [line for line in lines if line.get_marker() == "*"][0]
+    assert star.get_ydata()[0] == pytest.approx(result["peak_bytes"] / GiB)
+    plt.close("all")
+
+
+# ---------------------------------------------------------------- the widget
 
 
 def test_widget_builds_and_follows_its_controls():
     pytest.importorskip("ipywidgets")  # a course extra; the GPU image lacks it
-    box = will_it_fit_widget(num_classes=1000, device_gib=24)
+    box = will_it_fit_widget(num_classes=1000, device_gib=24, backbone=None, plot=False)
     assert box.result["peak_bytes"] == fc_peak(1000) and box.result["fits"]
-    box.controls["num_classes"].value = 2_059_906
-    assert box.result["peak_bytes"] == fc_peak(2_059_906)
+    assert box.controls["preset"].value == "custom"
+    box.controls["num_classes"].value = N42
+    assert box.controls["preset"].value == "WebFace42M"  # the menu follows a typed N
+    assert box.result["peak_bytes"] == fc_peak(N42)
     assert "does not fit" in box.output.value
+    box.controls["backbone"].value = "iresnet50"
+    assert box.result["peak_bytes"] == fc_step_fp32_sgd(N42)
     box.controls["device_gib"].value = 80.0
     assert box.result["fits"] and box.output.value.count("does not fit") == 0
-    preset = next(o for o in box.controls["preset"].options if o.startswith("MS1MV3"))
-    box.controls["preset"].value = preset
-    assert box.controls["num_classes"].value == 93_431
+    box.controls["num_classes"].value = 93_431
+    assert box.controls["preset"].value == "MS1MV3"
+    box.controls["num_classes"].value = 93_000
+    assert box.controls["preset"].value == "custom"
+    box.controls["preset"].value = "WebFace4M"
+    assert box.controls["num_classes"].value == 205_990 and box.result["num_classes"] == 205_990
+    box.controls["num_classes"].value = 10_000_000  # the largest N the widget takes
+    assert box.result["num_classes"] == 10_000_000
+    box.controls["optimizer"].value = "adam"
+    assert box.result["optimizer"] == "adam"
+    box.controls["precision"].value = "mixed_fp16"
+    assert box.result["precision"] == "mixed_fp16"
     box.controls["head"].value = "attfc"
-    assert box.result["breakdown"]["key_encoder"] == 4 * KEY_ENCODER_PARAMS
+    assert box.result["breakdown"]["key_encoder_weights"] == 4 * KEY_ENCODER_PARAMS
+    assert box.result["container_size"] == 3_000_000
+    box.controls["container_size"].value = 65_536
+    box.controls["container"].value = "fixed"
+    assert box.result["container_size"] == 65_536 and box.result["max_num_classes"] is None
+
+
+def test_widget_draws_the_plot():
+    pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    box = will_it_fit_widget(num_classes=N42, embedding_dim=D, batch_size=B, device_gib=24)
+    assert box.result == fit_verdict(N42, D, B, "float32", 24.0)  # what lesson 02 checks
+    assert box.curve["settings"]["precision"] == "fp32"
+    box.controls["precision"].value = "mixed_bf16"
+    assert box.curve["settings"]["precision"] == "mixed_bf16"
+    plt.close("all")
 
 
 def test_dcc_size_against_the_formulas_and_the_model():
@@ -169,3 +358,24 @@ def test_dcc_size_text_warns_when_the_container_is_smaller_than_the_batch():
 
     assert "each step keeps only the last 10 of its GCCs" in dcc_size_text(dcc_size(0.01, 1000))  # Q = 10 < B = 128
     assert "smaller than the batch" not in dcc_size_text(dcc_size(0.3, 1000))  # Q = 300
+
+
+def test_plot_dcc_size_has_titles_axis_labels_and_legends():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.widgets import dcc_size, plot_dcc_size
+
+    result = dcc_size(0.3, 100_000, sweep=SWEEP)
+    ax_mem, ax_acc = plot_dcc_size(result, SWEEP)
+    for ax in (ax_mem, ax_acc):
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend().get_texts()
+    assert "GiB" in ax_mem.get_xlabel() and ax_mem.get_xlim()[0] == 0  # the bars start at 0
+    assert ax_acc.get_xscale() == "log" and "log scale" in ax_acc.get_xlabel()
+    texts = [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    assert len(texts) == 3 and any("± std" in t for t in texts)  # measured with error bars, interpolated, this ratio
+    ax = plot_dcc_size(dcc_size(0.3, 100_000))  # no sweep: the memory panel alone
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend().get_texts()
+    plt.close("all")

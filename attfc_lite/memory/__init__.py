@@ -37,24 +37,39 @@ from .measure import (
     memory_report,
 )
 from .model import (
+    BACKBONES,
     DATASETS,
     DEVICE_CAPACITIES_GIB,
     DTYPE_BYTES,
     MEASURED_PHASES,
+    MIXED_HEAD_PHASES,
+    MIXED_TERMS,
     OPTIMIZERS,
     PHASES,
+    PRECISIONS,
+    STEP_PHASES,
+    STEP_TERMS,
     TERMS,
+    BackboneSpec,
     GiB,
     MemoryBreakdown,
     MiB,
+    TrainingStepBreakdown,
+    backbone_spec,
     canonical_head,
     dtype_name,
+    measure_backbone,
     optimizer_copies,
+    precision_config,
     predict_memory,
+    predict_training_step,
     predicted_boundary,
+    reference_backbone,
+    training_step_boundary,
 )
 from .oom import OOMBoundary, _oom_child, find_oom_boundary, train_under_budget
 from .plots import _TERM_COLOURS, plot_breakdown, plot_memory_vs_classes, plot_timeline
+from .measure import AllocationRow, AllocationTable, allocation_table, symbolic_shape
 
 __all__ = [
     "DATASETS", "DEVICE_CAPACITIES_GIB", "DTYPE_BYTES", "GiB", "MEASURED_PHASES", "MemoryBreakdown", "MiB",
@@ -62,4 +77,8 @@ __all__ = [
     "canonical_head", "dtype_name", "find_oom_boundary", "format_agreement", "head_step", "make_optimizer",
     "measure_head_step", "memory_report", "optimizer_copies", "plot_breakdown", "plot_memory_vs_classes",
     "plot_timeline", "predict_memory", "predicted_boundary", "train_under_budget", "_TERM_COLOURS", "_oom_child",
+    "AllocationRow", "AllocationTable", "allocation_table", "symbolic_shape",
+    "BACKBONES", "BackboneSpec", "MIXED_HEAD_PHASES", "MIXED_TERMS", "PRECISIONS", "STEP_PHASES", "STEP_TERMS",
+    "TrainingStepBreakdown", "backbone_spec", "measure_backbone", "precision_config", "predict_training_step",
+    "reference_backbone", "training_step_boundary",
 ]

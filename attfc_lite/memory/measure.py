@@ -28,6 +28,12 @@ class StepMeasurement:
     at each allocation or free, in milliseconds from the step's start (on CUDA the host time
     of the allocator call: kernels run asynchronously, and the phase marks synchronise).
 
+    `timeline_model_phase`: the memory model's phase of each timeline entry (`model.HEAD_PHASES`:
+    for FC forward, backward: logits, backward: centres, optimizer). The record_function marks
+    give the three measured phases; a backward phase the model splits starts where autograd
+    reaches the node that begins it (`_model_phase_hooks`). A measured phase the hooks cannot
+    split keeps the names of all the model phases it covers, joined by " + ". Empty when unknown.
+
     What is counted: on CUDA, `allocator_peak_bytes` is the peak of memory handed out to
     tensors (`max_memory_allocated`), and `reserved_peak_bytes` the peak the caching allocator
     held from the driver (`max_memory_reserved`): cached blocks and fragmentation included,
@@ -50,11 +56,12 @@ class StepMeasurement:
     steady_state: bool = True
     allocator_peak_bytes: int | None = None
     reserved_peak_bytes: int | None = None
+    timeline_model_phase: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self, timeline: bool = False) -> dict[str, Any]:
         out = asdict(self)
         if not timeline:
-            for key in ("timeline_ms", "timeline_bytes", "timeline_phase"):
+            for key in ("timeline_ms", "timeline_bytes", "timeline_phase", "timeline_model_phase"):
                 out.pop(key)
         return out
 
@@ -178,8 +185,24 @@ def _quiet_stderr_fd() -> Iterator[None]:
         os.close(devnull)
 
 
-def _profile_cpu_step(run: Callable[[Callable], Any]) -> tuple[list[float], list[int], list[str]]:
-    """Allocation records of one step from torch.profiler, in order: (ms, signed bytes, phase)."""
+_SPLIT = "attfc_lite.memory.split:"  # not a _MARK: the measured phase goes on, the model's changes
+
+
+@dataclass
+class _CpuProfile:
+    """What one profiled CPU step left: allocation records in time order, the step's start, the
+    model-phase splits seen, and (with record_shapes) the shape and dtype of each allocation."""
+
+    records: list[dict[str, Any]]
+    t0: int
+    splits: list[tuple[int, str]]
+    shapes: dict[int, tuple[tuple[int, ...], torch.dtype]]
+
+
+def _profile_cpu(run: Callable[..., Any], split: bool = False, record_shapes: bool = False) -> _CpuProfile:
+    """Run `run(mark)` (or `run(mark, split)`) under torch.profiler with profile_memory=True and
+    read the raw event tree: every CPU allocation and free with its signed size, the innermost
+    phase mark around it, the ops it happened in (outermost first) and its allocation id."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     try:
@@ -187,38 +210,227 @@ def _profile_cpu_step(run: Callable[[Callable], Any]) -> tuple[list[float], list
     except ImportError as exc:  # pragma: no cover - depends on the torch build
         raise RuntimeError("this torch build's profiler exposes no allocation events; use torch >= 2.1") from exc
 
+    def mark(name: str):
+        return record_function(_MARK + name)
+
+    def split_here(name: str) -> None:
+        with record_function(_SPLIT + name):  # a zero-length event: its start time is the split
+            pass
+
     with _quiet_stderr_fd():
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run(lambda name: record_function(_MARK + name))
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=record_shapes) as prof:
+            if split:
+                run(mark, split_here)
+            else:
+                run(mark)
         tree = prof.profiler.kineto_results.experimental_event_tree()
     # The raw event tree (what torch.profiler's own memory profiler reads) lists every
     # allocation and free with its signed size, nested under the op that made it.
-    records: list[tuple[int, int, str]] = []
+    records: list[dict[str, Any]] = []
     starts: list[int] = []
+    splits: list[tuple[int, str]] = []
+    seen: dict[int, tuple[int, tuple[int, ...], torch.dtype]] = {}  # allocation id -> first (time, shape, dtype)
 
-    def walk(nodes, phase: str) -> None:
+    def walk(nodes, phase: str, stack: tuple[str, ...]) -> None:
         for node in nodes:
             name = node.name
-            if name.startswith(_MARK):
-                phase_here = name[len(_MARK):]
-                starts.append(node.start_time_ns)
-            else:
-                phase_here = phase
             if node.tag == _EventType.Allocation:
                 fields = node.extra_fields
                 if fields.device.type == "cpu":
-                    records.append((node.start_time_ns, int(fields.alloc_size), phase_here))
-            walk(node.children, phase_here)
+                    records.append(dict(t_ns=node.start_time_ns, size=int(fields.alloc_size),
+                                        alloc_id=fields.allocation_id, phase=phase, stack=stack))
+                continue
+            if name.startswith(_MARK):
+                starts.append(node.start_time_ns)
+                walk(node.children, name[len(_MARK):], ())
+                continue
+            if name.startswith(_SPLIT):
+                splits.append((node.start_time_ns, name[len(_SPLIT):]))
+                continue
+            if record_shapes and node.tag == _EventType.TorchOp:
+                for arg in node.extra_fields.inputs:
+                    alloc_id = getattr(arg, "allocation_id", None)
+                    sizes = getattr(arg, "sizes", None)
+                    if alloc_id is None or sizes is None:
+                        continue
+                    first = seen.setdefault(int(alloc_id), (node.start_time_ns, tuple(sizes), arg.dtype))
+                    if node.start_time_ns < first[0]:
+                        seen[int(alloc_id)] = (node.start_time_ns, tuple(sizes), arg.dtype)
+            walk(node.children, phase, stack + (name,))
 
-    walk(tree, "")
-    records.sort(key=lambda r: r[0])
-    t0 = min(starts) if starts else (records[0][0] if records else 0)
-    return [(r[0] - t0) / 1e6 for r in records], [r[1] for r in records], [r[2] for r in records]
+    walk(tree, "", ())
+    records.sort(key=lambda r: r["t_ns"])
+    t0 = min(starts) if starts else (records[0]["t_ns"] if records else 0)
+    return _CpuProfile(records=records, t0=t0, splits=sorted(splits),
+                       shapes={k: (v[1], v[2]) for k, v in seen.items()})
 
 
-def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tuple[list[float], list[int], list[str], int, int]:
+def _split_indices(times_ns: Sequence[int], splits: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+    """(index of the first record at or after each split, its model phase), in order."""
+    out, i = [], 0
+    for t, name in splits:
+        while i < len(times_ns) and times_ns[i] < t:
+            i += 1
+        out.append((i, name))
+    return out
+
+
+def _profile_cpu_step(run: Callable[..., Any],
+                      split_marks: list | None = None) -> tuple[list[float], list[int], list[str]]:
+    """Allocation records of one step from torch.profiler, in order: (ms, signed bytes, phase).
+
+    With a list `split_marks`, `run` is called as `run(mark, split)` and the list receives
+    (index of the first record of the model phase, its name) for each `split(name)` call."""
+    prof = _profile_cpu(run, split=split_marks is not None)
+    recs = prof.records
+    if split_marks is not None:
+        split_marks[:] = _split_indices([r["t_ns"] for r in recs], prof.splits)
+    return ([(r["t_ns"] - prof.t0) / 1e6 for r in recs], [r["size"] for r in recs], [r["phase"] for r in recs])
+
+
+def _autograd_graph(root) -> list:
+    """Every autograd node reachable from `root` (a loss's grad_fn), parents before children."""
+    nodes, seen, todo = [], set(), [root]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        todo.extend(child for child, _ in node.next_functions)
+    return nodes
+
+
+def _split_nodes(loss: torch.Tensor, params: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
+                 names: Sequence[str]) -> dict[str, list]:
+    """The autograd nodes where the model's backward phases `names` begin.
+
+    'backward: centres' begins where the gradient branches off towards the class centres: a
+    node from which both a head parameter and an input embedding are reached, with a child that
+    reaches the parameter alone (FC's and Partial FC's `mm` of the cosines). 'backward:
+    scatter' begins at a node on the parameter's side that feeds the parameter itself (Partial
+    FC's gather `W[index]`, whose backward scatters into a dense N x D gradient)."""
+    if loss is None or loss.grad_fn is None or not params or not inputs:
+        return {}
+    nodes = _autograd_graph(loss.grad_fn)
+    param_ids = {id(p) for p in params}
+    input_ids = {id(x) for x in inputs}
+
+    def leaf_of(node, ids) -> bool:
+        var = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        return var is not None and id(var) in ids
+
+    reach_w: dict[int, bool] = {}
+    reach_x: dict[int, bool] = {}
+    changed = True  # the node order is not a topological one: iterate to a fixed point
+    while changed:
+        changed = False
+        for node in reversed(nodes):  # mostly children first: few rounds
+            kids = [c for c, _ in node.next_functions if c is not None]
+            w = leaf_of(node, param_ids) or any(reach_w.get(id(c), False) for c in kids)
+            x = leaf_of(node, input_ids) or any(reach_x.get(id(c), False) for c in kids)
+            if (w, x) != (reach_w.get(id(node), False), reach_x.get(id(node), False)):
+                reach_w[id(node)], reach_x[id(node)] = w, x
+                changed = True
+    found: dict[str, list] = {}
+    for node in nodes:
+        kids = [c for c, _ in node.next_functions if c is not None]
+        w, x = reach_w.get(id(node), False), reach_x.get(id(node), False)
+        if "backward: centres" in names and w and x and any(
+                reach_w.get(id(c), False) and not reach_x.get(id(c), False) for c in kids):
+            found.setdefault("backward: centres", []).append(node)
+        if "backward: scatter" in names and w and not x and not leaf_of(node, param_ids) and any(
+                leaf_of(c, param_ids) for c in kids):
+            found.setdefault("backward: scatter", []).append(node)
+    return found
+
+
+def _split_phase_names(kind: str) -> list[str]:
+    """The model phases that begin inside a measured phase (not at its start): the ones to find."""
+    from .model import HEAD_PHASES, MEASURED_PHASES
+
+    names, firsts = [], set()
+    for phase in HEAD_PHASES[kind]:
+        measured = next((m for m, covered in MEASURED_PHASES.items() if phase in covered), None)
+        if measured in firsts:
+            names.append(phase)
+        firsts.add(measured)
+    return names
+
+
+@contextlib.contextmanager
+def _model_phase_hooks(head: Head, kind: str, split: Callable[[str], None] | None) -> Iterator[None]:
+    """While active, each forward of `head` hooks `split(name)` onto the autograd nodes where the
+    model's backward phases begin (`_split_nodes`); each name fires once per backward."""
+    names = _split_phase_names(kind)
+    if split is None or not names:
+        yield
+        return
+    params = [p for p in head.parameters() if p.requires_grad]
+
+    def on_forward(module, args, output) -> None:
+        loss = output if isinstance(output, torch.Tensor) else None
+        inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        fired: set[str] = set()
+        for name, nodes in _split_nodes(loss, params, inputs, names).items():
+            def prehook(grad_outputs, name=name):
+                if name not in fired:
+                    fired.add(name)
+                    split(name)
+            for node in nodes:
+                node.register_prehook(prehook)
+
+    handle = head.register_forward_hook(on_forward)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _model_phase_labels(phases: Sequence[str], split_marks: Sequence[tuple[int, str]], kind: str) -> list[str]:
+    """The model's phase of each record, from its measured phase and the splits seen.
+
+    A measured phase starts in the first model phase it covers; each split moves on to the named
+    phase. Model phases of a measured phase that no split separated share its records, and the
+    label names them all ('forward: attention + forward: container')."""
+    from .model import HEAD_PHASES, MEASURED_PHASES
+
+    model = list(HEAD_PHASES[kind])
+    covered = {m: [p for p in model if p in names] for m, names in MEASURED_PHASES.items()}
+    seen = {name for _, name in split_marks}
+    at = {i: name for i, name in split_marks}
+    labels: list[str] = []
+    current, last_measured = "", None
+    for i, measured in enumerate(phases):
+        group = covered.get(measured, [])
+        starts = [p for p in group if p == group[0] or p in seen]  # the phases that begin somewhere
+        if measured != last_measured:
+            last_measured = measured
+            current = _joined(group, starts, group[0]) if group else measured
+        if i in at and at[i] in group:
+            current = _joined(group, starts, at[i])
+        labels.append(current)
+    return labels
+
+
+def _joined(group: Sequence[str], starts: Sequence[str], start: str) -> str:
+    """The model phases from `start` up to the next phase that has a start of its own, joined."""
+    i = list(group).index(start)
+    out = [start]
+    for p in group[i + 1:]:
+        if p in starts:
+            break
+        out.append(p)
+    return " + ".join(out)
+
+
+def _trace_cuda_step(run: Callable[..., Any], device: torch.device,
+                     split_marks: list | None = None) -> tuple[list[float], list[int], list[str], int, int]:
     """Allocator history of one step on CUDA: (ms, signed bytes, phase), the allocated peak above
-    the start and the peak reserved from the driver (absolute)."""
+    the start and the peak reserved from the driver (absolute).
+
+    With a list `split_marks`, `run` is called as `run(mark, split)` and the list receives
+    (index of the first record of the model phase, its name) for each `split(name)` call."""
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -238,8 +450,17 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
         yield
         torch.cuda.synchronize(device)
 
+    splits: list[tuple[int, str]] = []
+
+    def split(name: str) -> None:  # called from autograd's device thread, between two nodes
+        torch.cuda.synchronize(device)
+        splits.append((len(torch.cuda.memory._snapshot()["device_traces"][index]), name))
+
     try:
-        run(mark)
+        if split_marks is None:
+            run(mark)
+        else:
+            run(mark, split)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         reserved = torch.cuda.max_memory_reserved(device)
@@ -247,7 +468,7 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
     finally:
         record(enabled=None)
     times, sizes, phases = [], [], []
-    phase, b = "", 0
+    phase, b, k = "", 0, 0
     t0 = None
     start = boundaries[0][0] if boundaries else 0
     for i, entry in enumerate(trace):
@@ -256,6 +477,10 @@ def _trace_cuda_step(run: Callable[[Callable], Any], device: torch.device) -> tu
         while b < len(boundaries) and boundaries[b][0] <= i:
             phase = boundaries[b][1]
             b += 1
+        while k < len(splits) and splits[k][0] <= i:
+            if split_marks is not None:
+                split_marks.append((len(times), splits[k][1]))
+            k += 1
         stamp = entry.get("time_us", i * 1000.0)
         t0 = stamp if t0 is None else t0
         action = entry.get("action")
@@ -326,8 +551,11 @@ def measure_head_step(
     embeddings, labels, keys = step_inputs(head, b, dev, seed)
     opt = make_optimizer(params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-    def run(mark=None) -> None:
-        head_step(head, embeddings, labels, opt, mark, keys)
+    kind = _head_kind(head)
+
+    def run(mark=None, split=None) -> None:
+        with _model_phase_hooks(head, kind, split) if kind else contextlib.nullcontext():
+            head_step(head, embeddings, labels, opt, mark, keys)
 
     for _ in range(warmup_steps):
         run()
@@ -335,15 +563,16 @@ def measure_head_step(
     gc.collect()
     held = _unique_bytes(_held_tensors(head, opt, embeddings, labels, keys))
     allocator_peak = reserved_peak = None
+    split_marks: list[tuple[int, str]] = []
     if dev.type == "cuda":
         before = torch.cuda.memory_allocated(dev)
-        times, sizes, phases, step_peak, reserved_peak = _trace_cuda_step(run, dev)
+        times, sizes, phases, step_peak, reserved_peak = _trace_cuda_step(run, dev, split_marks)
         allocator_peak = before + step_peak
         running, _, phase_peaks = _running(sizes, phases)
         method = ("cuda allocator: max_memory_allocated (tensors; max_memory_reserved, what an out-of-memory is "
                   "raised against, is reported beside it), timeline from _record_memory_history")
     else:
-        times, sizes, phases = _profile_cpu_step(run)
+        times, sizes, phases = _profile_cpu_step(run, split_marks)
         running, step_peak, phase_peaks = _running(sizes, phases)
         method = ("cpu: torch.profiler allocation records (profile_memory=True): PyTorch's tensor allocations, "
                   "not the process's resident memory")
@@ -356,7 +585,19 @@ def measure_head_step(
         peak_bytes=held + int(step_peak), phase_peaks=phase_peaks, step_seconds=step_seconds,
         timeline_ms=times, timeline_bytes=running, timeline_phase=phases,
         steady_state=warmup_steps > 0, allocator_peak_bytes=allocator_peak, reserved_peak_bytes=reserved_peak,
+        timeline_model_phase=_model_phase_labels(phases, split_marks, kind) if kind else [],
     )
+
+
+def _head_kind(head: Head) -> str | None:
+    """The memory model's name of a head ('fc', 'partial_fc', 'attfc'), None for another class."""
+    from ..heads import HEADS
+
+    names = {cls: name for name, cls in HEADS.items()}
+    for cls in type(head).__mro__:  # a subclass counts as the head it extends
+        if cls in names:
+            return names[cls]
+    return None
 
 
 _MODEL_KNOBS = ("sample_rate", "container_size", "container_ratio", "num_keys", "backbone_params",
@@ -469,3 +710,386 @@ def format_agreement(rows: Sequence[Mapping[str, Any]], unit: str = "MiB", digit
         )
     return "\n".join(lines)
 
+
+
+# --------------------------------------------------------------------------- allocation table
+
+#: Ops that only reserve memory for the op around them: the row names the op they serve.
+_ALLOCATING_HELPERS = frozenset({"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
+                                 "aten::new_empty_strided", "aten::resize_", "aten::to", "aten::_to_copy"})
+_NODE_PREFIX = "autograd::engine::evaluate_function: "
+
+
+@dataclass
+class AllocationRow:
+    """One tensor allocation of a measured step.
+
+    `nbytes`: its size. `shape` / `dtype`: as seen by the first op that read it (None when no
+    op read it), `symbolic`: the shape in N, D, B ('N x D', 'B x N', 'N x 1'; a leading '~' marks
+    a shape guessed from the size alone, '?' a buffer no op read: see `symbolic_shape`). `op`: the aten op the step's code (or the autograd
+    node) called, `kernel`: the innermost op that asked for the memory, when another.
+    `node`: the autograd node in backward ('' elsewhere). `phase`: the measured phase
+    (forward, backward, optimizer), `model_phase`: the memory model's (`model.HEAD_PHASES`).
+    `alloc_ms` / `freed_ms`: from the step's start; `freed_ms`, `freed_phase`,
+    `freed_model_phase` and `freed_in` (the node or op running when it was freed) are None
+    for a tensor still alive at the end of the step. `alloc_event` / `free_event`: positions
+    in the step's sequence of allocations and frees (`AllocationTable.events`).
+    `live_at_peak`: alive at the step's peak.
+    """
+
+    index: int
+    nbytes: int
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    symbolic: str
+    op: str
+    kernel: str
+    node: str
+    phase: str
+    model_phase: str
+    alloc_ms: float
+    alloc_event: int
+    freed_ms: float | None = None
+    free_event: int | None = None
+    freed_phase: str | None = None
+    freed_model_phase: str | None = None
+    freed_in: str | None = None
+    live_at_peak: bool = False
+
+    @property
+    def made_by(self) -> str:
+        """'NodeBackward0: aten::op (aten::kernel)', the short form the table prints."""
+        text = self.op + (f" ({self.kernel})" if self.kernel and self.kernel != self.op else "")
+        return f"{self.node}: {text}" if self.node else text
+
+
+@dataclass
+class AllocationTable:
+    """The allocations of one steady-state head step on the CPU, in the order they were made.
+
+    `rows`: every allocation of the step (`AllocationRow`), tiny ones included. `events`: the
+    step's allocations and frees in order, (ms, signed bytes, running bytes above held, row
+    index or None for a tensor made before the step), the same running total as
+    `measure_head_step`'s timeline. `step_peak_bytes`: its maximum, `peak_event` where it is
+    first reached. `min_bytes`: rows below it print as one aggregated line. `symbols`: N, D, B,
+    e (bytes per element of the head's dtype). `print(table)` or `str(table)` gives the table.
+    """
+
+    config: dict[str, Any]
+    symbols: dict[str, int]
+    held_bytes: int
+    step_peak_bytes: int
+    peak_event: int
+    rows: list[AllocationRow]
+    events: list[tuple[float, int, int, int | None]] = field(repr=False)
+    min_bytes: int = 1024
+
+    def large(self) -> list[AllocationRow]:
+        """The rows of at least `min_bytes`."""
+        return [r for r in self.rows if r.nbytes >= self.min_bytes]
+
+    def small(self) -> list[AllocationRow]:
+        """The rows below `min_bytes`: what the printed table aggregates into one line."""
+        return [r for r in self.rows if r.nbytes < self.min_bytes]
+
+    def select(self, symbolic: str | None = None, nbytes: int | None = None, phase: str | None = None,
+               model_phase: str | None = None) -> list[AllocationRow]:
+        """The rows matching every given field (e.g. symbolic='N x D', model_phase='backward: centres')."""
+        return [r for r in self.rows if (symbolic is None or r.symbolic == symbolic)
+                and (nbytes is None or r.nbytes == nbytes) and (phase is None or r.phase == phase)
+                and (model_phase is None or r.model_phase == model_phase)]
+
+    def live_at(self, event: int) -> list[AllocationRow]:
+        """The rows alive just after event number `event` (an index into `events`)."""
+        return [r for r in self.rows
+                if r.alloc_event <= event and (r.free_event is None or r.free_event > event)]
+
+    def max_alive(self, symbolic: str, dtype: str | None = None) -> int:
+        """The largest number of tensors of shape `symbolic` ('N x D') alive at the same time
+        (of `dtype` only, when given)."""
+        now = best = 0
+        for _, size, _, row in self.events:
+            if row is None:
+                continue
+            r = self.rows[row]
+            if r.symbolic == symbolic and (dtype is None or r.dtype == dtype):
+                now += 1 if size > 0 else -1
+                best = max(best, now)
+        return best
+
+    def by_shape(self) -> dict[str, dict[str, int]]:
+        """Counts of allocations per symbolic shape and model phase, for the rows of at least min_bytes."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.large():
+            key = r.symbolic + ("" if r.dtype in (None, self.config["dtype"]) else f" {r.dtype}")
+            out.setdefault(key, {})
+            out[key][r.model_phase] = out[key].get(r.model_phase, 0) + 1
+        return out
+
+    def format(self, times: bool = False) -> str:
+        """The table as text: one line per allocation of at least `min_bytes` (`#`: its place among
+        all the step's allocations), the smaller ones in one line, then what makes up the peak.
+        `times`: add the milliseconds from the step's start at which each was made and freed."""
+        cfg, s = self.config, self.symbols
+        e = s["e"]
+        opt = cfg["optimizer"] + (f" (momentum {cfg['momentum']:g})" if cfg["optimizer"] == "sgd" and cfg["momentum"]
+                                  else "") + (f", weight decay {cfg['weight_decay']:g}" if cfg["weight_decay"] else "")
+        lines = [
+            f"Allocations of one steady-state {_HEAD_TITLES.get(cfg['head'], cfg['head'])} step on the CPU "
+            f"(torch.profiler): N={s['N']:,}, D={s['D']}, B={s['B']}, {cfg['dtype']}, {opt}",
+            f"one N x D = {s['N'] * s['D'] * e:,} B, one B x N = {s['B'] * s['N'] * e:,} B, "
+            f"one B x D = {s['B'] * s['D'] * e:,} B; held between steps: {self.held_bytes:,} B",
+        ]
+        rows = self.large()
+        shapes = [r.symbolic + ("" if r.dtype in (None, cfg["dtype"]) else f" {r.dtype}") for r in rows]
+        freed = [self._freed_text(r) for r in rows]
+        widths = [max([len(h)] + [len(v) for v in col]) for h, col in (
+            ("shape", shapes), ("phase", [r.model_phase for r in rows]), ("made by", [r.made_by for r in rows]),
+            ("freed in", freed))]
+        head = (f"{'#':>4} {'bytes':>11}  {'shape':<{widths[0]}}  {'phase':<{widths[1]}}  {'made by':<{widths[2]}}  "
+                f"{'freed in':<{widths[3]}}" + ("  made ms  freed ms" if times else "") + "  at peak")
+        lines.append(head)
+        for r, shape, f in zip(rows, shapes, freed):
+            t = ""
+            if times:
+                t = f"  {r.alloc_ms:>7.2f}  " + (f"{r.freed_ms:>8.2f}" if r.freed_ms is not None else f"{'-':>8}")
+            lines.append(f"{r.index:>4} {r.nbytes:>11,}  {shape:<{widths[0]}}  {r.model_phase:<{widths[1]}}  "
+                         f"{r.made_by:<{widths[2]}}  {f:<{widths[3]}}{t}  {'*' if r.live_at_peak else ''}".rstrip())
+        small = self.small()
+        if small:
+            total = sum(r.nbytes for r in small)
+            at_peak = sum(r.nbytes for r in small if r.live_at_peak)
+            alive_end = sum(1 for r in small if r.free_event is None)
+            lines.append(f"   + {len(small)} allocations below {self.min_bytes:,} B: {total:,} B in all, the largest "
+                         f"{max(r.nbytes for r in small):,} B; {at_peak:,} B of them alive at the peak, "
+                         f"{alive_end} still alive at the end")
+        before = [ev for ev in self.events if ev[3] is None]
+        if before:
+            freed = -sum(ev[1] for ev in before)
+            lines.append(f"   - {len(before)} frees of tensors made before the step: {freed:,} B")
+        live = self.live_at(self.peak_event)
+        parts = " + ".join(f"{n} ({k})" for k, n in _count(live, cfg["dtype"]).items())
+        lines.append(f"step peak: {self.step_peak_bytes:,} B above held, in {self.peak_phase()}: {parts}")
+        return "\n".join(lines)
+
+    def format_events(self, unit_shape: str = "N x D") -> str:
+        """The step as a story: every allocation or free of at least `min_bytes`, the running
+        total above held (in bytes and in tensors of `unit_shape`), and the large tensors alive
+        just after it. This is the measured timeline with names on every step of it."""
+        s = self.symbols
+        dims = [p.strip() for p in unit_shape.split("x")]
+        unit = s["e"]
+        for dim in dims:
+            unit *= s[dim] if dim in s else int(dim)
+        lines = [f"{'event':>5} {'':1} {'shape':<10} {'made by / freed in':<55} {'above held':>12} "
+                 f"{'in ' + unit_shape:>9}  large tensors alive after it"]
+        for k, (_, size, running, row) in enumerate(self.events):
+            if row is None or abs(size) < self.min_bytes:
+                continue
+            r = self.rows[row]
+            what = r.made_by if size > 0 else self._freed_text(r)
+            alive = " + ".join(f"{n} ({shape})" for shape, n in
+                               _count([x for x in self.live_at(k) if x.nbytes >= self.min_bytes],
+                                      self.config["dtype"]).items())
+            shape = r.symbolic + ("" if r.dtype in (None, self.config["dtype"]) else f" {r.dtype}")
+            lines.append(f"{k:>5} {'+' if size > 0 else '-'} {shape:<10} {what:<55} {running:>12,} "
+                         f"{running / unit:>9.3f}  {alive}")
+        return "\n".join(lines)
+
+    def peak_phase(self) -> str:
+        """The model phase in which the step's peak is reached."""
+        row = self.events[self.peak_event][3]
+        return self.rows[row].model_phase if row is not None else ""
+
+    def _freed_text(self, r: AllocationRow) -> str:
+        if r.free_event is None:
+            return "alive at the end"
+        if not r.freed_in:
+            return f"{r.freed_model_phase} (last reference dropped)"
+        if "zero_grad" in r.freed_in:
+            return f"{r.freed_model_phase} (zero_grad: it was {self.config.get('grad_name', 'a .grad')})"
+        return f"{r.freed_model_phase} ({r.freed_in})"
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def show(self, times: bool = False) -> None:
+        """Print the table."""
+        print(self.format(times))
+
+
+def _count(rows: Sequence[AllocationRow], dtype: str | None = None) -> dict[str, int]:
+    """Rows by symbolic shape (with the dtype when it is not `dtype`), largest first."""
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for r in rows:
+        key = r.symbolic + ("" if r.dtype in (None, dtype) else f" {r.dtype}")
+        counts[key] = counts.get(key, 0) + 1
+        sizes[key] = max(sizes.get(key, 0), r.nbytes)
+    return dict(sorted(counts.items(), key=lambda kv: -sizes[kv[0]]))
+
+
+_HEAD_TITLES = {"fc": "FC", "partial_fc": "Partial FC", "attfc": "AttFC"}
+
+
+def symbolic_shape(shape: Sequence[int] | None, symbols: Mapping[str, int], nbytes: int | None = None,
+                   itemsize: int | None = None) -> str:
+    """A shape written in the symbols N, D, B: (1000, 64) -> 'N x D', (32, 1000) -> 'B x N',
+    (1000, 1) -> 'N x 1', () -> 'scalar'. A size matching two symbols shows both ('B|D'); the
+    symbols S and Q are used when `symbols` has them.
+
+    Without a shape, `nbytes` is matched against N x D, B x N, B x D or one symbol, times
+    `itemsize` (then 1 for bool masks, 4, 8): '~N x D' (the '~' says it is guessed from the
+    size). '?' when nothing matches: a buffer no op read, such as a matmul kernel's scratch."""
+    names = [k for k in ("N", "D", "B", "S", "Q") if k in symbols]
+
+    def dim(v: int) -> str:
+        hits = [k for k in names if symbols[k] == v]
+        return "|".join(hits) if hits else str(v)
+
+    if shape is not None:
+        return " x ".join(dim(int(v)) for v in shape) if len(shape) else "scalar"
+    if nbytes is None:
+        return "?"
+    sizes = [itemsize] if itemsize else []
+    for e in sizes + [1, 4, 8]:
+        for a in names:
+            for b in names:
+                if a != b and symbols[a] * symbols[b] * e == nbytes and (a, b) in (("N", "D"), ("B", "N"), ("B", "D")):
+                    return f"~{a} x {b}"
+        for a in names:
+            if symbols[a] * e == nbytes:
+                return f"~{a}"
+    return "?"
+
+
+def allocation_table(
+    head: str = "fc",
+    num_classes: int = 1000,
+    embedding_dim: int = 64,
+    batch_size: int = 32,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    *,
+    min_bytes: int = 1024,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 1,
+    seed: int = 0,
+    **head_kwargs: Any,
+) -> AllocationTable:
+    """Every allocation of one steady-state head step on the CPU, with its shape, op and phases.
+
+    The step is `measure_head_step`'s (`head_step` on embeddings [B, D] with requires_grad and
+    labels, after `warmup_steps` steps that create the optimizer state), run under torch.profiler
+    with profile_memory=True and record_shapes=True. Each allocation becomes an `AllocationRow`:
+    its size; its shape and dtype from the first op that read it, written in N, D, B ('N x D',
+    'B x N'; also S, the centres Partial FC samples, and Q, AttFC's container size); the aten op
+    (and autograd node) that made it; the measured phase (forward, backward, optimizer) and the
+    memory model's phase; when and where it was freed. Choose N, D and B distinct so that the
+    shapes name themselves (the defaults: 1000, 64, 32).
+
+    `print(allocation_table(...))` prints the rows of at least `min_bytes`, the smaller ones as
+    one aggregated line, and which tensors make up the step's peak; `format_events()` tells the
+    step allocation by allocation, with what is alive after each. `head_kwargs` go to the head
+    (margin, sample_rate, ...). The step runs on the CPU whatever the machine: the profiler's
+    records of CPU allocations carry the shapes and the ops. Autograd makes the same tensors on
+    CUDA, where the caching allocator rounds each block up (and matmuls may take workspaces).
+    """
+    from .model import DTYPE_BYTES
+
+    n = _positive_int("num_classes", num_classes, 2)
+    d = _positive_int("embedding_dim", embedding_dim)
+    b = _positive_int("batch_size", batch_size)
+    min_bytes = _positive_int("min_bytes", min_bytes, 0)
+    warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
+    torch.manual_seed(seed)
+    built = build_head(head, n, d, dtype, **head_kwargs)
+    kind = _head_kind(built)
+    dev = torch.device("cpu")
+    embeddings, labels, keys = step_inputs(built, b, dev, seed)
+    opt = make_optimizer(list(built.parameters()), optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def run(mark=None, split=None) -> None:
+        with _model_phase_hooks(built, kind, split) if kind else contextlib.nullcontext():
+            head_step(built, embeddings, labels, opt, mark, keys)
+
+    for _ in range(warmup_steps):
+        run()
+    gc.collect()
+    held = _unique_bytes(_held_tensors(built, opt, embeddings, labels, keys))
+    prof = _profile_cpu(run, split=True, record_shapes=True)
+    recs = prof.records
+    splits = _split_indices([r["t_ns"] for r in recs], prof.splits)
+    phases = [r["phase"] for r in recs]
+    model_phases = _model_phase_labels(phases, splits, kind) if kind else phases
+    e = DTYPE_BYTES[dtype_name(dtype)]
+    symbols = dict(N=n, D=d, B=b, e=e)
+    extra = dict(S=getattr(built, "num_sample", None),  # Partial FC: centres sampled per step
+                 Q=getattr(getattr(built, "container", None), "capacity", None))  # AttFC: container size
+    symbols.update({k: int(v) for k, v in extra.items() if v is not None and int(v) not in (n, d, b)})
+
+    rows: list[AllocationRow] = []
+    open_rows: dict[Any, int] = {}
+    events: list[tuple[float, int, int, int | None]] = []
+    running = peak = peak_event = 0
+    for i, (rec, model_phase) in enumerate(zip(recs, model_phases)):
+        ms = (rec["t_ns"] - prof.t0) / 1e6
+        node, op, kernel = _made_by(rec["stack"])
+        key = rec["alloc_id"]
+        running += rec["size"]
+        if rec["size"] > 0:
+            shape, sdtype = prof.shapes.get(key, (None, None)) if key is not None else (None, None)
+            if shape is not None and sdtype is not None:
+                numel = 1
+                for v in shape:
+                    numel *= int(v)
+                if numel * torch.empty((), dtype=sdtype).element_size() != rec["size"]:
+                    shape = None  # a view of the storage: not the allocation's own shape
+            dname = str(sdtype).replace("torch.", "") if sdtype is not None else None
+            rows.append(AllocationRow(
+                index=len(rows) + 1, nbytes=rec["size"], shape=shape, dtype=dname,
+                symbolic=symbolic_shape(shape, symbols, rec["size"], e), op=op, kernel=kernel, node=node,
+                phase=rec["phase"], model_phase=model_phase, alloc_ms=ms, alloc_event=i,
+            ))
+            if key is not None:
+                open_rows[key] = len(rows) - 1
+            events.append((ms, rec["size"], running, len(rows) - 1))
+        else:
+            j = open_rows.pop(key, None) if key is not None else None
+            if j is not None:
+                r = rows[j]
+                r.freed_ms, r.free_event, r.freed_phase, r.freed_model_phase = ms, i, rec["phase"], model_phase
+                r.freed_in = node or op or None
+            events.append((ms, rec["size"], running, j))
+        if running > peak:
+            peak, peak_event = running, i
+    for r in rows:
+        r.live_at_peak = r.alloc_event <= peak_event and (r.free_event is None or r.free_event > peak_event)
+    params = [name for name, p in built.named_parameters() if p.requires_grad]
+    config = dict(head=kind or type(built).__name__, num_classes=n, embedding_dim=d, batch_size=b,
+                  dtype=dtype_name(dtype), optimizer=str(optimizer).lower(), momentum=momentum,
+                  weight_decay=weight_decay,
+                  grad_name="W.grad" if params == ["weight"] else "a parameter's .grad")
+    return AllocationTable(config=config, symbols=symbols, held_bytes=held, step_peak_bytes=peak,
+                           peak_event=peak_event, rows=rows, events=events, min_bytes=min_bytes)
+
+
+def _made_by(stack: Sequence[str]) -> tuple[str, str, str]:
+    """(autograd node, op, kernel) of an allocation from the names of the events around it.
+
+    The node is the innermost autograd node; the op the outermost op below it (what the code
+    or the node called: aten::index_put, Optimizer.zero_grad#SGD.zero_grad); the kernel the
+    innermost op that is not a mere allocation (aten::clone inside aten::index_put)."""
+    node, below = "", list(stack)
+    for i, name in enumerate(stack):
+        if name.startswith(_NODE_PREFIX):
+            node, below = name[len(_NODE_PREFIX):], list(stack[i + 1:])
+    below = [name for name in below if name != node and not name.startswith(_NODE_PREFIX)]
+    if not below:
+        return node, "", ""
+    op = below[0]
+    kernels = [name for name in below if name not in _ALLOCATING_HELPERS]
+    kernel = kernels[-1] if kernels else below[-1]
+    return node, op, kernel

@@ -29,6 +29,17 @@ _TERM_COLOURS = {
     "optimizer_temporaries": "#bcbd22",
 }
 _PHASE_COLOURS = {"forward": "#1f77b4", "backward": "#d62728", "optimizer": "#2ca02c"}
+# The memory model's phases (model.HEAD_PHASES); a measured phase not split keeps its colour above.
+_MODEL_PHASE_COLOURS = {
+    "forward": "#1f77b4",
+    "forward: attention": "#1f77b4",
+    "forward: container": "#17becf",
+    "backward: logits": "#d62728",
+    "backward: centres": "#ff7f0e",
+    "backward: scatter": "#9467bd",
+    "backward": "#d62728",
+    "optimizer": "#2ca02c",
+}
 
 
 def _axes(ax):
@@ -77,16 +88,19 @@ def plot_memory_vs_classes(
     ax.set_xscale("log")
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
-    for name, n in (datasets or {}).items():
-        ax.axvline(n, color="0.6", lw=0.8, ls="-.")
+    for i, (name, n) in enumerate((datasets or {}).items()):
+        ax.axvline(n, color="0.6", lw=0.8, ls="-.", label="identities of a public dataset" if i == 0 else None)
         ax.text(n, hi, f" {name}", rotation=90, va="top", ha="right", fontsize=8, color="0.35")
-    for name, gib in (capacities_gib or {}).items():
-        ax.axhline(gib, color="firebrick", lw=0.9, alpha=0.7)
-        ax.text(ns[0], gib, f"{name} ", va="bottom", fontsize=8, color="firebrick")
+    for i, (name, gib) in enumerate((capacities_gib or {}).items()):
+        ax.axhline(gib, color="firebrick", lw=0.9, alpha=0.7, label="memory of one GPU" if i == 0 else None)
+        ax.text(ns[0], gib, f"{name} card: {gib:g} GiB ", va="bottom", fontsize=8, color="firebrick")
+    # the top makes room for the devices' lines; the bottom is the smallest curve's, not zero (log axis)
     ax.set_ylim(lo, max(hi, 1.3 * max((capacities_gib or {"": 1}).values())))
-    ax.set_xlabel("identities N")
-    ax.set_ylabel("memory (GiB)")
-    ax.set_title(f"FC head memory: D={embedding_dim}, B={batch_size}, {dtype_name(dtype)}, {optimizer}")
+    ax.set_xlabel("identities N (log scale)")
+    ax.set_ylabel("memory of one head step (GiB, log scale)")
+    names = ", ".join(heads)
+    ax.set_title(f"Predicted memory of one head step against N ({names}): D={embedding_dim}, B={batch_size}, "
+                 f"{dtype_name(dtype)}, {optimizer}", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, which="major", alpha=0.3)
     return ax
@@ -119,14 +133,22 @@ def plot_breakdown(
         heights = [bd.peak_terms().get(name, 0) / scale for bd in breakdowns.values()]
         ax.bar(labels, heights, bottom=bottoms, color=_TERM_COLOURS.get(name), label=name, edgecolor="white", lw=0.5)
     for i, bd in enumerate(breakdowns.values()):
-        ax.text(i, bd.peak / scale, f"predicted {bd.peak / scale:,.1f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, bd.peak / scale, f"predicted {bd.peak / scale:,.1f} {unit}", ha="center", va="bottom", fontsize=8)
     if capacity_gib is not None:
         ax.axhline(capacity_gib * GiB / scale, color="firebrick", lw=1, ls="--", label=f"device {capacity_gib:g} GiB")
     if measured:
         xs = [labels.index(k) for k in measured]
         ax.plot(xs, [v / scale for v in measured.values()], "k_", ms=28, mew=2, label="measured peak", zorder=5)
-    if title:
-        ax.set_title(title)
+    if title is None:
+        first = next(iter(breakdowns.values()), None)
+        cfg = first.config if first is not None else {}
+        title = ("Predicted peak of one head step, by term" + (
+            f": N={cfg['num_classes']:,}, D={cfg['embedding_dim']}, B={cfg['batch_size']}, {cfg['dtype']}, "
+            f"{cfg['optimizer']}" if cfg and all(bd.config.get(k) == cfg.get(k) for bd in breakdowns.values()
+                                                 for k in ("num_classes", "embedding_dim", "batch_size", "dtype",
+                                                           "optimizer")) else ""))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("head")
     top = max([bd.peak / scale for bd in breakdowns.values()] + [capacity_gib * GiB / scale if capacity_gib else 0]
               + [v / scale for v in (measured or {}).values()])
     ax.set_ylim(0, 1.08 * top)  # room for the labels above the bars
@@ -142,43 +164,58 @@ def plot_timeline(
     unit: str = "MiB",
     ax=None,
 ):
-    """Bytes above the held tensors through one step, coloured by phase; the prediction as lines."""
+    """Bytes above the held tensors through one step, shaded by the memory model's phases.
+
+    The shading follows `measurement.timeline_model_phase` (for FC: forward, backward: logits,
+    backward: centres, optimizer; a measurement without it falls back to its three measured
+    phases). With `prediction`, the dashed line is the predicted step peak and each phase's
+    predicted total is drawn as a short line over that phase's span.
+    """
     ax = _axes(ax)
     scale = _unit_scale(unit)
     t = [0.0] + list(measurement.timeline_ms)
     y = [0.0] + [v / scale for v in measurement.timeline_bytes]
-    ph = [measurement.timeline_phase[0] if measurement.timeline_phase else ""] + list(measurement.timeline_phase)
-    ax.step(t, y, where="post", color="black", lw=1.2, label="measured")
-    spans: list[tuple[str, float, float]] = []
-    for i, p in enumerate(ph):
-        if spans and spans[-1][0] == p:
-            spans[-1] = (p, spans[-1][1], t[i])
-        else:
-            spans.append((p, t[i], t[i]))
+    labels = list(getattr(measurement, "timeline_model_phase", None) or measurement.timeline_phase)
+    ph = [labels[0] if labels else ""] + labels
+    ax.step(t, y, where="post", color="black", lw=1.2, label="measured: allocated above held")
     end = t[-1]
-    for k, (p, a, b) in enumerate(spans):
-        b = spans[k + 1][1] if k + 1 < len(spans) else end
-        if p:
-            ax.axvspan(a, b, color=_PHASE_COLOURS.get(p, "0.8"), alpha=0.12, lw=0)
-            ax.text((a + b) / 2, 0, p, ha="center", va="bottom", fontsize=8, color=_PHASE_COLOURS.get(p, "0.3"))
     if prediction is not None:
         ax.axhline(prediction.step_peak / scale, color="firebrick", ls="--", lw=1,
-                   label=f"predicted step peak ({prediction.peak_phase})")
-        levels: list[tuple[float, list[str]]] = []  # phases with (nearly) equal totals share one line
-        for phase, value in prediction.phases.items():
-            if phase == prediction.peak_phase or value <= 0.05 * prediction.step_peak:
-                continue
-            near = [lv for lv in levels if abs(lv[0] - value) <= 0.02 * prediction.step_peak]
-            if near:
-                near[0][1].append(phase)
-            else:
-                levels.append((value, [phase]))
-        for value, names in levels:
-            ax.axhline(value / scale, color="0.5", ls=":", lw=0.8)
-            ax.text(end, value / scale, " predicted " + ", ".join(names), va="center", fontsize=7, color="0.4")
-    ax.set_xlabel("time in the step (ms)")
-    ax.set_ylabel(f"allocated above held ({unit})")
+                   label=f"model: step peak ({prediction.peak_phase})")
+    spans: list[tuple[str, float, float]] = []  # (phase, start, end), the phase's records in between
+    for i, p in enumerate(ph):
+        if not spans or spans[-1][0] != p:
+            if spans:
+                spans[-1] = (spans[-1][0], spans[-1][1], t[i])
+            spans.append((p, t[i], end))
+    shaded: set[str] = set()
+    model_drawn = False
+    for p, a, b in spans:
+        if not p:
+            continue
+        colour = _MODEL_PHASE_COLOURS.get(p, _PHASE_COLOURS.get(p, "0.8"))
+        ax.axvspan(a, b, color=colour, alpha=0.13, lw=0, label=None if p in shaded else f"phase: {p}")
+        shaded.add(p)
+        if prediction is not None:
+            values = [prediction.phases[q] for q in p.split(" + ") if q in prediction.phases]
+            if values:
+                ax.plot([a, b], [max(values) / scale] * 2, color=colour, lw=2.2, alpha=0.9, solid_capstyle="butt")
+                model_drawn = True
+    top = max(y + ([prediction.step_peak / scale] if prediction is not None else []))
+    ax.set_ylim(0, 1.12 * top if top > 0 else 1)  # from zero: the heights compare as bytes do
+    ax.set_xlim(0, end if end > 0 else 1)
+    ax.set_xlabel("time from the step's start (ms)")
+    ax.set_ylabel(f"memory allocated above the held tensors ({unit})")
     cfg = measurement.config
-    ax.set_title(f"one step of {cfg['head']}: N={cfg['num_classes']:,}, D={cfg['embedding_dim']}, B={cfg['batch_size']}")
-    ax.legend(fontsize=8, loc="upper left")
+    extra = ", ".join(str(cfg[k]) for k in ("dtype", "optimizer") if cfg.get(k))
+    ax.set_title(f"Memory through one {cfg['head']} step on {measurement.device}: N={cfg['num_classes']:,}, "
+                 f"D={cfg['embedding_dim']}, B={cfg['batch_size']}" + (f", {extra}" if extra else ""), fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    if model_drawn:  # one entry for the phases' model lines, drawn in each phase's colour
+        from matplotlib.lines import Line2D
+
+        handles.insert(2, Line2D([], [], color="0.35", lw=2.2))
+        names.insert(2, "model: the phase's total, over its span (its colour)")
+    # below the axes: the curve and the model's lines stay visible
+    ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     return ax

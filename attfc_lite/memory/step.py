@@ -165,6 +165,7 @@ def plot_step_timelines(steps: dict[str, dict[str, Any]], unit: str = "MiB", ax=
     ax.set_xlabel("share of each head's own step time (keys, forward, backward, optimizer)")
     ax.set_ylabel(f"allocated ({unit}): held + step")
     ax.set_title("one whole training step per head", fontsize=10)
+    ax.set_ylim(bottom=0)  # from 0: the heads' held memory and peaks compare at their true sizes
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the peaks stay visible
     return ax
