@@ -175,7 +175,8 @@ def plot_margin_curves(s: float = 1.0, ax=None, arcface_m: float = 0.5, cosface_
     ax.plot(degrees, s * cos[:, 0], label=f"softmax: {times}cos θ", color="0.4", ls="--")
     ax.plot(degrees, CosFace(s, cosface_m)(cos, target)[:, 0],
             label=f"CosFace: {times}(cos θ − {cosface_m})" if times else f"CosFace: cos θ − {cosface_m}")
-    ax.plot(degrees, ArcFace(s, arcface_m)(cos, target)[:, 0], label=f"ArcFace: {times}cos(θ + {arcface_m})")
+    ax.plot(degrees, ArcFace(s, arcface_m)(cos, target)[:, 0],
+            label=f"ArcFace: {times}cos(θ + m), m = {arcface_m} rad = {math.degrees(arcface_m):.1f}°")
     ax.set_xlabel("angle θ between embedding and its class centre (degrees)")
     ax.set_ylabel("target logit" + (f" (scale s = {s:g})" if s != 1 else " (s = 1: a cosine)"))
     limit = 180 - math.degrees(arcface_m)

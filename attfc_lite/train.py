@@ -432,7 +432,7 @@ def plot_history(histories, labels=None, ax=None, title: str | None = None):
 
     if histories and isinstance(histories[0], dict):
         histories = [histories]
-    labels = list(labels or [None] * len(histories))
+    labels = [labels] if isinstance(labels, str) else list(labels or [None] * len(histories))
     labels = [label if label else ("run" if len(histories) == 1 else f"run {i + 1}") for i, label in enumerate(labels)]
     ax = ax or plt.subplots(figsize=(5, 3))[1]
     for history, label in zip(histories, labels):
@@ -440,6 +440,7 @@ def plot_history(histories, labels=None, ax=None, title: str | None = None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean training loss (cross-entropy, nats)")
     ax.set_title(title or "mean training loss per epoch", fontsize=10)
+    ax.set_ylim(bottom=0)  # from 0, so that the fall is not exaggerated
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax

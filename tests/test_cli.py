@@ -101,8 +101,8 @@ def test_data_preview_writes_a_png(runs):
     data = (cwd / "tmp" / "p.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    # 6 identities x 8 images at 1.2 x 1.35 inches per cell, 120 dpi.
-    assert abs(width - 8 * 1.2 * 120) <= 1 and abs(height - 6 * 1.35 * 120) <= 1
+    # 6 identities x 8 images at 1.2 x 1.35 inches per cell, plus 0.5 inch for the title and caption, 120 dpi.
+    assert abs(width - 8 * 1.2 * 120) <= 1 and abs(height - (6 * 1.35 + 0.5) * 120) <= 1
 
 
 def test_tiny_train_writes_metrics(runs):

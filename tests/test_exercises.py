@@ -182,12 +182,14 @@ def test_lessons_00_to_02_against_hand_and_library_values(capsys):
     assert "no bias" in grade(ex.check_fc_parameters, 93_431 * 513)[1]
     scores, same = [0.9, 0.2, 0.6, 0.4, 0.7, 0.1], [True, False, True, True, False, False]
     assert grade(ex.check_pair_accuracy, 4 / 6, scores, same, threshold=0.5)[0] == "right"
-    assert grade(ex.check_pair_accuracy, 4 / 6)[0] == "right"  # the lesson's pairs are the defaults
-    assert grade(ex.check_pair_accuracy, 0.667)[0] == "right"  # 0.05 % off
-    assert grade(ex.check_pair_accuracy, 0.67)[0] == "close"  # 0.5 % off
-    assert "percentage" in grade(ex.check_pair_accuracy, 66.67)[1]
-    assert "error rate" in grade(ex.check_pair_accuracy, 2 / 6)[1]
-    assert "share of the pairs" in grade(ex.check_pair_accuracy, 4)[1]
+    # the lesson's seven pairs are the defaults: accuracy 5/7, TAR 3/4
+    assert grade(ex.check_pair_accuracy, 5 / 7)[0] == "right"
+    assert grade(ex.check_pair_accuracy, 0.7143)[0] == "right"  # 0.006 % off
+    assert grade(ex.check_pair_accuracy, 0.71)[0] == "close"  # 0.6 % off
+    assert "percentage" in grade(ex.check_pair_accuracy, 71.43)[1]
+    assert "error rate" in grade(ex.check_pair_accuracy, 2 / 7)[1]
+    assert "share of the pairs" in grade(ex.check_pair_accuracy, 5)[1]
+    assert "genuine pairs accepted" in grade(ex.check_pair_accuracy, 3 / 4)[1]  # the TAR is not the accuracy
 
     n, d, b, e = 2_059_906, 512, 128, 4
     bd = predict_memory(n, d, b)

@@ -269,3 +269,13 @@ def test_whole_step_against_the_cpu_measurement():
                                      num_keys=config.num_keys)
         error = (pred.peak - measured["peak_bytes"]) / measured["peak_bytes"]
         assert abs(error) < 0.05, (head, n, pred.peak, measured["peak_bytes"], error)
+
+
+def test_table_lists_only_the_terms_of_the_head_unless_asked():
+    from attfc_lite.memory import predict_memory
+
+    fc = predict_memory(1000, 512, 128)
+    short, full = fc.table("KiB"), fc.table("KiB", all_terms=True)
+    assert "container_logits" not in short and "attention_temporaries" not in short
+    assert "container_logits" in full and "normalize_backward" in short
+    assert "o*R*D*e" in short  # the optimizer's copies are o, not m (the margin's letter)

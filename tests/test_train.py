@@ -435,3 +435,14 @@ def test_plot_history_has_a_title_labels_and_a_legend_entry_per_run():
     assert ax.get_title() == "two runs"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["FC", "run 2"]
     plt.close("all")
+
+
+def test_plot_history_takes_one_label_as_a_string_and_starts_at_zero():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from attfc_lite.train import plot_history
+
+    ax = plot_history([{"epoch": 1, "loss": 20.0}, {"epoch": 2, "loss": 15.0}], labels="FC baseline")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["FC baseline"]
+    assert ax.get_ylim()[0] == 0

@@ -5,7 +5,7 @@ is split into phases (`PHASES`): the predicted peak is what the head holds betwe
 the largest phase. Symbols: N identities, D embedding_dim, B batch, e bytes per element of the
 head's dtype, R rows of W (N; 0 for AttFC), S centres normalised and used in the logits (N for
 FC, the sampled ones for Partial FC), C logit columns, g gathered copies of W (1 for Partial
-FC), m optimizer state copies of W, t optimizer temporaries, K key embeddings per query, G
+FC), o optimizer state copies of W (not the margin m), t optimizer temporaries, K key embeddings per query, G
 GCCs per query (1 for AttFC), P backbone parameters (the key encoder's copy), Q container
 size, A key-image activation bytes. The phases differ by head (`HEAD_PHASES`).
 
@@ -48,7 +48,7 @@ _HEAD_ALIASES = {"fc": "fc", "full_fc": "fc", "partial_fc": "partial_fc", "pfc":
 # name: (kind, formula in the symbols above, what it is). The formula string is what is evaluated.
 TERMS: dict[str, tuple[str, str, str]] = {
     "class_centres": ("held", "R*D*e", "W, one D-dim class centre per identity"),
-    "optimizer_state": ("held", "m*R*D*e", "optimizer state: m copies of W (SGD momentum m=1, Adam m=2)"),
+    "optimizer_state": ("held", "o*R*D*e", "optimizer state: o copies of W (SGD with momentum o=1, Adam o=2)"),
     "inputs": ("held", "(1 + K)*B*D*e + 8*B",
                "the batch: embeddings from the backbone, int64 labels (and AttFC's K key embeddings per query)"),
     "key_encoder": ("held", "4*P", "AttFC: fp32 copy of the backbone's P parameters (the key encoder)"),
@@ -77,7 +77,8 @@ TERMS: dict[str, tuple[str, str, str]] = {
     "normalize_backward": (
         "step",
         "4*S*D*e",
-        "backward of F.normalize(W): the gradient of the normalised copy and three temporaries of the division",
+        "backward of F.normalize(W): four N x D temporaries of the division's backward (W/n, W/n^2, the negated "
+        "gradient and their product), next to the gradient reaching normalize(W) (centre_grad)",
     ),
     "optimizer_temporaries": ("step", "t*R*D*e", "copies made inside optimizer.step (Adam t=2, SGD with weight decay t=1)"),
 }
@@ -151,7 +152,7 @@ def precision_config(precision: str) -> dict[str, Any]:
 # N x D copies as without autocast. Only the matmul's copy and the logits are half precision.
 MIXED_TERMS: dict[str, tuple[str, str, str]] = {
     "class_centres": ("held", "R*D*e", "W in fp32: the master weights autocast casts from"),
-    "optimizer_state": ("held", "m*R*D*e", "optimizer state in fp32: m copies of W (SGD momentum m=1, Adam m=2)"),
+    "optimizer_state": ("held", "o*R*D*e", "optimizer state in fp32: o copies of W (SGD with momentum o=1, Adam o=2)"),
     "inputs": ("held", "(1 + K)*B*D*e + 8*B", "the batch: fp32 embeddings from the backbone, int64 labels"),
     "centre_grad": ("step", "R*D*e", "W.grad, fp32 like W, alive from backward until zero_grad(set_to_none=True)"),
     "gathered_centres": ("step", "g*S*D*e", "Partial FC: the S sampled rows of W (fp32), later their gradient"),
@@ -353,7 +354,7 @@ def predict_memory(
                              f"backbone): pass amp_dtype=None; predict_training_step puts its backbone and key "
                              f"encoder in mixed precision")
     e = DTYPE_BYTES[dname]
-    symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, m=m, t=t, R=n, S=n, C=n, g=0, K=0, G=0,
+    symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, o=m, t=t, R=n, S=n, C=n, g=0, K=0, G=0,
                    P=0, Q=0, A=0)
     knobs: dict[str, Any] = {}
     if kind == "partial_fc":
@@ -618,7 +619,7 @@ def backbone_spec(name: str, backbone: torch.nn.Module, image_size: int, amp_dty
 # copies and temporaries (`optimizer_copies`), B the batch.
 STEP_TERMS: dict[str, tuple[str, str, str]] = {
     "backbone_weights": ("held", "p*P", "the backbone's weights (fp32 master weights under mixed precision)"),
-    "backbone_optimizer_state": ("held", "m*p*P", "the backbone's optimizer state (SGD momentum m=1, Adam m=2)"),
+    "backbone_optimizer_state": ("held", "o*p*P", "the backbone's optimizer state (SGD with momentum o=1, Adam o=2)"),
     "key_encoder_weights": ("held", "k*p*P",
                             "AttFC: the key encoder, a copy of the backbone's weights (no gradient, no optimizer "
                             "state)"),
@@ -735,7 +736,7 @@ def predict_training_step(
     attfc = kind == "attfc" and spec is not None
     symbols = dict(
         P=spec.params if spec else 0, p=DTYPE_BYTES[pc["dtype"]], h=DTYPE_BYTES[amp] if amp else 0, a=1 if amp else 0,
-        X=x, I=i, H=spec.image_size if spec else 0, k=1 if attfc else 0, K=head_pred.symbols["K"], m=m, t=t, B=b,
+        X=x, I=i, H=spec.image_size if spec else 0, k=1 if attfc else 0, K=head_pred.symbols["K"], o=m, t=t, B=b,
     )
     namespace = {"__builtins__": {}}
     terms = {name: int(eval(formula, namespace, symbols)) for name, (_, formula, _) in STEP_TERMS.items()}
