@@ -133,6 +133,13 @@ def _grade(answer, spec: Spec) -> str | None:
     if matched is not None:
         print(f"{name}: {'close' if close else 'wrong'}. {matched.message}")
         return "close" if close else "wrong"
+    # A right method rounded to one or two significant digits (not for small counts, where that is an off-by-one)
+    if (not spec.exact or abs(expected) >= 1000) and value != 0 \
+            and any(value == float(f"{expected:.{k}g}") for k in (1, 2)) \
+            and not _near(value, expected, RIGHT_RTOL):
+        print(f"{name}: {'close' if close else 'wrong'}: your method may be right, but you rounded too early: "
+              "give four significant digits")
+        return "close" if close else "wrong"
     if close and spec.exact:
         why = spec.whole_hint if value != round(value) else "check the small terms and the rounding."
         print(f"{name}: close (within 1 %, but a whole number is right only when exact): {why}")
@@ -314,7 +321,7 @@ def _spec_logits_batch(num_classes: int = 100_000, embedding_dim: int = 512) -> 
     logits_phases = ("forward", "backward: logits")
     expected = next(b for b in range(1, 8 * d) if predict_memory(num_classes, d, b).peak_phase in logits_phases)
     boundary = ("Near the boundary: compare the forward and the backward: centres phases exactly, the norms' 2 N e "
-                "included, at your B and at its neighbours.")
+                "included, and solve the inequality for B rather than trying values.")
     return Spec("batch size", expected, exact=True, slips=_slips(
         (128, "That is the lesson's batch, where the F.normalize backward sets the peak: grow B."),
         (expected - 1, boundary), (expected + 1, boundary),

@@ -266,3 +266,15 @@ def test_utils_check_still_says_right_close_wrong(capsys):
     assert check("x", 1.0 + 1e-4, 1.0) == "close"
     assert check("x", 2.0, 1.0) == "wrong"
     assert check("x", [1.0, 2.0], [1.0]) == "wrong"  # shape
+
+
+def test_an_answer_rounded_too_early_is_told_so_without_the_value(capsys):
+    import attfc_lite.exercises as ex
+
+    for check, answer in ((ex.check_quality, 0.18), (ex.check_arcface_logit, 27),
+                          (ex.check_training_state_bytes, 1.3e10)):
+        check(answer)
+        out = capsys.readouterr().out
+        assert "rounded too early" in out, out
+    ex.check_good_images(30)  # a small count one off is not a rounding
+    assert "rounded too early" not in capsys.readouterr().out

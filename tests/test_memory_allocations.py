@@ -177,9 +177,9 @@ def test_printed_table_lists_large_rows_and_aggregates_small_ones(table):
     assert len(rows) == len(large)
     assert sum(1 for line in rows if " N x D " in line) == 9
     assert sum(1 for line in rows if " B x N " in line) == 12 + 2
-    summary = [line for line in lines if "allocations below 1,024 B" in line]
+    summary = [line for line in lines if "allocations below 1,024 bytes" in line]
     assert len(summary) == 1 and f"{len(small)} allocations" in summary[0]
-    assert f"{sum(r.nbytes for r in small):,} B in all" in summary[0]
+    assert f"{sum(r.nbytes for r in small):,} bytes in all" in summary[0]
     assert "step peak" in lines[-1] and "5 (N x D)" in lines[-1]
     assert "zero_grad: it was W.grad" in text
     assert "LinalgVectorNormBackward0" in table.format_events()

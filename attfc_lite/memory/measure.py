@@ -837,8 +837,8 @@ class AllocationTable:
         lines = [
             f"Allocations of one steady-state {_HEAD_TITLES.get(cfg['head'], cfg['head'])} step on the CPU "
             f"(torch.profiler): N={s['N']:,}, D={s['D']}, B={s['B']}, {cfg['dtype']}, {opt}",
-            f"one N x D = {s['N'] * s['D'] * e:,} B, one B x N = {s['B'] * s['N'] * e:,} B, "
-            f"one B x D = {s['B'] * s['D'] * e:,} B; held between steps: {self.held_bytes:,} B",
+            f"one N x D = {s['N'] * s['D'] * e:,} bytes, one B x N = {s['B'] * s['N'] * e:,} bytes, "
+            f"one B x D = {s['B'] * s['D'] * e:,} bytes; held between steps: {self.held_bytes:,} bytes",
         ]
         rows = self.large()
         shapes = [r.symbolic + ("" if r.dtype in (None, cfg["dtype"]) else f" {r.dtype}") for r in rows]
@@ -860,16 +860,16 @@ class AllocationTable:
             total = sum(r.nbytes for r in small)
             at_peak = sum(r.nbytes for r in small if r.live_at_peak)
             alive_end = sum(1 for r in small if r.free_event is None)
-            lines.append(f"   + {len(small)} allocations below {self.min_bytes:,} B: {total:,} B in all, the largest "
-                         f"{max(r.nbytes for r in small):,} B; {at_peak:,} B of them alive at the peak, "
+            lines.append(f"   + {len(small)} allocations below {self.min_bytes:,} bytes: {total:,} bytes in all, the largest "
+                         f"{max(r.nbytes for r in small):,} bytes; {at_peak:,} bytes of them alive at the peak, "
                          f"{alive_end} still alive at the end")
         before = [ev for ev in self.events if ev[3] is None]
         if before:
             freed = -sum(ev[1] for ev in before)
-            lines.append(f"   - {len(before)} frees of tensors made before the step: {freed:,} B")
+            lines.append(f"   - {len(before)} frees of tensors made before the step: {freed:,} bytes")
         live = self.live_at(self.peak_event)
         parts = " + ".join(f"{n} ({k})" for k, n in _count(live, cfg["dtype"]).items())
-        lines.append(f"step peak: {self.step_peak_bytes:,} B above held, in {self.peak_phase()}: {parts}")
+        lines.append(f"step peak: {self.step_peak_bytes:,} bytes above held, in {self.peak_phase()}: {parts}")
         return "\n".join(lines)
 
     def format_events(self, unit_shape: str = "N x D") -> str:
