@@ -62,9 +62,8 @@ def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args
     sub = parser.train_parsers[args.command]
     dests = {a.dest for a in sub._actions}
     values = {_DEST_OF.get(k, k): v for k, v in PROFILES[name].items()}
-    if "memory_classes" in dests:
-        values["memory_classes"] = PROFILE_MEMORY_CLASSES[name]
-        values["variants"] = PROFILE_VARIANTS[name]
+    if args.command == "run":
+        values.update(memory_classes=PROFILE_MEMORY_CLASSES[name], variants=PROFILE_VARIANTS[name])
     sub.set_defaults(**{k: v for k, v in values.items() if k in dests})
     args = parser.parse_args(argv)
     args.profile = name

@@ -388,6 +388,11 @@ def _check_fars(fars: Sequence[float]) -> list[float]:
 FAR_RULES = ("at_most", "nearest")
 
 
+def _impostors_needed(far: float) -> int:
+    """The fewest impostor pairs that can measure a FAR: 1 / far (1 / 1e-3 may round to 1000.0000000000001)."""
+    return math.ceil(1.0 / far - 1e-9)
+
+
 def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = DEFAULT_FARS,
                       rule: str = "at_most") -> dict:
     """Per FAR key ("1e-2", "1.4e-3", ...): the TAR there and the FAR actually achieved.
@@ -415,7 +420,7 @@ def tar_at_far_report(scores: Tensor, is_same: Tensor, fars: Sequence[float] = D
     report = {}
     for far in far_list:
         key = _far_key(far)
-        needed = math.ceil(1.0 / far - 1e-9)  # 1 / 1e-3 may round to 1000.0000000000001
+        needed = _impostors_needed(far)
         if n_neg < needed:
             report[key] = {
                 "tar": None, "far_achieved": None, "impostors_accepted": None, "threshold": None,
@@ -638,7 +643,7 @@ def all_pairs_verification(embeddings: Tensor, labels: Tensor, fars: Sequence[fl
     # k per FAR: the most impostor pairs a threshold may accept (same test as tar_at_far_report)
     ks: dict[str, int | None] = {}
     for far in far_list:
-        if n_imp < math.ceil(1.0 / far - 1e-9):
+        if n_imp < _impostors_needed(far):
             ks[_far_key(far)] = None
             continue
         k = min(n_imp, int(math.floor(far * n_imp)))
