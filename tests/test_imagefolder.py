@@ -1,15 +1,27 @@
 from __future__ import annotations
 
 import math
+import os
+import struct
+import unicodedata
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
-from attfc_lite.imagefolder import CorruptImageError, ImageFolderFaces, SkippedImageWarning
+from attfc_lite import imagefolder
+from attfc_lite.checks import ArgumentError
+from attfc_lite.imagefolder import (
+    CorruptImageError,
+    ImageFolderFaces,
+    LayoutWarning,
+    SkippedImageWarning,
+    load_image,
+)
 
 H, W = 12, 10  # non-square, so a swapped H/W would show
 
@@ -120,7 +132,7 @@ def test_verify_false_raise(faces):
 
 
 def test_bad_on_error(faces):
-    with pytest.raises(ValueError, match=r"on_error='ignore'.*skip.*raise"):
+    with pytest.raises(ArgumentError, match=r"^on_error must be one of \['skip', 'raise'\], got 'ignore'"):
         ImageFolderFaces(faces["root"], on_error="ignore")
 
 
@@ -135,7 +147,7 @@ def test_empty_or_wrong_root(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match=r"root=.*identity"):
         ImageFolderFaces(empty)
-    with pytest.raises(ValueError, match="root="):
+    with pytest.raises(ValueError, match=r"^root .*missing.*does not exist"):
         ImageFolderFaces(tmp_path / "missing")
     flat = tmp_path / "flat"  # images directly in root: no identity folders
     _write(flat / "x.png", np.zeros((4, 4, 3), np.uint8))
@@ -189,3 +201,273 @@ def test_progress_bar_runs(faces, capsys):
         ds = ImageFolderFaces(faces["root"], progress=True)
     assert len(ds) == 7
     assert "verifying" in capsys.readouterr().err
+
+
+# --- messy folders: symlinks -------------------------------------------------------------------
+
+def _tiny(path: Path, value: int) -> None:
+    """A 4x4 PNG filled with `value`, so each file's identity can be read back from its pixels."""
+    _write(path, np.full((4, 4, 3), value, np.uint8))
+
+
+def _value(image: torch.Tensor) -> int:
+    return round(float(image[0, 0, 0]) * 255)
+
+
+@pytest.fixture()
+def two_people(tmp_path: Path) -> Path:
+    """alice: one image (value 10); bob: two images (20, 21). Nothing else."""
+    root = tmp_path / "faces"
+    _tiny(root / "alice" / "a0.png", 10)
+    _tiny(root / "bob" / "b0.png", 20)
+    _tiny(root / "bob" / "b1.png", 21)
+    return root
+
+
+def _by_identity(ds: ImageFolderFaces) -> dict[str, list[int]]:
+    """{identity: sorted pixel values of its images}, read through __getitem__."""
+    out: dict[str, list[int]] = {c: [] for c in ds.classes}
+    for i in range(len(ds)):
+        image, label, _ = ds[i]
+        out[ds.classes[label]].append(_value(image))
+    return {c: sorted(v) for c, v in out.items()}
+
+
+def test_symlink_loop_to_parent_gives_no_duplicates(two_people):
+    # alice/loop -> .. is the dataset root: following it relabels bob's images as alice's,
+    # over and over, until the OS refuses the path.
+    (two_people / "alice" / "loop").symlink_to("..", target_is_directory=True)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ds = ImageFolderFaces(two_people)
+    assert ds.classes == ["alice", "bob"]
+    assert _by_identity(ds) == {"alice": [10], "bob": [20, 21]}
+    assert len(ds) == 3
+    assert ds.skipped_links == [(str(two_people / "alice" / "loop"), ds.skipped_links[0][1])]
+    assert ds.skipped_links[0][1].startswith("loop: ")
+    assert any(str(two_people / "alice" / "loop") in str(w.message) for w in record)
+
+
+def test_symlink_loops_to_self_and_ancestors(two_people):
+    (two_people / "alice" / "self").symlink_to(".", target_is_directory=True)
+    (two_people / "bob" / "sub").mkdir()
+    _tiny(two_people / "bob" / "sub" / "b2.png", 22)
+    (two_people / "bob" / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (two_people / "bob" / "sub" / "top").symlink_to("../..", target_is_directory=True)
+    with pytest.warns(Warning):
+        ds = ImageFolderFaces(two_people)
+    assert _by_identity(ds) == {"alice": [10], "bob": [20, 21, 22]}
+    assert sorted(Path(p).name for p, _ in ds.skipped_links) == ["self", "top", "up"]
+    assert all(reason.startswith("loop: ") for _, reason in ds.skipped_links)
+
+
+def test_symlinks_out_of_root_are_skipped_and_listed(two_people, tmp_path):
+    outside = tmp_path / "elsewhere"
+    _tiny(outside / "x.png", 99)
+    _tiny(outside / "mallory" / "m0.png", 98)
+    (two_people / "alice" / "ext_dir").symlink_to(outside, target_is_directory=True)
+    (two_people / "alice" / "ext.png").symlink_to(outside / "x.png")
+    (two_people / "mallory").symlink_to(outside / "mallory", target_is_directory=True)  # an identity
+    with pytest.warns(Warning) as record:
+        ds = ImageFolderFaces(two_people)
+    assert ds.classes == ["alice", "bob"]
+    assert _by_identity(ds) == {"alice": [10], "bob": [20, 21]}
+    expected = {str(two_people / "alice" / "ext_dir"), str(two_people / "alice" / "ext.png"),
+                str(two_people / "mallory")}
+    assert {p for p, _ in ds.skipped_links} == expected
+    assert all(reason.startswith("points outside root") for _, reason in ds.skipped_links)
+    message = "\n".join(str(w.message) for w in record)
+    assert all(p in message for p in expected)
+
+
+def test_symlinks_inside_root_are_used_once(two_people):
+    root = two_people
+    _tiny(root / ".store" / "s.png", 11)          # hidden folder: not an identity itself
+    _tiny(root / ".store" / "more" / "m.png", 12)
+    (root / "alice" / "s.png").symlink_to("../.store/s.png")             # used, as alice's
+    (root / "alice" / "more").symlink_to("../.store/more", target_is_directory=True)  # used
+    (root / "alice" / "again.png").symlink_to("a0.png")                  # same file: once
+    (root / "alice" / "more_again").symlink_to("../.store/more", target_is_directory=True)  # same folder
+    (root / "bob" / "stolen.png").symlink_to("../alice/a0.png")         # alice's image
+    (root / "bob" / "alice_dir").symlink_to("../alice", target_is_directory=True)
+    (root / "al").symlink_to("alice", target_is_directory=True)          # alias identity
+    _tiny(root / "alice" / ".old" / "o.png", 13)  # hidden: not walked, yet alice's
+    (root / "bob" / "o.png").symlink_to("../alice/.old/o.png")
+    (root / "bob" / "old").symlink_to("../alice/.old", target_is_directory=True)
+    _tiny(root / ".carol_real" / "c0.png", 30)
+    (root / "carol").symlink_to(".carol_real", target_is_directory=True)  # identity inside root
+    with pytest.warns(Warning):
+        ds = ImageFolderFaces(root)
+    assert ds.classes == ["alice", "bob", "carol"]
+    assert _by_identity(ds) == {"alice": [10, 11, 12], "bob": [20, 21], "carol": [30]}
+    resolved = [os.path.realpath(p) for p, _ in ds.samples]
+    assert len(set(resolved)) == len(resolved) == 6
+    skipped = {Path(p).relative_to(root).as_posix(): reason for p, reason in ds.skipped_links}
+    assert skipped.keys() == {"alice/again.png", "alice/more_again", "bob/stolen.png", "bob/alice_dir", "al",
+                              "bob/o.png", "bob/old"}
+    assert skipped["alice/again.png"] == f"same file as {str(root / 'alice' / 'a0.png')!r}"
+    more = os.path.realpath(root / ".store" / "more")
+    assert skipped["alice/more_again"] == f"points to {more!r}, a folder already in the dataset"
+    assert skipped["al"] == skipped["bob/alice_dir"] == "points to the folder of identity 'alice'"
+    into = "points into the folder of identity 'alice'"
+    assert skipped["bob/stolen.png"] == skipped["bob/o.png"] == skipped["bob/old"] == into
+
+
+def test_broken_symlink_is_listed(two_people):
+    (two_people / "alice" / "gone.png").symlink_to("nowhere.png")
+    with pytest.warns(Warning):
+        ds = ImageFolderFaces(two_people)
+    assert len(ds) == 3
+    assert [Path(p).name for p, _ in ds.skipped_links] == ["gone.png"]
+    assert ds.skipped_links[0][1].startswith("broken link")
+
+
+# --- messy folders: huge images ----------------------------------------------------------------
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR claims width x height (8-bit grey) but whose pixel data is a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch):
+    """Fail the test if a large image is decoded (ImageFile.load), instead of allocating it."""
+    load = ImageFile.ImageFile.load
+
+    def guarded(self):
+        if self.size[0] * self.size[1] > 10_000:
+            raise AssertionError(f"decoded a {self.size} image")
+        return load(self)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", guarded)
+
+
+def test_huge_header_rejected_before_decoding(two_people, monkeypatch, no_decoding):
+    bomb = two_people / "bob" / "bomb.png"
+    _png_header_only(bomb, 30000, 30000)
+    # A user who silenced PIL's own guard must still be protected by the module's limit.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(CorruptImageError) as info:
+        ImageFolderFaces(two_people, on_error="raise")
+    message = str(info.value)
+    for part in ["bomb.png", "30000x30000", "900,000,000", f"{imagefolder.MAX_IMAGE_PIXELS:,}",
+                 "MAX_IMAGE_PIXELS"]:
+        assert part in message
+    with pytest.raises(CorruptImageError, match="30000x30000"):
+        load_image(bomb)
+    ds = ImageFolderFaces(two_people, verify=False, on_error="raise")
+    with pytest.raises(CorruptImageError, match="30000x30000"):
+        ds[[Path(p).name for p, _ in ds.samples].index("bomb.png")]
+
+
+def test_huge_header_skipped_with_pil_guard_on(two_people, no_decoding):
+    # With PIL's default guard the file fails at open; it is still skipped and named.
+    _png_header_only(two_people / "bob" / "bomb.png", 30000, 30000)
+    with pytest.warns(SkippedImageWarning, match="bomb.png"):
+        ds = ImageFolderFaces(two_people, verify=True)
+    assert [Path(p).name for p, _ in ds.skipped] == ["bomb.png"]
+    assert len(ds) == 3
+
+
+def test_pixel_limit_boundary(tmp_path, monkeypatch):
+    monkeypatch.setattr(imagefolder, "MAX_IMAGE_PIXELS", 100)
+    _write(tmp_path / "a" / "ok.png", np.zeros((10, 10, 3), np.uint8))     # 100 pixels: at the limit
+    _write(tmp_path / "a" / "big.png", np.zeros((11, 10, 3), np.uint8))    # 110 pixels: over
+    _write(tmp_path / "b" / "ok.png", np.zeros((5, 20, 3), np.uint8))      # 100 pixels
+    with pytest.warns(SkippedImageWarning, match=r"big\.png.*10x11.*110.*100"):
+        ds = ImageFolderFaces(tmp_path)
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p, _ in ds.samples) == ["a/ok.png", "b/ok.png"]
+    assert [Path(p).name for p, _ in ds.skipped] == ["big.png"]
+    lazy = ImageFolderFaces(tmp_path, verify=False)
+    names = [Path(p).name for p, _ in lazy.samples]
+    assert names[:2] == ["big.png", "ok.png"]
+    with pytest.warns(SkippedImageWarning, match=r"big\.png"):
+        image, label, _ = lazy[0]
+    assert image.shape == (3, 10, 10) and label == 0  # the next readable item: a/ok.png
+
+
+def test_image_size_capped_by_pixel_limit(two_people, monkeypatch):
+    monkeypatch.setattr(imagefolder, "MAX_IMAGE_PIXELS", 100)
+    assert ImageFolderFaces(two_people, image_size=10).image_size == 10
+    with pytest.raises(ArgumentError, match=r"^image_size .*<= 10\b.*got 11"):
+        ImageFolderFaces(two_people, image_size=11)
+
+
+# --- messy folders: Unicode names ---------------------------------------------------------------
+
+def test_identities_differing_only_by_normalisation_raise(two_people):
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    assert nfc != nfd and unicodedata.normalize("NFC", nfd) == nfc
+    _tiny(two_people / nfc / "j0.png", 40)
+    _tiny(two_people / nfd / "j1.png", 41)
+    with pytest.raises(ValueError) as info:
+        ImageFolderFaces(two_people)
+    message = str(info.value)
+    assert ascii(nfc) in message and ascii(nfd) in message
+    assert "rename" in message
+
+
+def test_file_names_differing_only_by_normalisation_warn(two_people):
+    nfc, nfd = "Jos\u00e9.png", "Jose\u0301.png"
+    _tiny(two_people / "alice" / nfc, 11)
+    _tiny(two_people / "alice" / "sub" / nfd, 12)   # another folder: a different relative name
+    _tiny(two_people / "alice" / nfd, 13)
+    with pytest.warns(LayoutWarning, match="normalisation") as record:
+        ds = ImageFolderFaces(two_people)
+    assert _by_identity(ds)["alice"] == [10, 11, 12, 13]   # both kept: they are different files
+    assert len(ds.name_clashes) == 1
+    assert set(ds.name_clashes[0]) == {str(two_people / "alice" / nfc), str(two_people / "alice" / nfd)}
+    message = "\n".join(str(w.message) for w in record)
+    assert ascii(nfc)[1:-1] in message and ascii(nfd)[1:-1] in message  # visible as escapes
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [10.7, "big", 1e9])
+def test_bad_image_size_named(faces, size):
+    with pytest.raises(ArgumentError, match=r"^image_size must be a whole number") as info:
+        ImageFolderFaces(faces["root"], image_size=size)
+    assert info.value.name == "image_size" and "None" in str(info.value)
+
+
+def test_whole_float_image_size_accepted(two_people):
+    ds = ImageFolderFaces(two_people, image_size=8.0)
+    assert ds.image_size == 8 and type(ds.image_size) is int
+    assert ds[0][0].shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("name, value", [("verify", "yes"), ("verify", 1), ("progress", None)])
+def test_bad_flags(two_people, name, value):
+    with pytest.raises(ArgumentError, match=rf"^{name} must be True or False"):
+        ImageFolderFaces(two_people, **{name: value})
+
+
+def test_bad_root_type(tmp_path):
+    with pytest.raises(ArgumentError, match=r"^root must be a folder path"):
+        ImageFolderFaces(5)
+    with pytest.raises(ArgumentError, match=r"^root .*does not exist"):
+        ImageFolderFaces(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("index", [1.0, 0.5, True, np.float64(0), "0", torch.tensor(True), None])
+def test_bad_index_type(two_people, index):
+    ds = ImageFolderFaces(two_people)
+    with pytest.raises(ArgumentError, match=r"^index must be a whole number"):
+        ds[index]
+
+
+def test_index_kinds_and_range(two_people):
+    ds = ImageFolderFaces(two_people)
+    values = [_value(ds[i][0]) for i in range(3)]
+    assert values == [10, 20, 21]
+    assert _value(ds[np.int64(1)][0]) == 20 and _value(ds[torch.tensor(2)][0]) == 21
+    assert _value(ds[-3][0]) == 10
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=rf"index={bad} .*-3 <= index < 3"):
+            ds[bad]
+    assert [_value(x) for x, _, _ in ds] == values  # iteration stops at IndexError
