@@ -7,40 +7,28 @@ import sys
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from .checks import ArgumentError, as_device, as_float, as_int, cli_type
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+_positive_int = cli_type(as_int, minimum=1)
+_positive_float = cli_type(as_float, minimum=0, low_open=True)
+_share = cli_type(as_float, minimum=0, maximum=1, low_open=True)  # a ratio in (0, 1]
+_unit = cli_type(as_float, minimum=0, maximum=1)  # a momentum in [0, 1]
+_non_negative = cli_type(as_float, minimum=0)
+_finite = cli_type(as_float)
+_seed = cli_type(as_int, minimum=0, maximum=2 ** 32 - 1)
+_device = cli_type(as_device)
 
 
 def _margin_m(text: str) -> float | tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, or m1,m2,m3 for the combined margin, got {text!r}") from None
-    if len(values) not in (1, 3):
+    parts = text.split(",")
+    if len(parts) not in (1, 3):
         raise argparse.ArgumentTypeError(f"expected one number, or three (m1,m2,m3) for the combined margin, got {text!r}")
+    try:
+        values = tuple(as_float("m", v) for v in parts)
+    except ArgumentError:
+        raise argparse.ArgumentTypeError(f"expected finite numbers: one, or m1,m2,m3 for the combined margin, "
+                                         f"got {text!r}") from None
     return values[0] if len(values) == 1 else values
-
-
-def _device(text: str) -> str:
-    if text != "auto" and text.split(":")[0] not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"device must be auto, cpu or cuda[:N], got {text!r}")
-    return text
 
 
 # TrainConfig fields whose command-line option has another name
@@ -93,20 +81,20 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     t.add_argument("--scale", type=_positive_float, default=d.scale, help="the logit scale s")
     t.add_argument("--lr", type=_positive_float, default=d.lr)
     g = t.add_argument_group("Partial FC and AttFC")
-    g.add_argument("--sample-rate", type=_positive_float, default=d.sample_rate,
+    g.add_argument("--sample-rate", type=_share, default=d.sample_rate,
                    help="partial_fc: share of class centres in each step's logits, in (0, 1]")
     g.add_argument("--k", type=_positive_int, default=d.num_keys, help="attfc: key images per query")
-    g.add_argument("--dcc-ratio", type=_positive_float, default=d.dcc_ratio,
+    g.add_argument("--dcc-ratio", type=_share, default=d.dcc_ratio,
                    help="attfc: container size as a share of the identities, in (0, 1]")
     g.add_argument("--container-size", type=_positive_int, default=None,
                    help="attfc: container size in entries (overrides --dcc-ratio)")
-    g.add_argument("--ema-momentum", type=float, default=d.ema_momentum,
+    g.add_argument("--ema-momentum", type=_unit, default=d.ema_momentum,
                    help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper's 0.999)")
     g.add_argument("--temperature", type=_positive_float, default=d.temperature,
                    help="attfc: temperature of the attention softmax")
     g.add_argument("--no-mask", action="store_true",
                    help="attfc: keep the container's entries of a query's own identity as negatives (an ablation)")
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--seed", type=_seed, default=d.seed)
     t.add_argument("--device", type=_device, default=d.device)
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
                    help="CUDA only: the backbone in bfloat16 autocast, the head in fp32")
@@ -123,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a backbone + head on the synthetic faces, then evaluate verification",
@@ -131,17 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
     _add_train_options(t, d)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out; it stays as it was until the new run finishes")
 
     sw = sub.add_parser("sweep", help="train one run per value and seed of one setting; write the results as JSON",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sw.add_argument("param", choices=sorted(PARAMS), help="the setting to vary")
-    sw.add_argument("--values", type=float, nargs="+", default=None,
+    sw.add_argument("--values", type=_finite, nargs="+", default=None,
                     help="its values; default: " + "; ".join(f"{k} {' '.join(map(str, v))}"
                                                              for k, v in DEFAULT_VALUES.items()))
-    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    sw.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1])
     sw.add_argument("--head", choices=sorted(HEADS), default=None,
                     help="default: the head the setting belongs to (attfc; partial_fc for sample-rate)")
     sw.add_argument("--out", type=Path, default=None, help="JSON file; default data/sweeps/<setting>.json")
+    sw.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out file (it stays as it was until the sweep finishes)")
     _add_train_options(sw, d)
 
     from .run import VARIANTS
@@ -151,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="heads to train (the gpu profile: the first three): " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
-    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--seeds", type=_seed, nargs="+", default=[0])
     r.add_argument("--memory-classes", type=_positive_int, default=100_000,
                    help="also measure each head's step at this many identities (the gpu profile: 1,000,000)")
     r.add_argument("--out", type=Path, default=Path("runs") / "heads",
                    help="folder to write: summary.json, summary.png, <head>/seed_<s>/metrics.json, <head>/step_memory.json")
     r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (they stay as they were until the new ones are complete)")
     r.add_argument("--large-n-mib", type=_positive_float, default=None,
                    help="also find, under this memory budget (MiB), the largest N whose whole FullFC step fits, and "
                         "train AttFC at --large-n-factor times it under the same cap; writes large_n.json")
@@ -177,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=_positive_int, default=6)
     p.add_argument("--images", type=_positive_int, default=8, help="images per identity")
     p.add_argument("--image-size", type=_positive_int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
     m = sub.add_parser("memory", help="predicted vs measured memory of one head step, printed as JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -187,17 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch", type=_positive_int, default=128, help="batch size B")
     m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     m.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0 = no momentum buffer)")
-    m.add_argument("--weight-decay", type=float, default=0.0)
-    m.add_argument("--sample-rate", type=_positive_float, default=None,
+    m.add_argument("--momentum", type=_unit, default=0.9, help="SGD momentum (0 = no momentum buffer)")
+    m.add_argument("--weight-decay", type=_non_negative, default=0.0)
+    m.add_argument("--sample-rate", type=_share, default=None,
                    help="partial_fc: share of class centres in each step's logits (default 0.1)")
-    m.add_argument("--dcc-ratio", type=_positive_float, default=None,
+    m.add_argument("--dcc-ratio", type=_share, default=None,
                    help="attfc: container size as a share of the identities (default 0.3)")
     m.add_argument("--container-size", type=_positive_int, default=None, help="attfc: container size in entries")
     m.add_argument("--k", type=_positive_int, default=None, help="attfc: key embeddings per query (default 2)")
     m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
     m.add_argument("--device", type=_device, default="auto")
+    for command in (t, sw, r, b, p, m):  # also after the command; SUPPRESS keeps the top level's value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     parser.train_parsers = {"train": t, "sweep": sw, "run": r}
+    parser.all_parsers = {"train": t, "sweep": sw, "run": r, "bench": b, "preview": p, "memory": m}
     return parser
 
 
@@ -226,7 +225,7 @@ def _train(args) -> int:
 
     config = config_from_args(args)
     out = args.out if args.out is not None else Path("runs") / args.head
-    result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet)
+    result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     m = result.metrics
     print(f"{m['head']}: {m['num_classes']} identities, {m['steps']} steps in {m['seconds']:.1f} s "
           f"({m['images_per_second']:.0f} images/s on {m['device']})", file=sys.stderr)
@@ -248,7 +247,7 @@ def _sweep(args) -> int:
               f"± {run['accuracy_std']:.3f} ({run['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
     result = run_sweep(args.param, args.values, args.seeds, base, out=out, progress=not args.quiet,
-                       command=command, on_run=report)
+                       command=command, on_run=report, overwrite=args.overwrite)
     for row in result["summary"]:
         print(f"{args.param}={row['value']:g}: {row['accuracy_mean']:.3f} (seed spread ±{row['accuracy_seed_std']:.3f})",
               file=sys.stderr)
@@ -291,7 +290,7 @@ def _run(args) -> int:
           file=sys.stderr, flush=True)
     result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
                        progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory,
-                       on_epoch=epoch_done)
+                       on_epoch=epoch_done, overwrite=args.overwrite)
     print(summary_table(result), file=sys.stderr)
     if args.large_n_mib:
         from .run import large_n
@@ -345,7 +344,7 @@ def _memory(args) -> int:
              "--k": ("attfc", "num_keys", args.k)}
     foreign = [flag for flag, (head, _, value) in flags.items() if value is not None and head != args.head]
     if foreign:
-        raise ValueError(f"{', '.join(foreign)} only apply to --head "
+        raise ValueError(f"{', '.join(foreign)} only appl{'y' if len(foreign) > 1 else 'ies'} to --head "
                          f"{' / '.join(sorted({flags[f][0] for f in foreign}))}, not --head {args.head}")
     head_kwargs = {key: value for head, key, value in flags.values() if value is not None}
     report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
@@ -356,22 +355,77 @@ def _memory(args) -> int:
     return 0
 
 
+# Names in the library's messages -> the option's dest, where they differ
+_DEST_OF_NAME = {"num_classes": "classes", "num_keys": "k", "container_ratio": "dcc_ratio", "out_dir": "out"}
+_MEMORY_DEST_OF_NAME = {"embedding_dim": "dim", "batch_size": "batch"}
+
+
+def _option_of(name: str, parser: argparse.ArgumentParser, command: str) -> str | None:
+    """The command-line option that sets the library argument `name`, if any."""
+    dest = (_MEMORY_DEST_OF_NAME if command == "memory" else {}).get(name) or _DEST_OF_NAME.get(name, name)
+    for action in parser._actions:
+        if action.dest == dest:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            return (longs or action.option_strings or [action.dest])[0]
+    return None
+
+
+def _user_message(exc: BaseException, parser: argparse.ArgumentParser, command: str) -> str:
+    """The error's message, with the library's argument name replaced by its option."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ArgumentError):
+        base = exc.name.split(" ")[0].split("[")[0]
+        option = _option_of(base, parser, command)
+        if option is not None and text.startswith(base):
+            text = option + text[len(base):]
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text
+
+
+def _interrupted(args, exc: BaseException) -> str:
+    """What an interrupted command leaves behind, truthfully."""
+    from .train import RunInterrupted
+
+    if isinstance(exc, RunInterrupted) and args.command == "train":
+        return str(exc)
+    if args.command == "train":
+        return "interrupted before the first training step: nothing of this run was written"
+    if args.command == "sweep":
+        return ("interrupted: a sweep writes its file only when every run has finished, so nothing was written "
+                "(an earlier file at --out is unchanged)")
+    if args.command == "run":
+        return ("interrupted: the heads finished so far have their metrics.json under --out (or <out>.new with "
+                "--overwrite, the earlier results staying unchanged); summary.json is written only at the end")
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user error (a bad value, a missing or occupied path, a run that diverges
+    or runs out of memory) prints one message and exits with 2; --debug shows the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    sub = parser.all_parsers.get(args.data_command if args.command == "data" else args.command, parser)
     if args.command in parser.train_parsers:
         try:
             args = _apply_profile(parser, argv, args)
         except ValueError as exc:
-            parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+            if debug:
+                raise
+            parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        # Bad input: a message, not a traceback.
-        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "interrupted; a run folder keeps its last checkpoint (use --resume)\n")
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        parser.exit(130, f"{parser.prog} {args.command}: {_interrupted(args, exc)}\n")
+    except (ValueError, OSError, FloatingPointError, MemoryError) as exc:
+        # A user error (bad input, a path, a diverging run, out of memory): a message, not a traceback.
+        if debug:
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import ArgumentError, as_bool, as_float, as_int
 from .attention import generative_class_centres
 from .container import EMPTY, DynamicClassContainer
 from .heads import Head
@@ -45,14 +46,11 @@ def container_capacity(num_classes: int, container_ratio: float | None = DEFAULT
                        container_size: int | None = None) -> int:
     """Q: `container_size` if given, else floor(container_ratio * num_classes), at least 1."""
     if container_size is not None:
-        if isinstance(container_size, bool) or not isinstance(container_size, int) or container_size < 1:
-            raise ValueError(f"container_size must be an int >= 1, got {container_size!r}")
-        return container_size
-    if isinstance(container_ratio, bool) or not isinstance(container_ratio, (int, float)) \
-            or not 0 < float(container_ratio) <= 1:
-        raise ValueError(f"container_ratio must be a number in (0, 1] (the container's size as a share of the "
-                         f"identities), got {container_ratio!r}; or give container_size")
-    return max(1, int(float(container_ratio) * num_classes))
+        return as_int("container_size", container_size, 1)
+    if container_ratio is None:
+        raise ArgumentError("container_ratio", "is None and so is container_size: give one of them")
+    ratio = as_float("container_ratio", container_ratio, 0, 1, low_open=True)  # a share of the identities
+    return max(1, int(ratio * as_int("num_classes", num_classes, 1)))
 
 
 class _AttFCLoss(torch.autograd.Function):
@@ -126,18 +124,14 @@ class AttFC(Head):
                  temperature: float = 1.0, margin: Margin | str = "arcface", mask_own: bool = True,
                  **margin_kwargs) -> None:
         super().__init__()
-        if embedding_dim < 1 or num_classes < 2:
-            raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
-        if isinstance(num_keys, bool) or not isinstance(num_keys, int) or num_keys < 1:
-            raise ValueError(f"num_keys (K, key images per query) must be an int >= 1, got {num_keys!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not float(temperature) > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        embedding_dim, num_classes = as_int("embedding_dim", embedding_dim, 1), as_int("num_classes", num_classes, 2)
+        num_keys = as_int("num_keys", num_keys, 1)  # K, key images per query
+        temperature = as_float("temperature", temperature, 0, low_open=True)
         if isinstance(margin, Margin) and margin_kwargs:
             raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
                              "ignored: pass them to the margin, or pass margin by name")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
-        if not isinstance(mask_own, bool):
-            raise ValueError(f"mask_own must be True or False, got {mask_own!r}")
+        mask_own = as_bool("mask_own", mask_own)
         self.num_keys, self.temperature, self.mask_own = int(num_keys), float(temperature), mask_own
         self.margin = make_margin(margin, **margin_kwargs) if isinstance(margin, str) else margin
         self.container = DynamicClassContainer(container_capacity(num_classes, container_ratio, container_size),

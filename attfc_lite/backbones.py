@@ -137,8 +137,14 @@ def embedding_resnet(arch: str = "resnet18", embedding_dim: int = 512, image_siz
     return _ResNetEmbedding(trunk, head, embedding_dim, image_size)
 
 
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+
+
 def make_backbone(name: str = "small", embedding_dim: int = 128, image_size: int = 32, **kwargs) -> nn.Module:
     """'small' -> SmallResNet; 'resnet18' / 'resnet34' / 'resnet50' -> embedding_resnet."""
+    from .checks import as_choice
+
+    as_choice("backbone", name, BACKBONES)
     if name == "small":
         return SmallResNet(embedding_dim, image_size, **kwargs)
     return embedding_resnet(name, embedding_dim, image_size, **kwargs)

@@ -28,6 +28,8 @@ import math
 import torch
 from torch import nn
 
+from .checks import as_float, as_int
+
 __all__ = ["KeyEncoder", "DriftTracker", "DEFAULT_MOMENTUM", "PAPER_MOMENTUM", "check_momentum"]
 
 PAPER_MOMENTUM = 0.999
@@ -38,11 +40,8 @@ DEFAULT_MOMENTUM = PAPER_MOMENTUM
 
 def check_momentum(momentum: float) -> float:
     """`momentum` as a float, or ValueError naming it."""
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not math.isfinite(momentum) \
-            or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a number in [0, 1] (0: copy encoder_q every step, 1: never move), "
-                         f"got {momentum!r}")
-    return float(momentum)
+    # 0: copy encoder_q every step, 1: never move
+    return as_float("momentum", momentum, 0.0, 1.0)
 
 
 class KeyEncoder(nn.Module):
@@ -93,9 +92,7 @@ class DriftTracker:
 
     def __init__(self, momenta=(0.9, 0.99, PAPER_MOMENTUM), every: int = 1) -> None:
         self.momenta = [check_momentum(m) for m in momenta]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
-        self.every = every
+        self.every = as_int("every", every, 1)
         self.encoders: dict[float, KeyEncoder] = {}
         self.steps: list[int] = []
         self.drift: dict[float, list[float]] = {m: [] for m in self.momenta}

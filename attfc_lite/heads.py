@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import as_int
 from .margins import Margin, make_margin
 
 
@@ -64,10 +65,8 @@ class FullFC(Head):
 
     def __init__(self, embedding_dim: int, num_classes: int, margin: Margin | str = "arcface", **margin_kwargs) -> None:
         super().__init__()
-        if embedding_dim < 1 or num_classes < 2:
-            raise ValueError(f"need embedding_dim >= 1 and num_classes >= 2, got {embedding_dim}, {num_classes}")
-        self.embedding_dim = int(embedding_dim)
-        self.num_classes = int(num_classes)
+        self.embedding_dim = as_int("embedding_dim", embedding_dim, 1)
+        self.num_classes = as_int("num_classes", num_classes, 2)
         if isinstance(margin, Margin) and margin_kwargs:
             raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
                              "ignored: pass them to the margin, or pass margin by name")

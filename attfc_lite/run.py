@@ -25,7 +25,9 @@ from typing import Any, Callable, Sequence
 
 
 from .train import TrainConfig, train
-from .utils import provenance, read_stored, write_json
+from .checks import ArgumentError, as_int
+import shutil
+from .utils import check_output, holds_results, provenance, read_stored, replace_folder, staging_path, write_json
 
 __all__ = ["VARIANTS", "PROFILES", "resolve_profile", "profile_config", "run_heads", "load_run", "summary_table",
            "plot_losses", "plot_rocs", "plot_summary", "large_n", "STORED"]
@@ -117,7 +119,8 @@ def _round(values: Sequence[float], digits: int = 5) -> list[float]:
 def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,), base: TrainConfig | None = None,
               memory_classes: int | None = 100_000, out: str | os.PathLike | None = None, progress: bool = True,
               command: str | None = None, on_run: Callable[[dict], None] | None = None,
-              step_memory: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
+              step_memory: bool = True, on_epoch: Callable[[dict], None] | None = None,
+              overwrite: bool = False) -> dict:
     """Train every variant for every seed on `base`'s data; return the results, and with `out` (a
     folder) write them: summary.json and summary.png, and per variant seed_<s>/metrics.json (what
     `train` records) and step_memory.json (one whole training step measured).
@@ -127,18 +130,29 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
     optimizer; `memory.step.measure_model_step`), kept with a thinned timeline.
     `on_run(run)` after each run and `on_epoch({variant, seed, epoch, epochs, loss})` after each
     epoch report progress (the command line prints them when its bars are off).
+    A folder `out` that holds results is refused unless `overwrite=True`; the new results are
+    then written to `<out>.new` and take its place only when every run has finished.
     """
     from .memory.step import measure_model_step, thin_timeline
 
     variants = _check_variants(variants)
-    seeds = [int(s) for s in seeds]
+    seeds = [as_int("seeds", s, 0, 2 ** 32 - 1) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     base = base or TrainConfig()
     configs = [(v, s, replace(base, **VARIANTS[v][1], seed=s).validate()) for v in variants for s in seeds]
-    out = Path(out) if out is not None else None
+    if memory_classes is not None:
+        memory_classes = as_int("memory_classes", memory_classes, 2)
+    final = out = Path(out) if out is not None else None
     if out is not None and out.suffix:
-        raise ValueError(f"out is a folder (it gets summary.json, summary.png and one folder per head), got {out}")
+        raise ArgumentError("out", f"is a folder (it gets summary.json, summary.png and one folder per head), "
+                                   f"got {out}")
+    if out is not None:
+        check_output(out, "out", "folder", overwrite=overwrite, holds="results")
+        if holds_results(out):  # overwrite: write beside it, replace it at the end
+            out = staging_path(out)
+            if out.exists():
+                shutil.rmtree(out)
     from tqdm.auto import tqdm
 
     runs, steps, started = [], {}, time.perf_counter()
@@ -198,6 +212,8 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         fig = plot_summary(result)
         fig.savefig(out / "summary.png", dpi=100)
         plt.close(fig)
+        if out != final:
+            replace_folder(out, final)
     return result
 
 

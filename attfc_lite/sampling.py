@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .checks import as_int
+
 __all__ = ["identity_index", "sample_keys", "sample_keys_tensor", "KViewDataset"]
 
 IdentityIndex = tuple[Tensor, Tensor, Tensor]
@@ -48,9 +50,7 @@ def identity_index(labels: Tensor) -> IdentityIndex:
 
 
 def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r} must be an int >= 1 (the number of key images per query)")
-    return k
+    return as_int("k", k, 1)  # the number of key images per query
 
 
 def sample_keys(
@@ -142,8 +142,7 @@ class KViewDataset(Dataset):
             raise ValueError(
                 f"base.labels must be 1-D with one entry per item ({len(base)}), got shape {tuple(labels.shape)}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed={seed!r} must be an int")
+        seed = as_int("seed", seed)
         self.base = base
         self.labels = _check_labels(labels).cpu()
         self.seed = seed

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 
 from .train import TrainConfig, train
-from .utils import provenance, read_stored, write_json
+from .checks import ArgumentError, as_float, as_int
+from .utils import check_output, provenance, read_stored, write_json
 
 __all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise", "head_memory_of",
            "plot_accuracy_memory"]
@@ -55,11 +56,10 @@ def _field(param: str) -> str:
 
 
 def _cast(field: str, value: Any) -> Any:
+    """A sweep value as its field's type: whole numbers stay exact, floats must be finite."""
     if field in _INT_FIELDS:
-        if float(value) != int(float(value)):
-            raise ValueError(f"{field} takes whole numbers, got {value!r}")
-        return int(float(value))
-    return float(value)
+        return as_int(f"values (of {field})", value)
+    return as_float(f"values (of {field})", value)
 
 
 def summarise(runs: Sequence[dict]) -> list[dict]:
@@ -81,20 +81,33 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
 
 def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] = (0, 1),
               base: TrainConfig | None = None, out: str | os.PathLike | None = None, progress: bool = True,
-              command: str | None = None, on_run: Callable[[dict], None] | None = None) -> dict:
+              command: str | None = None, on_run: Callable[[dict], None] | None = None,
+              overwrite: bool = False) -> dict:
     """Train one run per (value, seed) of `param` (a key of PARAMS); return (and write to `out`) the sweep.
 
-    Every value is checked before the first run starts, so a bad one fails at once.
+    Every value, and `out`, is checked before the first run starts, so a bad one fails at once.
+    An existing `out` is refused unless `overwrite=True`; it is replaced only when the sweep
+    finishes (one atomic write), so a failed or interrupted sweep leaves it as it was.
     """
+    if out is not None:
+        out = check_output(out, "out", "file", overwrite=overwrite, holds="results")
     field = _field(param)
     values = list(DEFAULT_VALUES.get(param, ())) if values is None else list(values)
     if not values:
         raise ValueError(f"values is empty; give at least one value of {param}")
-    seeds = [int(s) for s in seeds]
+    seeds = [as_int("seeds", s, 0, 2 ** 32 - 1) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     base = base or TrainConfig(head=HEAD_OF.get(param, "attfc"))
-    configs = [(v, s, replace(base, **{field: _cast(field, v), "seed": s}).validate()) for v in values for s in seeds]
+    configs = []
+    for v in values:
+        for s in seeds:
+            try:
+                configs.append((v, s, replace(base, **{field: _cast(field, v), "seed": s}).validate()))
+            except ArgumentError as exc:
+                if exc.name != field:
+                    raise
+                raise ArgumentError("values", f"hold {v!r}, which {param} cannot take: {exc}") from None
     from tqdm.auto import tqdm
 
     runs = []

@@ -10,9 +10,9 @@ weights as one that was never interrupted.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones import count_parameters, make_backbone
+from .backbones import BACKBONES, count_parameters, make_backbone
 from .faces import MAX_IDENTITIES, FaceWorld, StreamedFaces, SyntheticFaces, check_disjoint_splits
 from .attfc import DEFAULT_CONTAINER_RATIO
 from .encoders import DEFAULT_MOMENTUM, KeyEncoder, check_momentum
@@ -28,7 +28,9 @@ from .heads import HEADS, Head, make_head
 from .margins import DEFAULT_M, MARGINS, make_margin
 from .partial_fc import DEFAULT_SAMPLE_RATE
 from .sampling import identity_index, sample_keys
-from .utils import default_device, seed_everything
+from .checks import ArgumentError, as_bool, as_choice, as_device, as_float, as_int
+from .utils import (check_output, default_device, replace_folder, seed_everything, staging_path,
+                    write_json)
 from .verification import evaluate_verification
 
 CHECKPOINT = "checkpoint.pt"
@@ -92,54 +94,67 @@ class TrainConfig:
     head_kwargs: dict = field(default_factory=dict)  # anything else make_head takes
 
     def validate(self) -> "TrainConfig":
-        """Check every field; returns a copy with the defaults that depend on others filled in."""
-        positive = ("num_classes", "images_per_identity", "eval_identities", "eval_images_per_identity", "epochs",
-                    "batch_size", "embedding_dim", "num_pairs")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (a classifier needs two identities), got {self.num_classes}")
-        if self.eval_images_per_identity < 2:
-            raise ValueError("eval_images_per_identity must be >= 2 (genuine pairs need two images of one identity)")
-        if not 8 <= self.image_size <= 512:
-            raise ValueError(f"image_size must be in [8, 512], got {self.image_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps must be None or an int >= 1, got {self.max_steps!r}")
+        """Check every field; returns a copy with whole numbers as ints and the defaults that
+        depend on others filled in. A bad value raises ArgumentError (a ValueError) naming it."""
+        c = dict(
+            head=as_choice("head", self.head, sorted(HEADS)),
+            num_classes=as_int("num_classes", self.num_classes, 2),  # a classifier needs two identities
+            images_per_identity=as_int("images_per_identity", self.images_per_identity, 1),
+            # impostor pairs need two identities, genuine pairs two images of one
+            eval_identities=as_int("eval_identities", self.eval_identities, 2),
+            eval_images_per_identity=as_int("eval_images_per_identity", self.eval_images_per_identity, 2),
+            image_size=as_int("image_size", self.image_size, 8, 512),
+            backbone=as_choice("backbone", self.backbone, sorted(BACKBONES)),
+            embedding_dim=as_int("embedding_dim", self.embedding_dim, 1),
+            scale=as_float("scale", self.scale, 0, low_open=True),
+            epochs=as_int("epochs", self.epochs, 1),
+            # BatchNorm needs two samples in a batch
+            batch_size=as_int("batch_size", self.batch_size, 2),
+            lr=as_float("lr", self.lr, 0, low_open=True),
+            momentum=as_float("momentum", self.momentum, 0, 1, high_open=True),
+            weight_decay=as_float("weight_decay", self.weight_decay, 0),
+            warmup_epochs=as_float("warmup_epochs", self.warmup_epochs, 0),
+            clip_grad_norm=as_float("clip_grad_norm", self.clip_grad_norm, 0),
+            seed=as_int("seed", self.seed, 0, 2 ** 32 - 1),
+            device=as_device("device", self.device),
+            num_pairs=as_int("num_pairs", self.num_pairs, 2),
+            sample_rate=as_float("sample_rate", self.sample_rate, 0, 1, low_open=True),
+            num_keys=as_int("num_keys", self.num_keys, 1),
+            dcc_ratio=as_float("dcc_ratio", self.dcc_ratio, 0, 1, low_open=True),
+            container_size=None if self.container_size is None else as_int("container_size", self.container_size, 1),
+            ema_momentum=as_float("ema_momentum", self.ema_momentum, 0, 1),
+            temperature=as_float("temperature", self.temperature, 0, low_open=True),
+            amp=as_bool("amp", self.amp),
+            channels_last=as_bool("channels_last", self.channels_last),
+            stream_data=as_bool("stream_data", self.stream_data),
+            max_steps=None if self.max_steps is None else as_int("max_steps", self.max_steps, 1),
+        )
+        if not isinstance(self.head_kwargs, dict):
+            raise ArgumentError("head_kwargs", f"must be a dict of make_head's options, got {self.head_kwargs!r}")
+        self = replace(self, **c)
         if self.amp and (self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())):
-            raise ValueError("amp=True (bfloat16 autocast) is for CUDA devices; set amp=False on the CPU")
+            raise ArgumentError("amp", "(bfloat16 autocast) is for CUDA devices; set amp=False (--no-amp) on the CPU")
+        default_device(self.device)  # a CUDA device asked for where there is none: said now
         if self.num_classes + self.eval_identities > MAX_IDENTITIES:
-            raise ValueError(f"num_classes + eval_identities must be at most {MAX_IDENTITIES:,} (the synthetic world's "
-                             f"identities; training and evaluation must not share one), got {self.num_classes:,} + "
-                             f"{self.eval_identities:,}")
-        margin = str(self.margin).lower()
-        if margin not in MARGINS:
-            raise ValueError(f"margin must be one of {sorted(MARGINS)}, got {self.margin!r}")
+            raise ArgumentError("num_classes", f"+ eval_identities must be at most {MAX_IDENTITIES:,} (the synthetic "
+                                f"world's identities; training and evaluation must not share one), got "
+                                f"{self.num_classes:,} + {self.eval_identities:,}")
+        margin = as_choice("margin", str(self.margin).lower(), sorted(MARGINS))
         m = DEFAULT_M[margin] if self.margin_m is None else self.margin_m
-        m = tuple(float(v) for v in m) if isinstance(m, (tuple, list)) else m
+        if isinstance(m, (tuple, list)):
+            m = tuple(as_float(f"margin_m[{i}]", v) for i, v in enumerate(m))
+        else:
+            m = as_float("margin_m", m)
         try:
             make_margin(margin, s=self.scale, m=m)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"margin_m={m!r} does not suit margin={margin!r}: {exc}") from None
+            raise ArgumentError("margin_m", f"{m!r} does not suit margin={margin!r}: {exc}") from None
         checked = replace(self, margin=margin, margin_m=m)
-        if self.head == "partial_fc" and not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate must be in (0, 1] (the share of class centres in each step's logits), "
-                             f"got {self.sample_rate}")
         if self.head == "attfc":
-            if isinstance(self.num_keys, bool) or not isinstance(self.num_keys, int) or self.num_keys < 1:
-                raise ValueError(f"num_keys (K, key images per query) must be an int >= 1, got {self.num_keys!r}")
-            if self.container_size is None and not 0 < self.dcc_ratio <= 1:
-                raise ValueError(f"dcc_ratio must be in (0, 1] (the container's size as a share of num_classes), "
-                                 f"got {self.dcc_ratio}; or set container_size")
             try:
                 check_momentum(self.ema_momentum)
             except ValueError as exc:
-                raise ValueError(f"ema_momentum: {exc}") from None
+                raise ArgumentError("ema_momentum", str(exc)) from None
         with torch.device("meta"):  # the head's own checks, before anything is rendered; no memory
             probe = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
                               s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
@@ -164,17 +179,72 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, not written by attfc_lite, or of another run."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`; the message says what of the run is saved."""
+
+
+class TrainingOutOfMemory(MemoryError):
+    """A training step ran out of memory; the message gives the head's memory and what to change."""
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write then rename, so an interrupted save never leaves a broken checkpoint."""
+    """Write to a temporary file, flush it to disk, then rename: a crash or a kill at any moment
+    leaves either the previous checkpoint or the new one, never a broken one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+_CHECKPOINT_KEYS = ("config", "backbone", "head", "optimizer", "epoch", "step", "history", "seconds")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain containers, no pickled code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint with weights_only=True: tensors and plain containers, no pickled code.
+
+    A file that is truncated, not a checkpoint, or holds anything else is refused with a
+    CheckpointError that says so (loading pickled objects could run code, so none are loaded)."""
+    import pickle
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} is refused: it holds Python objects other than tensors, numbers and plain containers, and "
+            f"loading those could run code. attfc_lite's checkpoints hold only those, so this file was not written "
+            f"by attfc_lite's train or was changed since; start the run again in a new folder") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it is "
+            f"truncated or not a checkpoint. attfc_lite writes checkpoints atomically, so this file was damaged or "
+            f"written by something else: restore it, or start the run again (overwrite=True, --overwrite)") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of attfc_lite's train: it lacks {missing}")
+    return state
+
+
+def _non_finite(*modules) -> list[str]:
+    """Names of the floating-point tensors of `modules` (None skipped) holding nan or inf."""
+    return [name for m in modules if m is not None for name, t in m.state_dict().items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 @dataclass
@@ -217,8 +287,15 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
 
 def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, train_set=None, eval_set=None, stop_after_epoch: int | None = None,
-          evaluate: bool = True, callback=None) -> TrainResult:
+          evaluate: bool = True, callback=None, overwrite: bool = False) -> TrainResult:
     """Train backbone + head on the synthetic world (or the given datasets), then evaluate.
+
+    `out_dir` gets a checkpoint after every epoch and metrics.json at the end. A folder that
+    already holds a run is refused unless `resume=True` (continue it) or `overwrite=True`
+    (replace it: the new run is written to `<out_dir>.new` and takes the folder's place only
+    when it finishes, so a new run that fails or is interrupted leaves the earlier one as it was).
+    Everything that can be checked is checked before the first step; a failure at any point
+    keeps the last checkpoint written, and non-finite weights are never written.
 
     `callback(state)`, if given, runs after every optimizer step with a dict: step, epoch,
     loss, labels (of the batch), backbone, head, encoder_k (None but for AttFC) and keys (the
@@ -230,22 +307,35 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     from tqdm.auto import tqdm
 
     config = (config or TrainConfig()).validate()
-    seed_everything(config.seed)
-    device = default_device(config.device)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    if resume and (out is None or not (out / CHECKPOINT).exists()):
-        where = "no out_dir was given" if out is None else f"there is no {out / CHECKPOINT}"
-        raise FileNotFoundError(f"resume=True but {where}; start the run without resume first")
+    resume, overwrite = as_bool("resume", resume), as_bool("overwrite", overwrite)
+    if stop_after_epoch is not None:
+        stop_after_epoch = as_int("stop_after_epoch", stop_after_epoch, 1)
+    if resume and overwrite:
+        raise ArgumentError("overwrite", "and resume exclude each other: resume continues the run in out_dir, "
+                                         "overwrite replaces it; choose one")
+    final = out = Path(out_dir) if out_dir is not None else None
+    if final is not None:
+        has_run = (final / CHECKPOINT).exists() or (final / METRICS).exists()
+        check_output(final, "out_dir", "folder", overwrite=overwrite, resume=resume, holds="a run", occupied=has_run)
+        if overwrite and has_run:
+            out = staging_path(final)  # the earlier run stays in `final` until this one finishes
+            if out.exists():
+                shutil.rmtree(out)
+    if resume and (final is None or not (final / CHECKPOINT).exists()):
+        where = "no out_dir was given" if final is None else f"there is no {final / CHECKPOINT}"
+        raise FileNotFoundError(f"resume=True (--resume) but {where}; start the run without resume first")
 
     state = None
     if resume:  # checked before any rendering, so a mismatch fails at once
-        state = load_checkpoint(out / CHECKPOINT)
-        saved = TrainConfig.from_dict(state["config"])
+        state = load_checkpoint(final / CHECKPOINT)
+        try:
+            saved = TrainConfig.from_dict(state["config"]).validate()
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{final / CHECKPOINT} records a config this version cannot use: {exc}") from None
         if asdict(saved) != asdict(config):
             diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
-            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now)")
+            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now); "
+                             f"give the checkpoint's values, or start a new run in another folder")
     # Before any rendering or training: verification must be on identities never trained on.
     train_ids = getattr(train_set, "identity_ids", None) if train_set is not None else \
         FaceWorld.train_identities(config.num_classes)
@@ -253,15 +343,23 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         FaceWorld.eval_identities(config.eval_identities)
     if evaluate and train_ids is not None and eval_ids is not None:
         check_disjoint_splits(train_ids, eval_ids)
+    if evaluate and eval_set is not None:
+        _check_eval_set(eval_set)
+    if train_set is None:
+        _check_batch(config.batch_size, config.num_classes * config.images_per_identity)
     if train_set is None and config.stream_data:
         train_set = StreamedFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
-                                  config.seed, device=device)
+                                  config.seed, device=default_device(config.device))
     elif train_set is None:
         train_set = SyntheticFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                    config.seed, progress=progress)
     if getattr(train_set, "num_classes", config.num_classes) != config.num_classes:
-        raise ValueError(f"config.num_classes={config.num_classes} but the training set has "
-                         f"{train_set.num_classes} identities; set num_classes to match")
+        raise ArgumentError("num_classes", f"is {config.num_classes} but the training set has "
+                                           f"{train_set.num_classes} identities; set num_classes to match")
+    n = len(train_set)
+    _check_batch(config.batch_size, n)
+    seed_everything(config.seed)
+    device = default_device(config.device)
     backbone, head = build(config, device)
     params = list(backbone.parameters()) + list(head.parameters())
     backbone_params = list(backbone.parameters())
@@ -273,97 +371,136 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp else contextlib.nullcontext
-    n = len(train_set)
-    steps_per_epoch = max(1, n // config.batch_size)  # drop the last partial batch: BatchNorm needs > 1 sample
+    steps_per_epoch = n // config.batch_size  # drop the last partial batch: BatchNorm needs > 1 sample
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
-    start_epoch, step, history, seconds = 0, 0, [], 0.0
+    start_epoch, step, history, seconds, images = 0, 0, [], 0.0, 0
 
     if resume:
-        backbone.load_state_dict(state["backbone"])
-        head.load_state_dict(state["head"])
-        if encoder_k is not None:
-            encoder_k.load_state_dict(state["encoder_k"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, history, seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
-
-    bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
-    for epoch in range(start_epoch, config.epochs):
-        backbone.train()
-        head.train()
-        if encoder_k is not None:
-            encoder_k.train()  # BatchNorm on each key batch's own statistics, as the official code
-        gen = _epoch_generator(config.seed, epoch)
-        order = torch.randperm(n, generator=gen)
-        flips = torch.rand(n, generator=gen) < 0.5
-        losses = []
-        t0 = time.perf_counter()
-        for b in range(steps_per_epoch):
-            if step >= total_steps:  # max_steps reached within this epoch
-                break
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            images, labels = _load(train_set, idx, flips[idx])
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
-            keys = None
+        try:
+            backbone.load_state_dict(state["backbone"])
+            head.load_state_dict(state["head"])
             if encoder_k is not None:
-                # EMA first, then the keys: K images of each query's identity, drawn with
-                # replacement from this epoch's generator (so a resumed run draws the same).
-                encoder_k.update(backbone)
-                key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen, index=key_index).reshape(-1)
-                key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
-                with autocast():
-                    keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(idx.numel(),
-                                                                                           head.num_keys, -1)
-            with autocast():
-                embeddings = backbone(images)
-            embeddings = embeddings.float()
-            loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
-            if not torch.isfinite(loss):
+                encoder_k.load_state_dict(state["encoder_k"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{final / CHECKPOINT} does not fit this run's model: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        start_epoch, step, history, seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+        images = int(state.get("images", step * config.batch_size))  # checkpoints before it was recorded
+    saved_epoch = start_epoch if resume else None
+
+    def kept() -> str:
+        """What of this run is on disk now, truthfully."""
+        if out is None:
+            text = "nothing of this run is saved (no out_dir was given)"
+        elif saved_epoch is None:
+            text = (f"no checkpoint of this run was written yet (one is written after each epoch), so nothing of it "
+                    f"is saved")
+        else:
+            text = (f"the checkpoint of epoch {saved_epoch}/{config.epochs} is kept in {out / CHECKPOINT}; continue "
+                    f"it with resume=True (--resume --out {out})")
+        if out is not None and out != final:
+            text += f"; the earlier run in {final} is unchanged"
+        return text
+
+    epoch = start_epoch
+    bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            backbone.train()
+            head.train()
+            if encoder_k is not None:
+                encoder_k.train()  # BatchNorm on each key batch's own statistics, as the official code
+            gen = _epoch_generator(config.seed, epoch)
+            order = torch.randperm(n, generator=gen)
+            flips = torch.rand(n, generator=gen) < 0.5
+            losses = []
+            t0 = time.perf_counter()
+            for b in range(steps_per_epoch):
+                if step >= total_steps:  # max_steps reached within this epoch
+                    break
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                try:
+                    images_, labels = _load(train_set, idx, flips[idx])
+                    images_, labels = images_.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
+                    keys = None
+                    if encoder_k is not None:
+                        # EMA first, then the keys: K images of each query's identity, drawn with
+                        # replacement from this epoch's generator (so a resumed run draws the same).
+                        encoder_k.update(backbone)
+                        key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen,
+                                              index=key_index).reshape(-1)
+                        key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
+                        with autocast():
+                            keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(
+                                idx.numel(), head.num_keys, -1)
+                    with autocast():
+                        embeddings = backbone(images_)
+                    embeddings = embeddings.float()
+                    loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); lower lr (now "
+                            f"{config.lr:g}) or scale (now {config.scale:g}). " + kept() + ".")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip_grad_norm:
+                        nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
+                    optimizer.step()
+                except (RuntimeError, MemoryError) as exc:
+                    if not _is_out_of_memory(exc):
+                        raise
+                    raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
+                        from None
+                losses.append(loss.item())
+                step += 1
+                images += idx.numel()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+                if callback is not None:
+                    callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels,
+                              "backbone": backbone, "head": head, "encoder_k": encoder_k, "keys": keys})
+            seconds += time.perf_counter() - t0
+            if not losses:  # max_steps ended the run before this epoch
+                break
+            bad = _non_finite(backbone, head, encoder_k)
+            if bad:
                 raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step} (epoch {epoch}); lower lr (now {config.lr}) or "
-                    f"scale (now {config.scale}). The last good checkpoint is kept"
-                    + (f" in {out / CHECKPOINT}." if out is not None and (out / CHECKPOINT).exists()
-                       else ": none was written yet (checkpoints are written after each epoch when out_dir is given).")
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad_norm:
-                nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
-            optimizer.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
-            if callback is not None:
-                callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels, "backbone": backbone,
-                          "head": head, "encoder_k": encoder_k, "keys": keys})
-        seconds += time.perf_counter() - t0
-        if not losses:  # max_steps ended the run before this epoch
-            break
-        history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
-        if out is not None:
-            save_checkpoint(out / CHECKPOINT, {
-                "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
-                "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
-                "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
-                "seconds": seconds,
-            })
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-            bar.close()
-            return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
-    bar.close()
+                    f"weights became nan or inf in epoch {epoch + 1} ({', '.join(bad[:3])}"
+                    f"{', ...' if len(bad) > 3 else ''}) and were not saved; lower lr (now {config.lr:g}) or scale "
+                    f"(now {config.scale:g}). " + kept() + ".")
+            history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)  # made here, so a run that fails before leaves no folder
+                save_checkpoint(out / CHECKPOINT, {
+                    "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
+                    "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
+                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
+                    "seconds": seconds, "images": images,
+                })
+                saved_epoch = epoch + 1
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+                bar.close()
+                return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
+    except KeyboardInterrupt:
+        bar.close()
+        raise RunInterrupted(f"interrupted in epoch {epoch + 1}/{config.epochs} at step {step}: {kept()}.") from None
+    finally:
+        bar.close()
 
     metrics = {
         "head": config.head,
         "num_classes": config.num_classes,
         "steps": step,
+        "images": images,
         "epochs": config.epochs,
         "seconds": round(seconds, 3),
-        "images_per_second": round(step * config.batch_size / max(seconds, 1e-9), 1),
+        "images_per_second": round(images / max(seconds, 1e-9), 1),
         "device": device.type,
         "backbone_parameters": count_parameters(backbone),
         "head_parameters": sum(p.numel() for p in head.parameters()),
@@ -374,13 +511,47 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         "history": history,
         "config": asdict(config),
     }
-    if evaluate:
-        metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
-    if out is not None:
-        tmp = out / (METRICS + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, out / METRICS)
+    try:
+        if evaluate:
+            metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
+        if out is not None:
+            write_json(out / METRICS, metrics)  # refuses nan: a metric that is not a number is an error
+            if out != final:
+                replace_folder(out, final)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted during the evaluation after training: {kept()}.") from None
     return TrainResult(backbone, head, metrics, history, encoder_k)
+
+
+def _check_batch(batch_size: int, num_images: int) -> None:
+    if batch_size > num_images:
+        raise ArgumentError("batch_size", f"is {batch_size:,} but the training set holds {num_images:,} images, so "
+                                          f"no full batch can be drawn; use a batch_size of at most {num_images:,} "
+                                          f"(and at least 2, for BatchNorm)")
+
+
+def _check_eval_set(eval_set) -> None:
+    """Verification pairs need two identities (impostors) and an identity with two images (genuine)."""
+    counts = torch.bincount(_labels_of(eval_set).reshape(-1).long())
+    counts = counts[counts > 0]
+    if counts.numel() < 2 or int(counts.max()) < 2:
+        raise ArgumentError("eval_set", f"has {counts.numel()} identities, the largest with "
+                                        f"{int(counts.max()) if counts.numel() else 0} images: verification pairs need at "
+                                        f"least two identities and two images of one; give a larger evaluation set")
+
+
+def _out_of_memory_text(config: TrainConfig, step: int, epoch: int, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    text = (f"out of memory in training step {step} (epoch {epoch + 1}) of head {config.head} with "
+            f"{config.num_classes:,} identities, D = {config.embedding_dim}, B = {config.batch_size}: {first}")
+    try:
+        from .memory import explain_oom
+
+        return text + "\n" + explain_oom(config.head, config.num_classes, config.embedding_dim, config.batch_size,
+                                         **memory_knobs(config))
+    except Exception:  # the explanation must never hide the error itself
+        return (text + "\nfewer identities (num_classes), Partial FC (head='partial_fc'), AttFC (head='attfc') or a "
+                       "smaller batch_size lower the head's memory")
 
 
 def evaluate_run(backbone: nn.Module, config: TrainConfig, eval_set=None, device=None, progress: bool = False) -> dict:

@@ -19,11 +19,17 @@ def seed_everything(seed: int = 0) -> None:
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """`device` if given (validated), else CUDA when available, else CPU."""
+    from .checks import ArgumentError, as_device
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = torch.device(as_device("device", device))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} asked for, but no CUDA device is available; use device='cpu' or 'auto'")
+        raise ArgumentError("device", f"{str(device)!r} was asked for, but no CUDA device is available; use 'cpu' "
+                                      f"or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ArgumentError("device", f"{str(device)!r} was asked for, but there are {torch.cuda.device_count()} CUDA "
+                                      f"devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -93,3 +99,62 @@ def read_stored(path, folder, required, command: str) -> dict:
     if missing:
         raise ValueError(f"{path} was not written by {command}: it lacks {sorted(missing)}; regenerate it")
     return data
+
+
+def _nearest_existing(path):
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return path.anchor
+
+
+def holds_results(path) -> bool:
+    """Whether `path` holds results: a file, or a folder with anything in it."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def check_output(path, name: str, kind: str = "folder", overwrite: bool = False, resume: bool = False,
+                 holds: str = "results", occupied: bool | None = None):
+    """Check, before any work, that results can be written to `path` (a folder or a file) without
+    losing earlier ones: it must not be of the other kind, its parent must be a folder we can
+    write, and if it already holds results (`occupied`, by default: is a file or a non-empty
+    folder) the caller must say `resume` or `overwrite`."""
+    from pathlib import Path
+
+    from .checks import ArgumentError
+
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ArgumentError(name, f"must be a folder, but {path} is a file; give a folder path (it is created)")
+    if kind == "file" and path.is_dir():
+        raise ArgumentError(name, f"must be a file path, but {path} is a folder; give e.g. {path / 'result.json'}")
+    base = _nearest_existing(path.parent if kind == "file" or not path.exists() else path)
+    if not Path(base).is_dir():
+        raise ArgumentError(name, f"cannot be created: {base} is a file, not a folder; choose another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ArgumentError(name, f"cannot be written: no write permission in {base}; choose another path")
+    if (holds_results(path) if occupied is None else occupied) and not (overwrite or resume):
+        raise ArgumentError(name, f"{path} already holds {holds}, left unchanged: choose another path, "
+                                  + ("continue it with --resume (resume=True), " if holds == "a run" else "")
+                                  + "or replace it with --overwrite (overwrite=True), which keeps it until the new "
+                                    "work has finished")
+    return path
+
+
+def staging_path(path):
+    """Where work that will replace the results in `path` is written until it finishes."""
+    return path.with_name(path.name + ".new")
+
+
+def replace_folder(stage, path) -> None:
+    """Put the finished folder `stage` in the place of `path`, removing what `path` held."""
+    import shutil
+
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(stage, path)  # between the two renames the earlier results are in <path>.old
+    if old.exists():
+        shutil.rmtree(old)

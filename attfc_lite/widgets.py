@@ -5,6 +5,7 @@ import html
 import math
 from typing import Any
 
+from .checks import ArgumentError, as_bool, as_choice, as_float, as_int
 from .memory import (
     BACKBONES,
     DATASETS,
@@ -27,6 +28,7 @@ CARDS_GIB = (24.0, 40.0, 80.0)
 KEY_ENCODER_PARAMS = BACKBONES["iresnet50"].params
 #: The largest N the will-it-fit widget takes (WebFace42M has 2.06 M identities).
 MAX_WIDGET_CLASSES = 10_000_000
+_WIDGET_DIMS = (128, 256, 512, 1024)  # the will-it-fit widget's menu of D
 #: The container's size in the official AttFC configuration: 30 % of the identities (its
 #: `dcc_ratio`; the official code also rounds Q down to a multiple of the batch).
 OFFICIAL_CONTAINER_RATIO = 0.3
@@ -57,24 +59,47 @@ def dataset_for(num_classes: int) -> str:
 
 
 def resolve_num_classes(num_classes: int | str) -> int:
-    """N from a number of identities or a dataset name of `DATASETS`; a ValueError names the fix."""
-    if isinstance(num_classes, str):
-        if num_classes not in DATASETS:
-            raise ValueError(f"num_classes: unknown dataset {num_classes!r}; use one of {sorted(DATASETS)} or give "
-                             f"the number of identities, e.g. num_classes=93431")
+    """N from a number of identities (1e6 accepted, 10.7 refused) or a dataset name of `DATASETS`;
+    an ArgumentError (a ValueError) names the argument and what is allowed."""
+    if isinstance(num_classes, str) and num_classes in DATASETS:
         return DATASETS[num_classes]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, float)) or num_classes != int(num_classes) \
-            or num_classes < 2:
-        raise ValueError(f"num_classes must be a whole number of identities >= 2 (or a dataset name such as "
-                         f"'MS1MV3'), got {num_classes!r}")
-    return int(num_classes)
+    try:
+        return as_int("num_classes", num_classes, 2)
+    except ArgumentError:
+        raise ArgumentError("num_classes", f"must be a whole number of identities >= 2 or a dataset name of "
+                                           f"{sorted(DATASETS)}, got {num_classes!r}") from None
 
 
-def _check_optimizer(optimizer: str) -> str:
-    name = str(optimizer).lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS} (SGD with momentum or Adam), got {optimizer!r}")
-    return name
+def _check_optimizer(optimizer: str, choices: tuple[str, ...] = OPTIMIZERS) -> str:
+    if not isinstance(optimizer, str) or optimizer.lower() not in choices:
+        raise ArgumentError("optimizer", f"must be one of {choices} (SGD with momentum or Adam), got {optimizer!r}")
+    return optimizer.lower()
+
+
+def _check_backbone(backbone: str | None) -> str | None:
+    if backbone is not None and (not isinstance(backbone, str) or backbone not in BACKBONES):
+        raise ArgumentError("backbone", f"must be one of {sorted(BACKBONES)} or None (the head alone), "
+                                        f"got {backbone!r}")
+    return backbone
+
+
+def _check_container_size(container_size: int | None, maximum: int | None = None) -> int | None:
+    return None if container_size is None else as_int("container_size", container_size, 1, maximum)
+
+
+def _check_result(name: str, result: Any, keys: tuple[str, ...], made_by: str) -> dict[str, Any]:
+    """`result` if it is a dict with `keys` (what `made_by` returns), else an ArgumentError saying so."""
+    if not isinstance(result, dict):
+        raise ArgumentError(name, f"must be the dict {made_by} returns, got {type(result).__name__}")
+    missing = [k for k in keys if k not in result]
+    if missing:
+        raise ArgumentError(name, f"must be the dict {made_by} returns; it lacks {missing}")
+    return result
+
+
+_VERDICT_KEYS = ("dataset", "num_classes", "embedding_dim", "batch_size", "precision_label", "optimizer", "head",
+                 "backbone", "parts", "peak_bytes", "peak_phase", "verdict", "head_only_peak_bytes", "head_only_fits",
+                 "fc_max_num_classes_24gb", "notes", "breakdown", "part_of", "descriptions", "capacity_bytes", "fits")
 
 
 def fit_verdict(
@@ -111,13 +136,16 @@ def fit_verdict(
     n = resolve_num_classes(num_classes)
     if "dtype" in model_kwargs:  # the widget's old name for the precision menu
         precision = model_kwargs.pop("dtype")
-    if isinstance(device_gib, bool) or not isinstance(device_gib, (int, float)) or not device_gib > 0:
-        raise ValueError(f"device_gib must be a positive number of GiB, got {device_gib!r}")
+    device_gib = as_float("device_gib", device_gib, 0, low_open=True)
+    if int(device_gib * GiB) < 1:  # the capacity is counted in whole bytes
+        raise ArgumentError("device_gib", f"must hold at least one byte (>= {1 / GiB:.3g} GiB), got {device_gib:g}")
+    embedding_dim = as_int("embedding_dim", embedding_dim, 1)
+    batch_size = as_int("batch_size", batch_size, 1)
     pc = precision_config(precision)
     kind = canonical_head(head)
     opt = _check_optimizer(optimizer)
-    if backbone is not None and backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)} or None (the head alone), got {backbone!r}")
+    backbone = _check_backbone(backbone)
+    container_size = _check_container_size(container_size)
     config = dict(embedding_dim=embedding_dim, batch_size=batch_size, precision=pc["precision"], optimizer=opt,
                   head=kind, backbone=backbone, **model_kwargs)
     if kind == "attfc":
@@ -162,7 +190,7 @@ def fit_verdict(
         notes.append("mixed precision does not shrink the FC head: W, its gradient and the optimizer state stay "
                      "fp32, and so does F.normalize(W)'s backward, the head's peak at D > B")
     return dict(
-        num_classes=n, dataset=dataset_for(n), embedding_dim=int(embedding_dim), batch_size=int(batch_size),
+        num_classes=n, dataset=dataset_for(n), embedding_dim=embedding_dim, batch_size=batch_size,
         precision=pc["precision"], precision_label=pc["label"], optimizer=opt, head=kind, backbone=backbone,
         container_size=step.head.symbols["Q"] if kind == "attfc" else None,
         breakdown=breakdown, descriptions={name: step.describe(name) for name in breakdown},
@@ -177,6 +205,7 @@ def fit_verdict(
 
 def verdict_text(result: dict[str, Any]) -> str:
     """`fit_verdict`'s result in a few lines of plain text: settings, the parts of the total, the verdict, notes."""
+    result = _check_result("result", result, _VERDICT_KEYS, "fit_verdict")
     backbone = BACKBONES[result["backbone"]].name if result["backbone"] else "no backbone (head alone)"
     lines = [
         f"{result['dataset']}: N = {result['num_classes']:,} identities, D = {result['embedding_dim']}, "
@@ -195,6 +224,8 @@ def verdict_text(result: dict[str, Any]) -> str:
 
 def verdict_html(result: dict[str, Any], width_px: int = 560) -> str:
     """A stacked bar of the breakdown against the device (a red line), the parts, the verdict and notes, as HTML."""
+    result = _check_result("result", result, _VERDICT_KEYS, "fit_verdict")
+    width_px = as_int("width_px", width_px, 1)
     scale = max(result["peak_bytes"], result["capacity_bytes"])
     segments = []
     for name, value in result["breakdown"].items():
@@ -245,13 +276,16 @@ def fit_curve(
     -> list of whole-step peaks), 'fc_head_bytes' (the full-FC head's step alone) and
     'fc_limit_24gb' (largest N whose full-FC step fits 24 GiB) for these settings.
     """
-    top = resolve_num_classes(max_num_classes)
-    if top <= 10_000:
-        raise ValueError(f"max_num_classes must be above 10,000, got {max_num_classes!r}")
+    # the curve starts at 10^4 identities; a dataset name stands for its identities
+    top = DATASETS[max_num_classes] if isinstance(max_num_classes, str) and max_num_classes in DATASETS \
+        else as_int("max_num_classes", max_num_classes, 10_001)
+    points = as_int("points", points, 2, 1000)  # two ends at least: the curve divides by points - 1
+    container_size = _check_container_size(container_size)
     ns = sorted({int(round(10 ** (4 + (math.log10(top) - 4) * i / (points - 1)))) for i in range(points)})
-    common = dict(embedding_dim=embedding_dim, batch_size=batch_size,
+    common = dict(embedding_dim=as_int("embedding_dim", embedding_dim, 1),
+                  batch_size=as_int("batch_size", batch_size, 1),
                   precision=precision_config(precision)["precision"], optimizer=_check_optimizer(optimizer),
-                  backbone=backbone)
+                  backbone=_check_backbone(backbone))
     totals = {}
     for kind, label in _HEAD_LABELS.items():
         extra = dict(container_size=container_size) if kind == "attfc" else {}
@@ -269,6 +303,10 @@ def plot_fit_curve(curve: dict[str, Any], result: dict[str, Any] | None = None, 
     `fit_verdict` result, the chosen configuration (star)."""
     import matplotlib.pyplot as plt
 
+    curve = _check_result("curve", curve, ("num_classes", "total_bytes", "fc_head_bytes", "fc_limit_24gb",
+                                           "settings"), "fit_curve")
+    if result is not None:
+        result = _check_result("result", result, _VERDICT_KEYS, "fit_verdict")
     ax = ax or plt.subplots(figsize=(7.5, 4))[1]
     ns = curve["num_classes"]
     s = curve["settings"]
@@ -322,20 +360,32 @@ def will_it_fit_widget(
     """
     import ipywidgets as w
 
+    # The controls' ranges: a start outside them would be clamped or refused deep inside ipywidgets.
     n0 = resolve_num_classes(num_classes)
+    if n0 > MAX_WIDGET_CLASSES:
+        raise ArgumentError("num_classes", f"must be at most {MAX_WIDGET_CLASSES:,} in the widget (fit_verdict "
+                                           f"takes any N), got {n0:,}")
+    embedding_dim = as_choice("embedding_dim", as_int("embedding_dim", embedding_dim, 1), _WIDGET_DIMS)
+    batch_size = as_int("batch_size", batch_size, 16, 2048)
     pc = precision_config(precision)
+    device_gib = as_choice("device_gib", as_float("device_gib", device_gib, 0, low_open=True), DEVICE_CHOICES_GIB)
+    optimizer = _check_optimizer(optimizer, ("sgd", "adam"))
+    head = canonical_head(head)
+    backbone = _check_backbone(backbone)
+    container_size = _check_container_size(container_size, MAX_WIDGET_CLASSES)
+    plot = as_bool("plot", plot)
     controls = dict(
         preset=w.Dropdown(options=[("custom", "custom")] + [(f"{k} ({v:,})", k) for k, v in DATASETS.items()],
                           value=dataset_for(n0), description="dataset"),
         num_classes=w.BoundedIntText(value=n0, min=2, max=MAX_WIDGET_CLASSES, step=1000,
                                      description="identities N"),
-        embedding_dim=w.Dropdown(options=[128, 256, 512, 1024], value=embedding_dim, description="dim D"),
+        embedding_dim=w.Dropdown(options=list(_WIDGET_DIMS), value=embedding_dim, description="dim D"),
         batch_size=w.IntSlider(value=batch_size, min=16, max=2048, step=16, description="batch B"),
         precision=w.Dropdown(options=[(v["label"], k) for k, v in PRECISIONS.items()], value=pc["precision"],
                              description="precision"),
         optimizer=w.Dropdown(options=[(_OPTIMIZER_LABELS[k], k) for k in ("sgd", "adam")],
-                             value=_check_optimizer(optimizer), description="optimizer"),
-        head=w.Dropdown(options=[(label, k) for k, label in _HEAD_LABELS.items()], value=canonical_head(head),
+                             value=optimizer, description="optimizer"),
+        head=w.Dropdown(options=[(label, k) for k, label in _HEAD_LABELS.items()], value=head,
                         description="head"),
         backbone=w.Dropdown(options=[(spec.name, k) for k, spec in BACKBONES.items()]
                             + [("none: the head alone", "none")], value=backbone or "none", description="backbone"),
@@ -344,7 +394,7 @@ def will_it_fit_widget(
         container_size=w.BoundedIntText(value=container_size or 100_000, min=1, max=MAX_WIDGET_CLASSES,
                                         step=1000, description="fixed Q"),
         device_gib=w.Dropdown(options=[(f"{g:g} GB card ({g:g} GiB)", g) for g in DEVICE_CHOICES_GIB],
-                              value=float(device_gib), description="device"),
+                              value=device_gib, description="device"),
     )
     output, plot_output = w.HTML(), w.Output()
     box = w.VBox([w.HBox([controls["preset"], controls["num_classes"], controls["device_gib"]]),
@@ -405,6 +455,9 @@ def interpolate_sweep(sweep: dict, value: float) -> dict[str, Any]:
     """
     import math
 
+    sweep = _check_result("sweep", sweep, ("summary",), "sweep.load_sweep")
+    # the interpolation is in log(value): a ratio of 0 or below has no place on it
+    value = as_float("value", value, 0, low_open=True)
     points = sorted((row["value"], row["accuracy_mean"]) for row in sweep["summary"])
     if not points:
         raise ValueError("the sweep has no summary rows; regenerate it with python -m attfc_lite sweep ...")
@@ -434,18 +487,25 @@ def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_siz
     """
     from .attfc import container_capacity
 
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be a number in (0, 1] (the container's share of the identities), got {ratio!r}")
-    q = container_capacity(int(num_classes), float(ratio))
+    ratio = as_float("ratio", ratio, 0, 1, low_open=True)  # the container's share of the identities
+    num_classes = as_int("num_classes", num_classes, 2)
+    embedding_dim = as_int("embedding_dim", embedding_dim, 1)
+    batch_size = as_int("batch_size", batch_size, 1)
+    q = container_capacity(num_classes, ratio)
     att = predict_memory(num_classes, embedding_dim, batch_size, head="attfc", container_size=q)
     fc = predict_memory(num_classes, embedding_dim, batch_size, head="fc")
     present = 1.0 - (1.0 - 1.0 / num_classes) ** q
     return {
-        "ratio": float(ratio), "num_classes": int(num_classes), "batch_size": int(batch_size), "capacity": q,
+        "ratio": ratio, "num_classes": num_classes, "embedding_dim": embedding_dim, "batch_size": batch_size,
+        "capacity": q,
         "container_bytes": att.terms["container"], "attfc_peak_bytes": att.peak, "fc_peak_bytes": fc.peak,
         "attfc_breakdown": att.peak_terms(), "fc_breakdown": fc.peak_terms(), "identities_present": present,
         "accuracy": interpolate_sweep(sweep, ratio) if sweep is not None else None,
     }
+
+
+_DCC_KEYS = ("ratio", "num_classes", "capacity", "container_bytes", "attfc_peak_bytes", "fc_peak_bytes",
+             "attfc_breakdown", "fc_breakdown", "identities_present")
 
 
 def _bytes(n: float) -> str:
@@ -457,10 +517,12 @@ def _bytes(n: float) -> str:
 
 def dcc_size_text(result: dict[str, Any]) -> str:
     """The DCC-size widget's numbers in a few lines of plain text."""
+    result = _check_result("result", result, _DCC_KEYS, "dcc_size")
     lines = [
         f"N = {result['num_classes']:,} identities, container ratio {result['ratio']:g}: "
         f"Q = {result['capacity']:,} entries, {_bytes(result['container_bytes'])} (centres and labels)",
-        f"head step, memory model (D = 512, B = 128, fp32, SGD): AttFC {_bytes(result['attfc_peak_bytes'])}, "
+        f"head step, memory model (D = {result.get('embedding_dim', 512)}, B = {result.get('batch_size', 128)}, "
+        f"fp32, SGD): AttFC {_bytes(result['attfc_peak_bytes'])}, "
         f"full FC {_bytes(result['fc_peak_bytes'])} ({result['attfc_peak_bytes'] / result['fc_peak_bytes']:.3f} of FC)",
         f"identities with an entry in a full container (random labels): {result['identities_present']:.1%}",
     ]
@@ -481,6 +543,9 @@ def plot_dcc_size(result: dict[str, Any], sweep: dict | None = None, axes=None):
     and, with a stored dcc-ratio `sweep`, accuracy against the ratio with this ratio marked."""
     import matplotlib.pyplot as plt
 
+    result = _check_result("result", result, _DCC_KEYS, "dcc_size")
+    if sweep is not None:
+        sweep = _check_result("sweep", sweep, ("summary", "seeds", "config", "device"), "sweep.load_sweep")
     if axes is None:
         axes = plt.subplots(1, 2 if sweep is not None else 1, figsize=(11, 3.4) if sweep is not None else (6, 3.4))[1]
     ax_mem, ax_acc = (axes if sweep is not None else (axes, None))
@@ -535,11 +600,16 @@ def dcc_size_widget(ratio: float = 0.3, num_classes: int = DATASETS["WebFace42M"
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
+    largest = DATASETS["WebFace42M"]
+    # the sliders' ranges: a start outside them would be clamped without a word
+    ratio = as_float("ratio", ratio, 0.01, 1)
+    num_classes = as_int("num_classes", num_classes, 1000, largest)
     if isinstance(sweep, str):
         from .sweep import load_sweep
 
         sweep = load_sweep(sweep)
-    largest = DATASETS["WebFace42M"]
+    elif sweep is not None:
+        sweep = _check_result("sweep", sweep, ("summary", "seeds", "config", "device"), "sweep.load_sweep")
     controls = dict(
         ratio=w.FloatLogSlider(value=float(ratio), base=10, min=-2, max=0, step=0.05, description="ratio Q/N",
                                readout_format=".3g", continuous_update=False),

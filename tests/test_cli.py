@@ -138,9 +138,9 @@ def test_bad_argument_messages_name_the_problem(runs):
     _, r = runs
     assert "--classes" in r["classes-zero"].stderr and "abc" in r["classes-text"].stderr
     assert "tpu" in r["device-tpu"].stderr and "--out" in r["preview-txt"].stderr
-    assert "num_classes" in r["classes-one"].stderr
-    assert "margin_m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
-    assert "--k" in r["memory-foreign-flag"].stderr and "dcc_ratio" in r["dcc-ratio-too-big"].stderr
+    assert "--classes must be a whole number >= 2" in r["classes-one"].stderr
+    assert "--margin-m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
+    assert "--k" in r["memory-foreign-flag"].stderr and "--dcc-ratio" in r["dcc-ratio-too-big"].stderr
     assert "--no-mask only applies to --head attfc" in r["no-mask-fc"].stderr
 
 
@@ -201,7 +201,8 @@ def test_sweep_command_writes_a_complete_file(runs):
 
 def test_sweep_rejects_a_bad_value_before_training(runs):
     cwd, r = runs
-    assert r["sweep-bad-value"].returncode == 2 and "ema_momentum" in r["sweep-bad-value"].stderr
+    assert r["sweep-bad-value"].returncode == 2 and "--values" in r["sweep-bad-value"].stderr
+    assert "ema_momentum" in r["sweep-bad-value"].stderr
     assert not (cwd / "tmp_sw" / "bad.json").exists()
 
 

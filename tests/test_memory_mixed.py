@@ -141,7 +141,7 @@ def test_precision_names_and_bad_input():
         predict_memory(1000, head="attfc", amp_dtype="bfloat16")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         predict_training_step(1000, optimizer="rmsprop")
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+    with pytest.raises(ValueError, match="num_classes must be a whole number >= 2"):
         predict_training_step(-5)
     with pytest.raises(ValueError, match=r"backbone must be one of .*iresnet50"):
         predict_training_step(1000, backbone="vit")

@@ -158,7 +158,7 @@ def test_dataset_menu_follows_a_typed_n():
 @pytest.mark.parametrize("call,match", [
     (lambda: fit_verdict(-5), r"num_classes must be a whole number of identities >= 2"),
     (lambda: fit_verdict(1.5), r"num_classes must be a whole number"),
-    (lambda: fit_verdict("WebFace100M"), r"num_classes: unknown dataset 'WebFace100M'; use one of"),
+    (lambda: fit_verdict("WebFace100M"), r"num_classes must be .* or a dataset name of \[.*MS1MV3.*got 'WebFace100M'"),
     (lambda: fit_verdict(1000, optimizer="rmsprop"), r"optimizer must be one of .*got 'rmsprop'"),
     (lambda: fit_verdict(1000, precision="fp8"), r"precision must be one of .*mixed_fp16"),
     (lambda: fit_verdict(1000, backbone="vit"), r"backbone must be one of .*or None"),
@@ -171,9 +171,11 @@ def test_bad_input_names_the_argument_and_the_fix(call, match):
 
 
 def test_bad_device_memory():
-    for bad in (0, -1, "24", True):
+    for bad in (0, -1, True, float("nan"), float("inf"), "24 GB", None, 1e-12):
         with pytest.raises(ValueError, match="device_gib"):
             fit_verdict(1000, device_gib=bad)
+    # a number written as text is the number, as on the command line
+    assert fit_verdict(1000, device_gib="24", backbone=None)["capacity_bytes"] == 24 * GiB
 
 
 def test_verdict_html_has_one_segment_per_visible_term():
@@ -379,3 +381,119 @@ def test_plot_dcc_size_has_titles_axis_labels_and_legends():
     ax = plot_dcc_size(dcc_size(0.3, 100_000))  # no sweep: the memory panel alone
     assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend().get_texts()
     plt.close("all")
+
+
+# ---------------------------------------------------------------- every argument checked where it enters
+
+
+def _widget_bad_calls():
+    from attfc_lite.widgets import dcc_size, dcc_size_text, interpolate_sweep, plot_dcc_size
+
+    nan = float("nan")
+    good = {"summary": [{"value": 0.1, "accuracy_mean": 0.9}]}
+    cases = [
+        (lambda: resolve_num_classes(10.7), "num_classes"),
+        (lambda: resolve_num_classes(nan), "num_classes"),
+        (lambda: resolve_num_classes(None), "num_classes"),
+        (lambda: fit_verdict(1000, embedding_dim=10.7), "embedding_dim"),
+        (lambda: fit_verdict(1000, batch_size=0), "batch_size"),
+        (lambda: fit_verdict(1000, head="attfc", container_size=0.5), "container_size"),
+        (lambda: fit_verdict(1000, precision=5), "precision"),
+        (lambda: fit_verdict(1000, optimizer=None), "optimizer"),
+        (lambda: fit_verdict(1000, backbone=3), "backbone"),
+        (lambda: fit_verdict(1000, momentum=nan), "momentum"),
+        (lambda: fit_verdict(1000, head="partial_fc", sample_rate=2.0), "sample_rate"),
+        (lambda: fit_curve(points=1), "points"),
+        (lambda: fit_curve(points=2.5), "points"),
+        (lambda: fit_curve(max_num_classes=10_000), "max_num_classes"),
+        (lambda: fit_curve(max_num_classes="MS1MV4"), "max_num_classes"),
+        (lambda: fit_curve(backbone="vit"), "backbone"),
+        (lambda: fit_curve(container_size=-3), "container_size"),
+        (lambda: verdict_text({}), "result"),
+        (lambda: verdict_html(fit_verdict(1000, backbone=None), width_px=0), "width_px"),
+        (lambda: plot_fit_curve({"num_classes": []}), "curve"),
+        (lambda: interpolate_sweep(good, nan), "value"),
+        (lambda: interpolate_sweep(good, 0.0), "value"),
+        (lambda: interpolate_sweep(None, 0.1), "sweep"),
+        (lambda: dcc_size(nan, 1000), "ratio"),
+        (lambda: dcc_size(1.5, 1000), "ratio"),
+        (lambda: dcc_size(0.3, 10.7), "num_classes"),
+        (lambda: dcc_size(0.3, 1000, embedding_dim=0), "embedding_dim"),
+        (lambda: dcc_size(0.3, 1000, batch_size=2.5), "batch_size"),
+        (lambda: dcc_size_text({"ratio": 0.3}), "result"),
+        (lambda: plot_dcc_size([]), "result"),
+    ]
+    return [pytest.param(call, name, id=f"{i}-{name}") for i, (call, name) in enumerate(cases)]
+
+
+@pytest.mark.parametrize("call,name", _widget_bad_calls())
+def test_a_callback_refuses_a_meaningless_value_naming_it(call, name):
+    from attfc_lite.checks import ArgumentError
+
+    with pytest.raises(ValueError) as info:
+        call()
+    assert isinstance(info.value, ArgumentError) and info.value.name == name, info.value
+    assert str(info.value).startswith(name)
+
+
+def test_callbacks_take_whole_numbers_written_as_floats_or_text():
+    from attfc_lite.widgets import dcc_size, interpolate_sweep
+
+    assert resolve_num_classes(1e6) == resolve_num_classes("1e6") == 1_000_000
+    assert fit_verdict(1e3, 512.0, 128.0, backbone=None)["peak_bytes"] == fc_peak(1000)
+    curve = fit_curve(points=2.0, max_num_classes=1e5, backbone=None)
+    assert curve["num_classes"] == [10_000, 100_000] and curve["fc_head_bytes"][-1] == fc_peak(100_000)
+    assert fit_curve(points=2, max_num_classes="MS1MV3", backbone=None)["num_classes"][-1] == 93_431
+    assert dcc_size(0.5, 2e3)["capacity"] == 1000
+    assert interpolate_sweep({"summary": [{"value": 0.1, "accuracy_mean": 0.9}]}, 0.1)["accuracy"] == 0.9
+
+
+def test_dcc_size_text_gives_the_dimension_and_batch_it_was_computed_with():
+    from attfc_lite.widgets import dcc_size, dcc_size_text
+
+    # Q = 0.5 x 2000 = 1000 entries of 128 floats and a label: 1000 x 520 bytes = 507.8 KiB
+    text = dcc_size_text(dcc_size(0.5, 2000, embedding_dim=128, batch_size=64))
+    assert "Q = 1,000 entries, 507.8 KiB" in text
+    assert "(D = 128, B = 64, fp32, SGD)" in text
+    assert "(D = 512, B = 128, fp32, SGD)" in dcc_size_text(dcc_size(0.3, 1000))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_classes=20_000_000), "num_classes"),  # above the N box's maximum
+    (dict(embedding_dim=300), "embedding_dim"),  # not in the D menu
+    (dict(batch_size=8), "batch_size"),  # below the slider
+    (dict(device_gib=20), "device_gib"),  # not a card of the menu
+    (dict(optimizer="adamw"), "optimizer"),  # the menu has SGD and Adam
+    (dict(head="cosface"), "head"),
+    (dict(backbone="vit"), "backbone"),
+    (dict(container_size=0), "container_size"),
+    (dict(precision="fp8"), "precision"),
+    (dict(plot="yes"), "plot"),
+])
+def test_will_it_fit_widget_refuses_a_start_outside_its_controls(kwargs, name):
+    pytest.importorskip("ipywidgets")
+    from attfc_lite.checks import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        will_it_fit_widget(**kwargs)
+    assert info.value.name == name
+
+
+def test_will_it_fit_widget_takes_a_whole_float_start():
+    pytest.importorskip("ipywidgets")
+    box = will_it_fit_widget(num_classes=1e6, embedding_dim=512.0, device_gib=24, backbone=None, plot=False)
+    assert box.controls["num_classes"].value == 1_000_000 and box.result["peak_bytes"] == fc_peak(10 ** 6)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(ratio=0.001), "ratio"), (dict(ratio=float("nan")), "ratio"),
+                                         (dict(num_classes=10), "num_classes"),
+                                         (dict(num_classes=10 ** 8), "num_classes"),
+                                         (dict(sweep=5), "sweep")])
+def test_dcc_size_widget_refuses_a_start_outside_its_sliders(kwargs, name):
+    pytest.importorskip("ipywidgets")
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.widgets import dcc_size_widget
+
+    with pytest.raises(ArgumentError) as info:
+        dcc_size_widget(**{"sweep": None, **kwargs})
+    assert info.value.name == name

@@ -21,8 +21,14 @@ FC), m optimizer state copies of W, t optimizer temporaries, K key images per qu
 backbone parameters (the key encoder's copy), Q container size, M fp32 B x Q mask buffers,
 A key-image activation bytes.
 
-The package, by concern: `model` (the formulas), `measure` (the measurement and
-`memory_report`), `oom` (the real out-of-memory) and `plots`.
+Before anything is measured, the predicted peak is compared with the memory the device has
+available (`guard`): a size that cannot fit is refused with the numbers, and `measure=False`
+gives the prediction alone. `explain_oom` turns the model into advice for a training run that
+ran out of memory.
+
+The package, by concern: `model` (the formulas, `explain_oom`), `guard` (what fits the
+machine), `measure` (the measurement and `memory_report`), `oom` (the real out-of-memory) and
+`plots`.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ from .model import (
     backbone_spec,
     canonical_head,
     dtype_name,
+    explain_oom,
     measure_backbone,
     optimizer_copies,
     precision_config,
@@ -67,6 +74,7 @@ from .model import (
     reference_backbone,
     training_step_boundary,
 )
+from .guard import SAFE_SHARE, available_bytes, format_bytes
 from .oom import OOMBoundary, _oom_child, find_oom_boundary, train_under_budget
 from .plots import _TERM_COLOURS, plot_breakdown, plot_memory_vs_classes, plot_timeline
 from .measure import AllocationRow, AllocationTable, allocation_table, symbolic_shape
@@ -80,5 +88,5 @@ __all__ = [
     "AllocationRow", "AllocationTable", "allocation_table", "symbolic_shape",
     "BACKBONES", "BackboneSpec", "MIXED_HEAD_PHASES", "MIXED_TERMS", "PRECISIONS", "STEP_PHASES", "STEP_TERMS",
     "TrainingStepBreakdown", "backbone_spec", "measure_backbone", "precision_config", "predict_training_step",
-    "reference_backbone", "training_step_boundary",
+    "reference_backbone", "training_step_boundary", "explain_oom", "SAFE_SHARE", "available_bytes", "format_bytes",
 ]

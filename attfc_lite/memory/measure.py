@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import sys
 import time
@@ -11,8 +12,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..checks import ArgumentError, as_bool, as_device, as_float, as_int
 from ..heads import Head, make_head
-from .model import OPTIMIZERS, _positive_int, _unit_scale, dtype_name, predict_memory
+from . import guard
+from .model import _unit_scale, check_optimizer, dtype_name, predict_memory
 
 # --------------------------------------------------------------------------- measurement
 
@@ -72,9 +75,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer | None:
     """The optimizer of a head step (None when the head has no trainable parameters)."""
     params = [p for p in params if p.requires_grad]
-    name = str(optimizer).lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    name, momentum, weight_decay = check_optimizer(optimizer, momentum, weight_decay)
+    lr = as_float("lr", lr, 0, low_open=True)
     if not params:
         return None
     if name == "sgd":
@@ -538,20 +540,33 @@ def measure_head_step(
     running sum of the profiler's allocation records, which are the CPU allocator's own
     allocations and frees.
     """
-    from ..utils import default_device
-
     if not isinstance(head, Head):
         raise TypeError(f"head must be an attfc_lite.heads.Head, got {type(head).__name__}")
-    b = _positive_int("batch_size", batch_size)
-    warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
-    dev = default_device(device)
+    b = as_int("batch_size", batch_size, 1)
+    warmup_steps = as_int("warmup_steps", warmup_steps, 0)
+    optimizer, momentum, weight_decay = check_optimizer(optimizer, momentum, weight_decay)
+    lr = as_float("lr", lr, 0, low_open=True)
+    time_step = as_bool("time_step", time_step)
+    seed = as_int("seed", seed, 0)
+    dev = _device(device)
+    kind = _head_kind(head)
+    if kind is not None:  # a head the model knows: refuse a step that cannot fit, before its first tensor
+        knobs: dict[str, Any] = {}
+        if kind == "partial_fc":
+            knobs["sample_rate"] = head.sample_rate
+        elif kind == "attfc":
+            knobs.update(container_size=head.container.capacity, num_keys=head.num_keys)
+        pred = predict_memory(head.num_classes, head.embedding_dim, b, head_dtype(head), optimizer, kind,
+                              momentum=momentum, weight_decay=weight_decay, **knobs)
+        # what the head already holds on that device is taken already; the rest is still to come
+        there = _unique_bytes(t for t in head.held_tensors().values() if t.device.type == dev.type)
+        guard.check_fits(pred.peak - there, dev, "num_classes", _sizes_text(pred, kind),
+                         "predict_memory(...) gives the prediction without allocating.")
     head = head.to(dev)
     params = list(head.parameters())
     dtype = head_dtype(head)
     embeddings, labels, keys = step_inputs(head, b, dev, seed)
     opt = make_optimizer(params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    kind = _head_kind(head)
 
     def run(mark=None, split=None) -> None:
         with _model_phase_hooks(head, kind, split) if kind else contextlib.nullcontext():
@@ -589,6 +604,19 @@ def measure_head_step(
     )
 
 
+def _device(device) -> torch.device:
+    """The torch.device of a device argument: None / 'auto' (CUDA when present), 'cpu', 'cuda[:N]'."""
+    from ..utils import default_device
+
+    return default_device(None if device is None else as_device("device", device))
+
+
+def _sizes_text(pred, kind: str) -> str:
+    cfg = pred.config
+    return (f"N = {cfg['num_classes']:,}, D = {cfg['embedding_dim']:,}, B = {cfg['batch_size']:,}: one {kind} "
+            f"head step")
+
+
 def _head_kind(head: Head) -> str | None:
     """The memory model's name of a head ('fc', 'partial_fc', 'attfc'), None for another class."""
     from ..heads import HEADS
@@ -609,11 +637,14 @@ _MODEL_ONLY = ("backbone_params", "key_activation_bytes", "momentum",
 def build_head(head: str, num_classes: int, embedding_dim: int = 512, dtype: str = "float32", **head_kwargs) -> Head:
     """`make_head(head, ...)` in `dtype`, dropping the knobs that only the memory model reads."""
     kwargs = {k: v for k, v in head_kwargs.items() if k not in _MODEL_ONLY}
+    num_classes = as_int("num_classes", num_classes, 2)
+    embedding_dim = as_int("embedding_dim", embedding_dim, 1)
+    dtype = getattr(torch, dtype_name(dtype))
     try:
         built = make_head(head, embedding_dim, num_classes, **kwargs)
     except TypeError as exc:
         raise ValueError(f"head {head!r} does not take the options {sorted(kwargs)}: {exc}; drop them") from exc
-    return built.to(getattr(torch, dtype_name(dtype)))
+    return built.to(dtype)
 
 
 def memory_report(
@@ -633,15 +664,24 @@ def memory_report(
     `peak`), `predicted_peak_phase`, `formulas`, `measured_peak_bytes` (held + step peak),
     `measured_step_peak_bytes`, `measured_held_bytes`, `measured_reserved_peak_bytes` (CUDA:
     the caching allocator's reserved peak, what an out-of-memory is raised against; None on
-    the CPU), `relative_error` of the peak and `step_relative_error`, `step_seconds`, `method`. With `measure=False` the measured
-    entries are None. `head_kwargs` go to the head (e.g. margin) and to the model
-    (sample_rate, container_size, num_keys, backbone_params, momentum, weight_decay).
+    the CPU), `relative_error` of the peak and `step_relative_error`, `step_seconds`, `method`.
+    With `measure=False` the measured entries are None. No value is nan or inf (a ratio that
+    cannot be formed is None): `json.dumps(report, allow_nan=False)` holds. `head_kwargs` go to
+    the head (e.g. margin) and to the model (sample_rate, container_size, num_keys,
+    backbone_params, momentum, weight_decay).
+
+    Before measuring, the predicted peak is compared with the device's available memory
+    (`guard.check_fits`): past half of it on the CPU (nine tenths on CUDA) an ArgumentError
+    naming num_classes says how much is needed and available, and nothing is allocated.
     """
     if num_classes is None:
-        raise ValueError("num_classes is required: the number of identities N, e.g. num_classes=100000")
+        raise ArgumentError("num_classes", "is required: the number of identities N, e.g. num_classes=100000")
+    measure = as_bool("measure", measure)
     model_kwargs = {k: v for k, v in head_kwargs.items() if k in _MODEL_KNOBS}
     pred = predict_memory(num_classes, embedding_dim, batch_size, dtype, optimizer, head, **model_kwargs)
-    report: dict[str, Any] = dict(pred.config)
+    cfg = pred.config
+    dev = _device(device) if measure else (None if device is None else as_device("device", device))
+    report: dict[str, Any] = dict(cfg)
     report.update(
         predicted=pred.as_dict(), predicted_peak_phase=pred.peak_phase, formulas=pred.formulas,
         device=None, measured_peak_bytes=None, measured_step_peak_bytes=None, measured_held_bytes=None,
@@ -649,10 +689,18 @@ def memory_report(
         method=None, steady_state=None,
     )
     if not measure:
-        return report
-    built = build_head(head, num_classes, embedding_dim, dtype, **head_kwargs)
-    opt_kwargs = {k: head_kwargs[k] for k in ("momentum", "weight_decay") if k in head_kwargs}
-    meas = measure_head_step(built, batch_size, optimizer, device, **opt_kwargs)
+        return _json_safe(report)
+    advice = "Pass measure=False (--no-measure) for the prediction alone."
+    guard.check_fits(pred.peak, dev, "num_classes", _sizes_text(pred, cfg["head"]), advice)
+    if dev.type != "cpu":  # the head is built in fp32 on the CPU first, then moved
+        sym = pred.symbols
+        built_bytes = (sym["R"] + sym["Q"]) * sym["D"] * 4 + 8 * sym["Q"]
+        guard.check_fits(built_bytes, "cpu", "num_classes",
+                         f"building the head on the CPU ({_sizes_text(pred, cfg['head'])})", advice)
+    # the checked values (1e6 as 1000000), so the head is built with what was predicted
+    built = build_head(head, cfg["num_classes"], cfg["embedding_dim"], dtype, **head_kwargs)
+    opt_kwargs = {k: cfg[k] for k in ("momentum", "weight_decay")}
+    meas = measure_head_step(built, cfg["batch_size"], cfg["optimizer"], dev, **opt_kwargs)
     del built
     gc.collect()
     report.update(
@@ -662,13 +710,26 @@ def memory_report(
         measured_held_bytes=meas.held_bytes,
         measured_phase_peaks=meas.phase_peaks,
         measured_reserved_peak_bytes=meas.reserved_peak_bytes,
-        relative_error=(pred.peak - meas.peak_bytes) / meas.peak_bytes,
+        # None, not a division by zero, when a measurement saw nothing
+        relative_error=(pred.peak - meas.peak_bytes) / meas.peak_bytes if meas.peak_bytes else None,
         step_relative_error=(pred.step_peak - meas.step_peak_bytes) / max(meas.step_peak_bytes, 1),
         step_seconds=meas.step_seconds,
         method=meas.method,
         steady_state=meas.steady_state,
     )
-    return report
+    return _json_safe(report)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every nan or inf float replaced by None: JSON has no such numbers
+    (json.dumps would write the invalid token NaN), and a ratio that cannot be formed is unknown."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def agreement_table(
@@ -680,10 +741,26 @@ def agreement_table(
     progress: Callable[[dict], None] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Predicted vs measured peak for each N, one `memory_report` per row (run one at a time)."""
+    """Predicted vs measured peak for each N, one `memory_report` per row (run one at a time).
+
+    Every N is checked first, the fit on the device included (`guard.check_fits`): a size that
+    cannot be measured stops the table before the first measurement, not after the others."""
+    if isinstance(num_classes, (str, bytes)) or not hasattr(num_classes, "__iter__"):
+        raise ArgumentError("num_classes", f"must be a sequence of whole numbers >= 2, got {num_classes!r}")
+    sizes = [as_int("num_classes", n, 2) for n in num_classes]
+    if not sizes:
+        raise ArgumentError("num_classes", "must hold at least one number of identities, got an empty sequence")
+    if progress is not None and not callable(progress):
+        raise ArgumentError("progress", f"must be a callable taking a row dict, or None, got {progress!r}")
+    dev = _device(device)
+    model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_KNOBS or k in ("dtype", "optimizer")}
+    for n in sizes:
+        pred = predict_memory(n, embedding_dim, batch_size, head=head, **model_kwargs)
+        guard.check_fits(pred.peak, dev, "num_classes", _sizes_text(pred, pred.config["head"]),
+                         "Drop it from num_classes, or use predict_memory for the prediction alone.")
     rows = []
-    for n in num_classes:
-        r = memory_report(head, int(n), embedding_dim, batch_size, device=device, **kwargs)
+    for n in sizes:
+        r = memory_report(head, n, embedding_dim, batch_size, device=dev, **kwargs)
         row = dict(
             num_classes=int(n), predicted_peak=r["predicted"]["peak"], measured_peak=r["measured_peak_bytes"],
             error=r["relative_error"], predicted_step_peak=r["predicted"]["step_peak"],
@@ -699,14 +776,19 @@ def agreement_table(
 def format_agreement(rows: Sequence[Mapping[str, Any]], unit: str = "MiB", digits: int = 1) -> str:
     """The agreement table as text: N, predicted and measured peak, relative error (also of the step alone)."""
     scale = _unit_scale(unit)
+    digits = as_int("digits", digits, 0, 12)
     head = (f"{'N':>10} {'predicted ' + unit:>16} {'measured ' + unit:>15} {'error':>8}   "
             f"{'step pred.':>11} {'step meas.':>11} {'error':>8}")
     lines = [head]
+
+    def error(v: float | None) -> str:  # None: a measurement that saw nothing, no ratio
+        return f"{v:>+8.1%}" if v is not None else f"{'-':>8}"
+
     for r in rows:
         lines.append(
             f"{r['num_classes']:>10,} {r['predicted_peak'] / scale:>16,.{digits}f} {r['measured_peak'] / scale:>15,.{digits}f} "
-            f"{r['error']:>+8.1%}   {r['predicted_step_peak'] / scale:>11,.{digits}f} "
-            f"{r['measured_step_peak'] / scale:>11,.{digits}f} {r['step_error']:>+8.1%}"
+            f"{error(r['error'])}   {r['predicted_step_peak'] / scale:>11,.{digits}f} "
+            f"{r['measured_step_peak'] / scale:>11,.{digits}f} {error(r['step_error'])}"
         )
     return "\n".join(lines)
 
@@ -999,11 +1081,18 @@ def allocation_table(
     """
     from .model import DTYPE_BYTES
 
-    n = _positive_int("num_classes", num_classes, 2)
-    d = _positive_int("embedding_dim", embedding_dim)
-    b = _positive_int("batch_size", batch_size)
-    min_bytes = _positive_int("min_bytes", min_bytes, 0)
-    warmup_steps = _positive_int("warmup_steps", warmup_steps, 0)
+    model_kwargs = {k: v for k, v in head_kwargs.items() if k in _MODEL_KNOBS}
+    pred = predict_memory(num_classes, embedding_dim, batch_size, dtype, optimizer, head, momentum=momentum,
+                          weight_decay=weight_decay, **model_kwargs)
+    n, d, b = (pred.config[k] for k in ("num_classes", "embedding_dim", "batch_size"))
+    optimizer, momentum, weight_decay = (pred.config[k] for k in ("optimizer", "momentum", "weight_decay"))
+    min_bytes = as_int("min_bytes", min_bytes, 0)
+    warmup_steps = as_int("warmup_steps", warmup_steps, 0)
+    seed = as_int("seed", seed, 0)
+    lr = as_float("lr", lr, 0, low_open=True)
+    # the profiler also keeps a record per allocation, but the tensors dominate
+    guard.check_fits(pred.peak, "cpu", "num_classes", _sizes_text(pred, pred.config["head"]),
+                     "Choose N, D and B small: the table names shapes, the memory model scales them.")
     torch.manual_seed(seed)
     built = build_head(head, n, d, dtype, **head_kwargs)
     kind = _head_kind(built)

@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from ..checks import ArgumentError, as_choice, as_float, as_int
+from .guard import format_bytes
+
 GiB = 2**30
 MiB = 2**20
 
@@ -137,11 +140,12 @@ def precision_config(precision: str) -> dict[str, Any]:
     Accepts the names of `PRECISIONS` and, for the old dtype menu, 'float32' (= 'fp32'),
     'float16' (= 'pure_fp16') and 'bfloat16' (= 'pure_bf16').
     """
-    key = _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
+    key = str(precision).lower() if isinstance(precision, str) else None
+    key = _PRECISION_ALIASES.get(key, key)
     if key not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)} (or a dtype name: "
-                         f"{sorted(_PRECISION_ALIASES)}), got {precision!r}; for autocast with fp32 master "
-                         f"weights use 'mixed_fp16' or 'mixed_bf16'")
+        raise ArgumentError("precision", f"must be one of {sorted(PRECISIONS)} (or a dtype name: "
+                            f"{sorted(_PRECISION_ALIASES)}), got {precision!r}; for autocast with fp32 master "
+                            f"weights use 'mixed_fp16' or 'mixed_bf16'")
     return dict(PRECISIONS[key], precision=key)
 
 
@@ -258,33 +262,37 @@ class MemoryBreakdown:
         return "\n".join(rows)
 
 
+_UNIT_SCALES = {"B": 1, "KiB": 2**10, "MiB": MiB, "GiB": GiB, "MB": 1e6, "GB": 1e9}
+
+
 def _unit_scale(unit: str) -> float:
-    scales = {"B": 1, "KiB": 2**10, "MiB": MiB, "GiB": GiB, "MB": 1e6, "GB": 1e9}
-    if unit not in scales:
-        raise ValueError(f"unit must be one of {sorted(scales)}, got {unit!r}")
-    return scales[unit]
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return _UNIT_SCALES[as_choice("unit", unit, sorted(_UNIT_SCALES))]
 
 
 def canonical_head(head: str) -> str:
     """'fc', 'partial_fc' or 'attfc' from a head name or alias."""
-    key = str(head).lower()
-    if key not in _HEAD_ALIASES:
-        raise ValueError(f"head must be one of {sorted(_HEAD_ALIASES)}, got {head!r}")
-    return _HEAD_ALIASES[key]
+    if not isinstance(head, str) or head.lower() not in _HEAD_ALIASES:
+        raise ArgumentError("head", f"must be one of {sorted(_HEAD_ALIASES)}, got {head!r}")
+    return _HEAD_ALIASES[head.lower()]
 
 
-def dtype_name(dtype: str | torch.dtype) -> str:
-    """'float32' etc. from a string or a torch.dtype; checks it is one the model knows."""
-    name = str(dtype).replace("torch.", "")
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
-    return name
+def dtype_name(dtype: str | torch.dtype, name: str = "dtype") -> str:
+    """'float32' etc. from a string or a torch.dtype; checks it is one the model knows. `name`:
+    the argument's name for the error (e.g. 'amp_dtype')."""
+    if isinstance(dtype, torch.dtype) or isinstance(dtype, str):
+        text = str(dtype).replace("torch.", "")
+        if text in DTYPE_BYTES:
+            return text
+    raise ArgumentError(name, f"must be one of {sorted(DTYPE_BYTES)} (or the torch.dtype), got {dtype!r}")
+
+
+def check_optimizer(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0) -> tuple[str, float, float]:
+    """(name, momentum, weight_decay) checked: a name of `OPTIMIZERS` (any case), momentum in
+    [0, 1) (at 1 or above the update never decays: no training does that), weight decay >= 0."""
+    if not isinstance(optimizer, str) or optimizer.lower() not in OPTIMIZERS:
+        raise ArgumentError("optimizer", f"must be one of {OPTIMIZERS}, got {optimizer!r}")
+    return (optimizer.lower(), as_float("momentum", momentum, 0, 1, high_open=True),
+            as_float("weight_decay", weight_decay, 0))
 
 
 def optimizer_copies(optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0) -> tuple[int, int]:
@@ -294,9 +302,7 @@ def optimizer_copies(optimizer: str, momentum: float = 0.9, weight_decay: float 
     and updates in place, but `grad.add(param, alpha=weight_decay)` is a new tensor; Adam
     keeps two moments and builds `sqrt(v)` and the denominator as new tensors.
     """
-    name = str(optimizer).lower()
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    name, momentum, weight_decay = check_optimizer(optimizer, momentum, weight_decay)
     decay = 1 if weight_decay > 0 else 0
     if name == "sgd":
         return (1 if momentum > 0 else 0), decay
@@ -336,33 +342,44 @@ def predict_memory(
     graph (FullFC, PartialFC) or its fused loss (AttFC), and checked against the
     measurement (tests, `benchmarks/memory_agreement.py`).
     """
-    n = _positive_int("num_classes", num_classes, 2)
-    d = _positive_int("embedding_dim", embedding_dim)
-    b = _positive_int("batch_size", batch_size)
+    n = as_int("num_classes", num_classes, 2)
+    d = as_int("embedding_dim", embedding_dim, 1)
+    b = as_int("batch_size", batch_size, 1)
     kind = canonical_head(head)
     dname = dtype_name(dtype)
-    m, t = optimizer_copies(optimizer, momentum, weight_decay)
-    amp = None if amp_dtype is None else dtype_name(amp_dtype)
+    opt, momentum, weight_decay = check_optimizer(optimizer, momentum, weight_decay)
+    m, t = optimizer_copies(opt, momentum, weight_decay)
+    # Every knob is checked, also those this head does not read: a nan there is a mistake too.
+    sample_rate = as_float("sample_rate", sample_rate, 0, 1, low_open=True)
+    if container_size is not None:
+        container_size = as_int("container_size", container_size, 1)
+    if container_ratio is not None or container_size is None:
+        container_ratio = as_float("container_ratio", container_ratio, 0, 1, low_open=True)
+    num_keys = as_int("num_keys", num_keys, 1)
+    backbone_params = as_int("backbone_params", backbone_params, 0)
+    key_activation_bytes = as_int("key_activation_bytes", key_activation_bytes, 0)
+    amp = None if amp_dtype is None else dtype_name(amp_dtype, "amp_dtype")
     if amp is not None:
         if DTYPE_BYTES[amp] != 2:
-            raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16' (autocast's compute type), got {amp_dtype!r}")
+            raise ArgumentError("amp_dtype", f"must be 'float16' or 'bfloat16' (autocast's compute type), got "
+                                             f"{amp_dtype!r}")
         if dname != "float32":
-            raise ValueError(f"amp_dtype runs autocast over fp32 master weights: pass dtype='float32' (got "
-                             f"dtype={dname!r}); for everything in 16 bits pass dtype={amp!r} and no amp_dtype")
+            raise ArgumentError("amp_dtype", f"runs autocast over fp32 master weights: pass dtype='float32' (got "
+                                             f"dtype={dname!r}); for everything in 16 bits pass dtype={amp!r} and "
+                                             f"no amp_dtype")
         if kind not in MIXED_HEAD_PHASES:
-            raise ValueError(f"head={head!r} runs outside autocast (the official AttFC code autocasts only the "
-                             f"backbone): pass amp_dtype=None; predict_training_step puts its backbone and key "
-                             f"encoder in mixed precision")
+            raise ArgumentError("amp_dtype", f"must be None for head={head!r}: it runs outside autocast (the "
+                                             f"official AttFC code autocasts only the backbone): pass "
+                                             f"amp_dtype=None; predict_training_step puts its backbone and key "
+                                             f"encoder in mixed precision")
     e = DTYPE_BYTES[dname]
     symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, o=m, t=t, R=n, S=n, C=n, g=0, K=0, G=0,
                    P=0, Q=0, A=0)
     knobs: dict[str, Any] = {}
     if kind == "partial_fc":
-        if not 0 < sample_rate <= 1:
-            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         s = min(n, max(math.ceil(sample_rate * n), b))
         symbols.update(S=s, C=s, g=1)
-        knobs["sample_rate"] = float(sample_rate)
+        knobs["sample_rate"] = sample_rate
     elif kind == "attfc":
         from ..attfc import container_capacity  # the head's own rule for Q
 
@@ -373,14 +390,14 @@ def predict_memory(
             C=0,  # no FC logits: the container's are `container_logits`
             G=1,
             Q=q,
-            K=_positive_int("num_keys", num_keys),
-            P=_positive_int("backbone_params", backbone_params, 0),
-            A=_positive_int("key_activation_bytes", key_activation_bytes, 0),
+            K=num_keys,
+            P=backbone_params,
+            A=key_activation_bytes,
         )
         knobs.update(container_size=q, num_keys=symbols["K"], backbone_params=symbols["P"])
     config = dict(
-        head=kind, num_classes=n, embedding_dim=d, batch_size=b, dtype=dname, optimizer=str(optimizer).lower(),
-        momentum=float(momentum), weight_decay=float(weight_decay), **knobs,
+        head=kind, num_classes=n, embedding_dim=d, batch_size=b, dtype=dname, optimizer=opt,
+        momentum=momentum, weight_decay=weight_decay, **knobs,
     )
     if amp is not None:
         config["amp_dtype"] = amp
@@ -408,9 +425,9 @@ def predicted_boundary(budget_bytes: int, **config: Any) -> int:
 
     `config` is passed to `predict_memory` (everything but num_classes).
     """
-    budget = _positive_int("budget_bytes", budget_bytes)
+    budget = as_int("budget_bytes", budget_bytes, 1)
     if "num_classes" in config:
-        raise ValueError("predicted_boundary searches num_classes: do not pass it")
+        raise ArgumentError("num_classes", "must not be given: predicted_boundary searches it")
 
     return _largest_fitting(lambda n: predict_memory(n, **config).peak <= budget)
 
@@ -431,6 +448,83 @@ def _largest_fitting(fits, limit: int | None = None) -> int | None:
     return lo
 
 
+
+
+_OOM_KNOBS = ("momentum", "weight_decay", "sample_rate", "num_keys", "container_ratio", "container_size")
+_HEAD_NAMES = {"fc": "full FC", "partial_fc": "Partial FC", "attfc": "AttFC"}
+
+
+def explain_oom(head: str, num_classes: int, embedding_dim: int = 512, batch_size: int = 128, *,
+                dtype: str | torch.dtype = "float32", optimizer: str = "sgd", capacity_bytes: int | None = None,
+                top: int = 4, **knobs: Any) -> str:
+    """What to tell a training run that ran out of memory: a few lines of text.
+
+    The head's predicted step (`predict_memory`): its peak, the `top` largest terms at the peak
+    (with the N x D class centres W spelled out in bytes), and what would fit instead, each with
+    its own predicted peak: fewer identities, Partial FC, AttFC, a smaller batch. `knobs`: what
+    `train.memory_knobs(config)` returns (momentum, weight_decay, sample_rate, num_keys,
+    container_ratio, container_size). `capacity_bytes`: the device's memory, when known: then
+    the text gives the largest N whose head step fits it, and says when the head alone fits
+    (the backbone is then the likelier cause). The model counts the head alone: the backbone's
+    weights, gradients, optimizer state and activations come on top.
+    """
+    unknown = sorted(set(knobs) - set(_OOM_KNOBS))
+    if unknown:
+        raise ArgumentError(unknown[0], f"is not a memory knob; explain_oom takes {list(_OOM_KNOBS)}")
+    top = as_int("top", top, 1)
+    capacity = None if capacity_bytes is None else as_int("capacity_bytes", capacity_bytes, 1)
+    settings = dict(embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype, optimizer=optimizer)
+    pred = predict_memory(num_classes, head=head, **settings, **knobs)
+    cfg, sym = pred.config, pred.symbols
+    kind, n, d, b = cfg["head"], cfg["num_classes"], cfg["embedding_dim"], cfg["batch_size"]
+    lines = [f"Out of memory. The {_HEAD_NAMES[kind]} head's step alone is predicted to need "
+             f"{format_bytes(pred.peak)} at its peak ({pred.peak_phase}) with N = {n:,} identities, D = {d}, "
+             f"B = {b}, {cfg['dtype']}, {cfg['optimizer']}; the backbone comes on top.",
+             "Largest terms at the peak:"]
+    largest = sorted(pred.peak_terms().items(), key=lambda kv: -kv[1])[:top]
+    width = max(len(name) for name, _ in largest)
+    for name, value in largest:
+        lines.append(f"  {name:<{width}}  {format_bytes(value):>10}  ({value:,} bytes = {pred.formulas[name]})")
+    if sym["R"]:
+        w_bytes = sym["R"] * d * sym["e"]
+        lines.append(f"W, the class centres, is N x D = {n:,} x {d} x {sym['e']} bytes = {w_bytes:,} bytes "
+                     f"({format_bytes(w_bytes)}); its gradient and optimizer state are as large.")
+    if capacity is not None:
+        fits = pred.peak <= capacity
+        most = predicted_boundary(capacity, head=kind, **settings, **knobs) if kind != "attfc" or \
+            knobs.get("container_size") is None else None
+        line = f"The device holds {format_bytes(capacity)}: the head's step alone {'fits' if fits else 'does not fit'}"
+        line += f"; at most N = {most:,} identities fit with it." if most is not None else "."
+        if fits:
+            line += (" The backbone's activations and weights are then the likelier cause: they grow with the "
+                     "batch (--batch-size) and halve under mixed precision (--amp, on CUDA).")
+        lines.append(line)
+    lines.append("Other settings (the head's step alone, predicted):")
+
+    def alt(num_classes: int = n, **change: Any) -> str:
+        c = dict(settings, head=kind, **knobs)
+        c.update(change)
+        if c["head"] != kind:  # another head: only the optimizer's knobs carry over
+            c = {k: v for k, v in c.items() if k not in ("sample_rate", "num_keys", "container_ratio",
+                                                         "container_size")}
+        return format_bytes(predict_memory(num_classes, **c).peak)
+
+    if n >= 4:
+        lines.append(f"  - fewer identities (--classes): {alt(num_classes=n // 2)} at N = {n // 2:,}")
+    if kind != "partial_fc":
+        lines.append(f"  - Partial FC (--head partial_fc, --sample-rate 0.1): {alt(head='partial_fc')}; W, its "
+                     f"gradient and optimizer state stay N x D, the logits shrink")
+    if kind != "attfc":
+        lines.append(f"  - AttFC (--head attfc): {alt(head='attfc')} with its container at 0.3 N (--dcc-ratio) "
+                     f"and no W; its key encoder, a copy of the backbone, comes on top")
+    else:
+        q = sym["Q"]
+        lines.append(f"  - a smaller container (--dcc-ratio, --container-size; now Q = {q:,}): "
+                     f"{alt(container_size=max(1, q // 2), container_ratio=None)} at Q = {max(1, q // 2):,}")
+    if b >= 2:
+        lines.append(f"  - a smaller batch (--batch-size): {alt(batch_size=b // 2)} at B = {b // 2}"
+                     + ("; for FC heads at D > B the batch matters little, N does" if kind != "attfc" else ""))
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the whole step
@@ -546,8 +640,25 @@ def measure_backbone(backbone: torch.nn.Module, image_size: int, *, amp_dtype: s
 
     from .measure import _profile_cpu_step, _running
 
-    amp = None if amp_dtype is None else getattr(torch, dtype_name(amp_dtype))
-    size = _positive_int("image_size", image_size, 8)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ArgumentError("backbone", f"must be a torch.nn.Module, got {type(backbone).__name__}")
+    amp = None if amp_dtype is None else getattr(torch, dtype_name(amp_dtype, "amp_dtype"))
+    # up to 512 pixels, as TrainConfig: one image's activations grow with its area (70 MB at 112)
+    size = as_int("image_size", image_size, 8, 512)
+
+    def two_sizes(name: str, sizes) -> tuple[int, int]:
+        # the per-image bytes are a slope between two batch sizes: they must differ
+        if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+            raise ArgumentError(name, f"must be two batch sizes (small, large) or None, got {sizes!r}")
+        small, large = (as_int(name, v, 2, 4096) for v in sizes)
+        if not small < large:
+            raise ArgumentError(name, f"must be two batch sizes with the first smaller, got {sizes!r}")
+        return small, large
+
+    if batch_sizes is not None:
+        batch_sizes = two_sizes("batch_sizes", batch_sizes)
+    if inference_batch_sizes is not None:
+        inference_batch_sizes = two_sizes("inference_batch_sizes", inference_batch_sizes)
     autocast = (lambda: torch.autocast("cpu", dtype=amp)) if amp is not None else contextlib.nullcontext
     params = list(backbone.parameters())
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
@@ -584,7 +695,7 @@ def measure_backbone(backbone: torch.nn.Module, image_size: int, *, amp_dtype: s
         result: dict[str, Any] = {"params": sum(p.numel() for p in params), "activation_bytes": None,
                                   "constant_bytes": None, "inference_bytes": None}
         if batch_sizes is not None:
-            b1, b2 = (_positive_int("batch_sizes", b, 2) for b in batch_sizes)
+            b1, b2 = batch_sizes
             s1, s2 = saved(b1), saved(b2)
             result.update(activation_bytes=round((s2 - s1) / (b2 - b1)),
                           constant_bytes=round(s1 - b1 * (s2 - s1) / (b2 - b1)))
@@ -593,7 +704,7 @@ def measure_backbone(backbone: torch.nn.Module, image_size: int, *, amp_dtype: s
             for p in params:
                 p.requires_grad_(False)  # as the key encoder's: autocast then keeps no weight copies
             try:
-                i1, i2 = (_positive_int("inference_batch_sizes", b, 2) for b in inference_batch_sizes)
+                i1, i2 = inference_batch_sizes
                 result["inference_bytes"] = round((inference_peak(i2) - inference_peak(i1)) / (i2 - i1))
             finally:
                 for p, flag in zip(params, flags):
@@ -714,16 +825,16 @@ def predict_training_step(
     """
     pc = precision_config(precision)
     kind = canonical_head(head)
-    b = _positive_int("batch_size", batch_size)
+    b = as_int("batch_size", batch_size, 1)
     if backbone is None:
         spec = None
     elif isinstance(backbone, BackboneSpec):
         spec = backbone
-    elif str(backbone) in BACKBONES:
-        spec = BACKBONES[str(backbone)]
+    elif isinstance(backbone, str) and backbone in BACKBONES:
+        spec = BACKBONES[backbone]
     else:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, a BackboneSpec or None (the head alone), "
-                         f"got {backbone!r}")
+        raise ArgumentError("backbone", f"must be one of {sorted(BACKBONES)}, a BackboneSpec or None (the head "
+                                        f"alone), got {backbone!r}")
     amp = pc["amp_dtype"]
     head_amp = amp if kind in MIXED_HEAD_PHASES else None
     head_pred = predict_memory(
@@ -781,8 +892,9 @@ def training_step_boundary(budget_bytes: int, limit: int = 10**10, **config: Any
     0 if none fits; None if even `limit` identities fit (AttFC with a fixed container: its memory
     does not grow with N). `config`: `predict_training_step`'s arguments but num_classes.
     """
-    budget = _positive_int("budget_bytes", budget_bytes)
+    budget = as_int("budget_bytes", budget_bytes, 1)
+    limit = as_int("limit", limit, 2)
     if "num_classes" in config:
-        raise ValueError("training_step_boundary searches num_classes: do not pass it")
+        raise ArgumentError("num_classes", "must not be given: training_step_boundary searches it")
 
     return _largest_fitting(lambda n: predict_training_step(n, **config).peak <= budget, limit)

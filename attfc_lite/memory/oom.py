@@ -16,9 +16,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..checks import ArgumentError, as_device, as_float, as_int
 from ..heads import Head
+from . import guard
 from .measure import _MODEL_KNOBS, build_head, head_step, make_optimizer, step_inputs
-from .model import _positive_int, canonical_head, dtype_name, predicted_boundary
+from .model import canonical_head, check_optimizer, dtype_name, predict_memory, predicted_boundary
 
 # --------------------------------------------------------------------------- out of memory
 
@@ -281,18 +283,27 @@ def find_oom_boundary(
     steps (backbone included; `memory.step.WholeStep`) instead of the head's step; the
     prediction is then the head's alone (the backbone's share is not in the model).
     """
-    budget = _positive_int("budget_bytes", budget_bytes)
-    dev = torch.device(device)
+    budget = as_int("budget_bytes", budget_bytes, 1)
+    dev = torch.device(as_device("device", device))
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise ArgumentError("device", f"must be 'cpu' or 'cuda[:N]' (the search runs on one device), got {device!r}")
     if dev.type == "cpu" and not sys.platform.startswith("linux"):
         raise ValueError("the CPU memory cap needs Linux (RLIMIT_AS and /proc); run it on Linux or on CUDA")
-    if not growth > 1:
-        raise ValueError(f"growth must be > 1, got {growth}")
+    embedding_dim = as_int("embedding_dim", embedding_dim, 1)
+    batch_size = as_int("batch_size", batch_size, 1)
+    dname = dtype_name(dtype)
+    start = as_int("start", start, 2)
+    growth = as_float("growth", growth, 1, low_open=True)
+    rtol = as_float("rtol", rtol, 0, 1, low_open=True)
+    max_classes = None if max_classes is None else as_int("max_classes", max_classes, 2)
+    max_trials = as_int("max_trials", max_trials, 1)
+    steps = as_int("steps", steps, 1)
+    warmup_classes = as_int("warmup_classes", warmup_classes, 2)
+    timeout_s = as_float("timeout_s", timeout_s, 0, low_open=True)
     if isinstance(head, str):
-        model_name = canonical_head(head) if model_head is None else model_head
+        model_name = canonical_head(head) if model_head is None else canonical_head(model_head)
     elif callable(head):
-        model_name = model_head or "fc"
+        model_name = "fc" if model_head is None else canonical_head(model_head)
         try:
             pickle.dumps(head)
         except Exception as exc:
@@ -313,16 +324,27 @@ def find_oom_boundary(
     for k in ("momentum", "weight_decay"):
         if k in mkw:
             okw.setdefault(k, mkw[k])
+    optimizer = check_optimizer(optimizer, okw.get("momentum", 0.9), okw.get("weight_decay", 0.0))[0]
+    if "lr" in okw:
+        okw["lr"] = as_float("lr", okw["lr"], 0, low_open=True)
     predicted = predicted_boundary(
-        budget, embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype, optimizer=optimizer,
+        budget, embedding_dim=embedding_dim, batch_size=batch_size, dtype=dname, optimizer=optimizer,
         head=model_name, **mkw,
     )
+    # The cap holds each trial within the budget, but the warm-up runs before it: both must fit
+    # in what the machine has free. On the CPU a budget past it would let RLIMIT_AS allow more
+    # than the machine holds, and the search would end in swapping or the OOM killer.
+    warm = predict_memory(warmup_classes, embedding_dim, batch_size, dname, optimizer, model_name, **mkw).peak
+    guard.check_fits(max(budget, warm), dev, "budget_bytes",
+                     f"a search under a cap of {guard.format_bytes(budget)} (warm-up at N = {warmup_classes:,}: "
+                     f"{guard.format_bytes(warm)})",
+                     "Choose a smaller budget; predicted_boundary(budget_bytes, ...) gives the model's answer "
+                     "without running anything.")
     spec = dict(
         factory=head, head_kwargs=head_kwargs, embedding_dim=embedding_dim, batch_size=batch_size,
-        dtype=dtype_name(dtype), optimizer=optimizer, optimizer_kwargs=okw, device=str(dev), budget_bytes=budget,
-        start=_positive_int("start", start, 2), growth=float(growth), rtol=float(rtol), max_classes=max_classes,
-        max_trials=_positive_int("max_trials", max_trials), steps=_positive_int("steps", steps),
-        warmup_classes=_positive_int("warmup_classes", warmup_classes, 2), whole_step=whole_step,
+        dtype=dname, optimizer=optimizer, optimizer_kwargs=okw, device=str(dev), budget_bytes=budget,
+        start=start, growth=growth, rtol=rtol, max_classes=max_classes,
+        max_trials=max_trials, steps=steps, warmup_classes=warmup_classes, whole_step=whole_step,
     )
     trials: list[dict[str, Any]] = []
     state: dict[str, Any] = {"cap": "", "trying": None, "done": None}
@@ -357,7 +379,7 @@ def find_oom_boundary(
     config = dict(
         head=head if isinstance(head, str) else getattr(head, "__name__", repr(head)), model_head=model_name,
         whole_step=repr(whole_step) if whole_step is not None else None,
-        embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype_name(dtype), optimizer=optimizer,
+        embedding_dim=embedding_dim, batch_size=batch_size, dtype=dname, optimizer=optimizer,
         steps=steps, **mkw,
     )
     return OOMBoundary(
@@ -415,13 +437,17 @@ def train_under_budget(config, budget_bytes: int, device: str | torch.device | N
 
     from ..utils import default_device
 
-    budget = _positive_int("budget_bytes", budget_bytes)
+    budget = as_int("budget_bytes", budget_bytes, 1)
     config = config.validate()
-    dev = default_device(device if device is not None else config.device)
+    dev = default_device(as_device("device", device) if device is not None else config.device)
     if dev.type == "cpu" and not sys.platform.startswith("linux"):
         raise ValueError("the CPU memory cap needs Linux (RLIMIT_AS and /proc); run it on Linux or on CUDA")
-    spec = {"config": asdict(config), "device": str(dev), "budget_bytes": budget,
-            "warmup_classes": _positive_int("warmup_classes", warmup_classes, 2)}
+    warmup_classes = as_int("warmup_classes", warmup_classes, 2)
+    timeout_s = as_float("timeout_s", timeout_s, 0, low_open=True)
+    # the cap holds the run within the budget: the budget itself must fit in what the machine has free
+    guard.check_fits(budget, dev, "budget_bytes", f"a run under a cap of {guard.format_bytes(budget)}",
+                     "Choose a smaller budget.")
+    spec = {"config": asdict(config), "device": str(dev), "budget_bytes": budget, "warmup_classes": warmup_classes}
     events: list[dict] = []
     started = time.perf_counter()
     rc, other = _run_child("from attfc_lite.memory.oom import _train_child; _train_child()", spec, timeout_s,

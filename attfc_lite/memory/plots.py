@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from ..checks import as_float
 from .measure import StepMeasurement
 from .model import DATASETS, DEVICE_CAPACITIES_GIB, GiB, MemoryBreakdown, _unit_scale, dtype_name, predict_memory
 
@@ -76,7 +77,7 @@ def plot_memory_vs_classes(
     heads = heads or {"FC": {"head": "fc"}}
     base = dict(embedding_dim=embedding_dim, batch_size=batch_size, dtype=dtype, optimizer=optimizer)
     for i, (label, kwargs) in enumerate(heads.items()):
-        preds = [predict_memory(int(n), **{**base, **kwargs}) for n in ns]
+        preds = [predict_memory(n, **{**base, **kwargs}) for n in ns]  # n checked there: 10.7 is refused
         ax.plot(ns, [p.peak / GiB for p in preds], lw=2, label=f"{label}: peak of one step")
         if i == 0 and show_terms:
             ax.plot(ns, [p.terms["class_centres"] / GiB for p in preds], ls=":", color="0.3", label=f"{label}: W alone")
@@ -118,8 +119,10 @@ def plot_breakdown(
 
     `measured`: label -> measured peak bytes, drawn as a black marker on its bar.
     """
-    ax = _axes(ax)
     scale = _unit_scale(unit)
+    if capacity_gib is not None:
+        capacity_gib = as_float("capacity_gib", capacity_gib, 0, low_open=True)
+    ax = _axes(ax)
     labels = list(breakdowns)
     used: list[str] = []
     for bd in breakdowns.values():

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..checks import ArgumentError, as_bool, as_device, as_int
 from .measure import _profile_cpu_step, _running, _trace_cuda_step, _unique_bytes, timed
 
 __all__ = ["model_step", "measure_model_step", "plot_step_timelines", "thin_timeline", "WholeStep"]
@@ -70,13 +71,28 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
     the optimizer state).
     """
     from ..encoders import KeyEncoder
-    from ..train import build
+    from ..train import build, memory_knobs
     from ..utils import default_device
+    from . import guard
+    from .model import predict_memory
 
     config = config.validate()
-    dev = default_device(device if device is not None else config.device)
+    dev = default_device(as_device("device", device) if device is not None else config.device)
+    warmup_steps = as_int("warmup_steps", warmup_steps, 1)  # the first creates the momentum buffers
+    amp = as_bool("amp", amp)
+    seed = as_int("seed", seed, 0)
     if amp and dev.type != "cuda":
-        raise ValueError("amp=True needs a CUDA device (autocast in bfloat16 on the GPU); use amp=False on the CPU")
+        raise ArgumentError("amp", "must be False on the CPU: amp=True needs a CUDA device (autocast in bfloat16 "
+                                   "on the GPU)")
+    # The head is what grows with N: its predicted step, with the batch of images (and AttFC's key
+    # images), is a lower bound of the whole step, enough to refuse before building anything.
+    head_pred = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
+                               **memory_knobs(config))
+    images = (1 + head_pred.symbols["K"]) * config.batch_size * 3 * config.image_size ** 2 * 4
+    guard.check_fits(head_pred.peak + images, dev, "num_classes",
+                     f"N = {config.num_classes:,}, D = {config.embedding_dim:,}, B = {config.batch_size:,}: one "
+                     f"{config.head} training step (the head and the images; the backbone comes on top)",
+                     "Choose fewer identities, or predict the step with memory.predict_training_step.")
     torch.manual_seed(seed)
     backbone, head = build(config, dev)
     backbone.train()
@@ -95,7 +111,7 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
     def run(mark=None) -> None:
         model_step(backbone, head, optimizer, images, labels, encoder_k, key_images, mark, amp)
 
-    for _ in range(max(1, int(warmup_steps))):  # the first creates the momentum buffers
+    for _ in range(warmup_steps):
         run()
     step_seconds = timed(run, dev)
     gc.collect()
@@ -130,6 +146,7 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
 
 def thin_timeline(step: dict[str, Any], points: int = 400) -> dict[str, Any]:
     """`step` with its timeline cut to about `points` entries, keeping each phase's peak and ends."""
+    points = as_int("points", points, 2)
     n = len(step["timeline_ms"])
     if n <= points:
         return dict(step)

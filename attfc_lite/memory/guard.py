@@ -1,0 +1,107 @@
+"""Before measuring: does the predicted peak fit in what the device has free?
+
+A measurement really allocates what it is asked for. On the CPU nothing stops a process from
+asking for far more than the machine holds (the allocator overcommits; the system then swaps or
+kills processes), so every measuring entry point compares the memory model's predicted peak with
+the memory available now (`available_bytes`) and refuses, before allocating anything, when it
+exceeds a safe share of it (`SAFE_SHARE`). The prediction itself costs nothing
+(`measure=False`, `--no-measure`).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..checks import ArgumentError
+
+#: The share of the available memory a measurement may take. The CPU's is half: the model
+#: leaves out the interpreter, libraries and allocator slack, other processes share the
+#: machine, and going over ends in swapping or the OOM killer. On CUDA an allocation past the
+#: device raises a clean out-of-memory error, so only the CUDA context and the caching
+#: allocator's rounding need room.
+SAFE_SHARE = {"cpu": 0.5, "cuda": 0.9}
+
+_UNITS = (("EiB", 2 ** 60), ("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1: '2.0 MiB', '12.7 PiB'."""
+    for unit, size in _UNITS:
+        if abs(n) >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _cpu_available() -> int:
+    """Bytes this process can still get: the least of the kernel's MemAvailable, the cgroup's
+    limit minus its use (a container's limit can lie far below the host's memory) and the
+    address-space limit (RLIMIT_AS) minus the address space in use."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    if not found:
+        try:  # no /proc (not Linux): free pages, which undercounts (no reclaimable cache)
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit_path, used_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                   "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, used = _read_int(limit_path), _read_int(used_path)
+        if limit is not None and used is not None and limit < 2 ** 60:  # v1 writes ~2**63 for no limit
+            found.append(max(0, limit - used))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            from .oom import _vm_size
+
+            found.append(max(0, soft - _vm_size()))
+    except (ImportError, OSError, RuntimeError):
+        pass
+    if not found:
+        raise RuntimeError("cannot tell how much memory is available (no /proc/meminfo, no sysconf); "
+                           "use measure=False for the prediction alone")
+    return min(found)
+
+
+def available_bytes(device: str | torch.device) -> int:
+    """Bytes a new allocation on `device` can get now. CPU: see `_cpu_available`. CUDA: the
+    driver's free memory plus what this process's caching allocator holds unused."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
+    return _cpu_available()
+
+
+def check_fits(need_bytes: int, device: str | torch.device, name: str, subject: str, advice: str) -> None:
+    """Raise ArgumentError(`name`, ...) when `need_bytes` exceeds the safe share of what `device`
+    has available, before anything is allocated. `subject` says what needs it ("N = 10^12: one fc
+    head step"), `advice` what to do instead."""
+    dev = torch.device(device)
+    share = SAFE_SHARE.get(dev.type, SAFE_SHARE["cpu"])
+    available = available_bytes(dev)
+    if need_bytes <= share * available:
+        return
+    raise ArgumentError(
+        name, f"is too large to measure on {dev}: {subject} needs about {format_bytes(need_bytes)} (the memory "
+              f"model's predicted peak), {dev} has {format_bytes(available)} available and a measurement may use "
+              f"at most {share:.0%} of it ({format_bytes(share * available)}); nothing was allocated. {advice}")

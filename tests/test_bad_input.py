@@ -1,0 +1,225 @@
+"""The bad-input suite: meaningless values given to the command line, the library and the widget
+callbacks. Each case asserts the error's type, that its message names the argument (the option,
+on the command line) and that every file already written is unchanged (hashed before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from attfc_lite.__main__ import main
+from attfc_lite.checks import ArgumentError
+from attfc_lite.train import CHECKPOINT, CheckpointError, TrainConfig, load_checkpoint, train
+
+# A finished run (written once per module) and the command-line options that describe it
+TINY = TrainConfig(num_classes=8, images_per_identity=4, eval_identities=6, eval_images_per_identity=3, epochs=1,
+                   batch_size=8, embedding_dim=16, num_pairs=30, device="cpu", image_size=16)
+TINY_CLI = ["--classes", "8", "--images-per-identity", "4", "--eval-identities", "6", "--eval-images-per-identity",
+            "3", "--epochs", "1", "--batch-size", "8", "--embedding-dim", "16", "--num-pairs", "30", "--device", "cpu",
+            "--image-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace holding earlier results of every kind a command writes."""
+    root = tmp_path_factory.mktemp("bad_input")
+    train(TINY, root / "run", progress=False)
+    shutil.copytree(root / "run", root / "truncated")
+    data = (root / "truncated" / CHECKPOINT).read_bytes()
+    (root / "truncated" / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    (root / "unsafe").mkdir()
+    torch.save({"config": {}, "payload": argparse.Namespace(x=1)}, root / "unsafe" / CHECKPOINT)
+    (root / "sweep.json").write_text('{"param": "k", "runs": []}\n')
+    (root / "heads").mkdir()
+    (root / "heads" / "summary.json").write_text("{}\n")
+    (root / "a_file").write_text("not a folder\n")
+    return root
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Case:
+    id: str
+    call: list[str] | Callable[[Path], Any]  # command-line arguments ({ws} is the workspace) or a call
+    names: str  # what the message must contain: the option, or the argument's name
+    error: type[BaseException] = ValueError  # for library calls
+
+
+def cli(id_: str, argv: str, names: str) -> Case:
+    return Case(id_, argv.split(), names)
+
+
+CLI_CASES = [
+    cli("classes-fraction", "train --classes 10.7", "--classes"),
+    cli("classes-float-text", "train --classes 20.5e0", "--classes"),
+    cli("classes-one", "train --classes 1", "--classes"),
+    cli("classes-word", "train --classes many", "--classes"),
+    cli("lr-inf", "train --lr inf", "--lr"),
+    cli("lr-nan", "train --lr nan", "--lr"),
+    cli("lr-negative", "train --lr -0.1", "--lr"),
+    cli("scale-zero", "train --scale 0", "--scale"),
+    cli("batch-one", "train --batch-size 1", "--batch-size"),
+    cli("batch-larger-than-data", "train --classes 4 --images-per-identity 2 --batch-size 16", "--batch-size"),
+    cli("device-bad-index", "train --device cuda:x", "--device"),
+    cli("device-unknown", "train --device tpu", "--device"),
+    cli("device-cpu-index", "train --device cpu:1", "--device"),
+    cli("image-size-small", "train --image-size 4", "--image-size"),
+    cli("image-size-huge", "train --image-size 1e9", "--image-size"),
+    cli("seed-negative", "train --seed -1", "--seed"),
+    cli("seed-fraction", "train --seed 1.5", "--seed"),
+    cli("epochs-zero", "train --epochs 0", "--epochs"),
+    cli("margin-m-nan", "train --margin-m nan", "--margin-m"),
+    cli("combined-one-m", "train --margin combined --margin-m 0.5", "--margin-m"),
+    cli("dcc-ratio-zero", "train --head attfc --dcc-ratio 0", "--dcc-ratio"),
+    cli("ema-momentum-big", "train --head attfc --ema-momentum 1.5", "--ema-momentum"),
+    cli("k-zero", "train --head attfc --k 0", "--k"),
+    cli("temperature-inf", "train --head attfc --temperature inf", "--temperature"),
+    cli("sample-rate-big", "train --head partial_fc --sample-rate 1.5", "--sample-rate"),
+    cli("container-fraction", "train --head attfc --container-size 2.5", "--container-size"),
+    cli("eval-identities-one", "train --eval-identities 1", "--eval-identities"),
+    cli("eval-images-one", "train --eval-images-per-identity 1", "--eval-images-per-identity"),
+    cli("world-too-small", "train --classes 9999900 --eval-identities 300", "--classes"),
+    cli("out-is-a-file", "train --out {ws}/a_file", "--out"),
+    cli("out-under-a-file", "train --out {ws}/a_file/run", "--out"),
+    cli("out-holds-a-run", "train --out {ws}/run " + " ".join(TINY_CLI), "--out"),
+    cli("resume-other-config", "train --resume --out {ws}/run --lr 0.05 " + " ".join(TINY_CLI), "lr"),
+    cli("resume-nothing", "train --resume --out {ws}/nothing_here", "--resume"),
+    cli("resume-and-overwrite", "train --resume --overwrite --out {ws}/run " + " ".join(TINY_CLI), "--overwrite"),
+    cli("resume-truncated", "train --resume --out {ws}/truncated " + " ".join(TINY_CLI), "checkpoint.pt"),
+    cli("resume-unsafe", "train --resume --out {ws}/unsafe " + " ".join(TINY_CLI), "checkpoint.pt"),
+    cli("amp-on-cpu", "train --amp --device cpu", "--amp"),
+    cli("no-mask-fc", "train --no-mask", "--no-mask"),
+    cli("sweep-k-fraction", "sweep k --values 2.5 --out {ws}/new.json", "--values"),
+    cli("sweep-momentum-big", "sweep ema-momentum --values 2 --out {ws}/new.json", "--values"),
+    cli("sweep-seed-negative", "sweep k --seeds -1", "--seeds"),
+    cli("sweep-out-exists", "sweep k --values 2 --out {ws}/sweep.json " + " ".join(TINY_CLI), "--out"),
+    cli("sweep-out-folder", "sweep k --values 2 --out {ws}/heads", "--out"),
+    cli("run-out-exists", "run --out {ws}/heads " + " ".join(TINY_CLI), "--out"),
+    cli("run-out-json", "run --out {ws}/heads.json", "--out"),
+    cli("run-memory-classes-zero", "run --memory-classes 0", "--memory-classes"),
+    cli("memory-beyond-the-machine", "memory --classes 1e12 --device cpu", "--no-measure"),
+    cli("memory-classes-fraction", "memory --classes 10.5", "--classes"),
+    cli("memory-dim-zero", "memory --classes 1000 --dim 0", "--dim"),
+    cli("memory-foreign-flag", "memory --head fc --classes 1000 --k 2", "--k"),
+    cli("memory-momentum-big", "memory --classes 1000 --momentum 1.5", "--momentum"),
+    cli("memory-weight-decay-inf", "memory --classes 1000 --weight-decay inf", "--weight-decay"),
+    cli("preview-out-txt", "data preview --out {ws}/preview.txt", "--out"),
+    cli("bench-size-zero", "data bench --image-size 0", "--image-size"),
+    cli("bench-count-fraction", "data bench --num-images 1.5", "--num-images"),
+]
+
+
+def _overwrite_diverging(ws: Path):
+    train(replace(TINY, lr=1e30), ws / "run", progress=False, overwrite=True)
+
+
+def _faces(**kwargs):
+    from attfc_lite.faces import SyntheticFaces
+
+    return SyntheticFaces(**{"num_identities": 2, "images_per_identity": 2, "image_size": 16, **kwargs})
+
+
+def _head_call(make, *args):
+    def call(ws):
+        head = make()
+        head(*args)
+    return call
+
+
+def _fc():
+    from attfc_lite.heads import FullFC
+
+    return FullFC(8, 10)
+
+
+def _widget(name, **kwargs):
+    def call(ws):
+        from attfc_lite import widgets
+
+        getattr(widgets, name)(**kwargs)
+    return call
+
+
+LIBRARY_CASES = [
+    Case("config-classes-fraction", lambda ws: TrainConfig(num_classes=10.7).validate(), "num_classes"),
+    Case("config-lr-inf", lambda ws: TrainConfig(lr=float("inf")).validate(), "lr"),
+    Case("config-weight-decay-nan", lambda ws: TrainConfig(weight_decay=float("nan")).validate(), "weight_decay"),
+    Case("config-head-typo", lambda ws: TrainConfig(head="fcc").validate(), "head"),
+    Case("config-backbone-typo", lambda ws: TrainConfig(backbone="resnet").validate(), "backbone"),
+    Case("config-keys-bool", lambda ws: TrainConfig(head="attfc", num_keys=True).validate(), "num_keys"),
+    Case("config-max-steps-zero", lambda ws: TrainConfig(max_steps=0).validate(), "max_steps"),
+    Case("config-momentum-one", lambda ws: TrainConfig(momentum=1.0).validate(), "momentum"),
+    Case("config-device-typo", lambda ws: TrainConfig(device="cuda0").validate(), "device"),
+    Case("train-into-a-run", lambda ws: train(TINY, ws / "run", progress=False), "out_dir"),
+    Case("train-overwrite-diverges", _overwrite_diverging, "lr", FloatingPointError),
+    Case("train-batch-larger-than-data", lambda ws: train(replace(TINY, batch_size=64), progress=False),
+         "batch_size"),
+    Case("load-truncated-checkpoint", lambda ws: load_checkpoint(ws / "truncated" / CHECKPOINT), "checkpoint.pt",
+         CheckpointError),
+    Case("load-unsafe-checkpoint", lambda ws: load_checkpoint(ws / "unsafe" / CHECKPOINT), "checkpoint.pt",
+         CheckpointError),
+    Case("fc-labels-out-of-range", _head_call(_fc, torch.randn(4, 8), torch.tensor([0, 1, 2, 10])), "labels"),
+    Case("fc-embedding-shape", _head_call(_fc, torch.randn(4, 7), torch.tensor([0, 1, 2, 3])), "embeddings"),
+    Case("fc-classes-fraction", lambda ws: __import__("attfc_lite.heads").heads.FullFC(8, 10.5), "num_classes"),
+    Case("container-fraction", lambda ws: __import__("attfc_lite.container").container.DynamicClassContainer(2.5, 8),
+         "capacity"),
+    Case("faces-images-fraction", lambda ws: _faces(images_per_identity=10.7), "images_per_identity"),
+    Case("imagefolder-size-fraction", lambda ws: __import__("attfc_lite.imagefolder").imagefolder.ImageFolderFaces(
+        ws, image_size=10.7), "image_size"),
+    Case("predict-memory-classes-fraction", lambda ws: __import__("attfc_lite.memory").memory.predict_memory(
+        "fc", 10.7, 512, 128), "num_classes"),
+    Case("widget-fit-classes-fraction", _widget("fit_verdict", num_classes=1000.5), "num_classes"),
+    Case("widget-fit-device-negative", _widget("fit_verdict", num_classes=1000, device_gib=-1), "device_gib"),
+    Case("widget-fit-precision-typo", _widget("fit_verdict", num_classes=1000, precision="fp8"), "precision"),
+    Case("widget-dcc-ratio-zero", _widget("dcc_size", ratio=0, num_classes=1000), "ratio"),
+    Case("widget-dcc-classes-nan", _widget("dcc_size", ratio=0.3, num_classes=float("nan")), "num_classes"),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES + LIBRARY_CASES, ids=lambda c: c.id)
+def test_bad_input_is_named_and_loses_nothing(case, ws, capsys):
+    before = _hashes(ws)
+    if isinstance(case.call, list):
+        argv = [a.format(ws=ws) for a in case.call]
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert "Traceback" not in err
+        message = err.strip().splitlines()[-1]  # argparse prints its usage line first
+        assert "error:" in message and case.names in message, message
+    else:
+        with pytest.raises(case.error) as info:
+            case.call(ws)
+        assert case.names in str(info.value), str(info.value)
+        if isinstance(info.value, ArgumentError):
+            assert str(info.value).startswith(info.value.name)
+    assert _hashes(ws) == before, "a file already written changed, or a new one appeared"
+
+
+def test_the_suite_has_at_least_fifty_cases():
+    assert len(CLI_CASES) + len(LIBRARY_CASES) >= 50
+
+
+def test_unsafe_checkpoint_message_never_suggests_disabling_the_safe_loader(ws):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ws / "unsafe" / CHECKPOINT)
+    assert "weights_only" not in str(info.value) and "refused" in str(info.value)
+
+
+def test_the_workspace_run_is_what_resume_continues(ws):
+    # Guards the resume cases above: with the right options the same folder resumes (a finished run
+    # is only evaluated again), so the refusals come from the bad option, not from a broken folder.
+    state = load_checkpoint(ws / "run" / CHECKPOINT)
+    assert TrainConfig.from_dict(state["config"]) == TINY.validate()
