@@ -76,10 +76,29 @@ def write_json(path, data) -> None:
     from pathlib import Path
 
     path = Path(path)
+    bad = _non_finite_at(data)
+    if bad is not None:
+        raise ValueError(f"{path.name} would hold {bad[1]} at {bad[0]}, which is not a number; nothing was written "
+                         f"(a result that is nan or inf is a failed measurement, not a value to store)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
     os.replace(tmp, path)
+
+
+def _non_finite_at(data, where: str = "") -> tuple[str, float] | None:
+    """The first (key path, value) in nested dicts and lists whose float is nan or inf, else None."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "the top level", data
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite_at(value, f"{where}.{key}" if where and isinstance(key, str) else
+                               f"{where}[{key}]" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def read_stored(path, folder, required, command: str) -> dict:
