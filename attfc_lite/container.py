@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import as_int
+
 __all__ = ["DynamicClassContainer", "EMPTY", "TurnoverWatch", "plot_turnover"]
 
 EMPTY = -1  #: the label of a slot that holds no centre yet
@@ -26,10 +28,7 @@ class DynamicClassContainer(nn.Module):
 
     def __init__(self, capacity: int, embedding_dim: int) -> None:
         super().__init__()
-        for name, value in (("capacity", capacity), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.capacity, self.embedding_dim = int(capacity), int(embedding_dim)
+        self.capacity, self.embedding_dim = as_int("capacity", capacity, 1), as_int("embedding_dim", embedding_dim, 1)
         self.register_buffer("centres", torch.zeros(self.capacity, self.embedding_dim))
         self.register_buffer("labels", torch.full((self.capacity,), EMPTY, dtype=torch.int64))
         # The next slot to write; a tensor so that enqueue never waits for the device.
@@ -98,9 +97,7 @@ class TurnoverWatch:
     """
 
     def __init__(self, num_classes: int) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1 (the training identities), got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = as_int("num_classes", num_classes, 1)  # the training identities
         self.steps, self.own_share, self.own_entries, self.filled = [], [], [], []
         self.identities_present, self.mean_age, self.max_age = [], [], []
         self._before: torch.Tensor | None = None  # the labels the next batch is scored against

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import as_float, as_int
 from .heads import FullFC
 from .margins import Margin
 
@@ -41,13 +42,10 @@ class PartialFC(FullFC):
     def __init__(self, embedding_dim: int, num_classes: int, sample_rate: float = DEFAULT_SAMPLE_RATE,
                  margin: Margin | str = "arcface", seed: int = 0, **margin_kwargs) -> None:
         super().__init__(embedding_dim, num_classes, margin, **margin_kwargs)
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
-                or not 0 < float(sample_rate) <= 1:
-            raise ValueError(f"sample_rate must be a number in (0, 1] (the share of class centres in each step's "
-                             f"logits; 1 is the full FC), got {sample_rate!r}")
-        self.sample_rate = float(sample_rate)
+        # the share of class centres in each step's logits; 1 is the full FC
+        self.sample_rate = as_float("sample_rate", sample_rate, 0, 1, low_open=True)
         self.num_sample = min(self.num_classes, max(1, math.ceil(self.sample_rate * self.num_classes)))
-        self.seed = int(seed)
+        self.seed = as_int("seed", seed, 0)
         self.step = 0  # steps sampled so far: part of the state_dict (extra state)
 
     def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 
 from .train import TrainConfig, train
-from .checks import ArgumentError, as_int
+from .checks import ArgumentError, as_float, as_int
 import shutil
 from .utils import check_output, holds_results, provenance, read_stored, replace_folder, staging_path, write_json
 
@@ -354,8 +354,14 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 256 * 2 ** 20, 
     from .memory.step import WholeStep
     from .utils import default_device
 
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be an int >= 1 (AttFC's N as a multiple of FC's largest), got {factor!r}")
+    factor = as_int("factor", factor, 1)  # AttFC's N as a multiple of FC's largest
+    steps = as_int("steps", steps, 1)
+    budget_bytes = as_int("budget_bytes", budget_bytes, 1)
+    images_per_identity = as_int("images_per_identity", images_per_identity, 1)
+    both_share = as_float("both_share", both_share, 0, 1, low_open=True)
+    timeout_s = as_float("timeout_s", timeout_s, 0, low_open=True)
+    if start is not None:
+        start = as_int("start", start, 2)
     base = (base or TrainConfig()).validate()
     dev = default_device(device if device is not None else base.device)
     started = time.perf_counter()

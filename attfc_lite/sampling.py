@@ -155,9 +155,7 @@ class KViewDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose key draws ``__getitem__`` returns."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be an int >= 0")
-        self.epoch = epoch
+        self.epoch = as_int("epoch", epoch, 0)
 
     def key_indices(self, index: int) -> Tensor:
         """Dataset indices of the k keys of item ``index`` in the current epoch, LongTensor [k]."""

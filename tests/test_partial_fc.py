@@ -121,7 +121,7 @@ def test_eval_mode_uses_every_centre_and_bad_rate_is_named():
     x, y = torch.randn(5, 4), torch.randint(0, 30, (5,))
     assert float(head(x, y).detach()) == pytest.approx(float(fc(x, y).detach()))
     assert head.step == 0
-    for bad in (0.0, 1.5, "0.1"):
+    for bad in (0.0, 1.5, float("nan"), "a tenth"):
         with pytest.raises(ValueError, match="sample_rate"):
             PartialFC(4, 30, sample_rate=bad)
     assert isinstance(make_head("partial_fc", 4, 30, sample_rate=0.5), PartialFC)
