@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import as_float
+
 __all__ = ["attention_weights", "generative_class_centres", "quality_study", "plot_quality_study", "rank_correlation",
            "DEGRADATIONS"]
 
@@ -30,8 +32,7 @@ def _check(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> None:
                          f"{tuple(keys.shape)}; the key encoder's output for K key images per query")
     if keys.shape[1] < 1:
         raise ValueError("keys must hold at least one key image per query (K >= 1)")
-    if not float(temperature) > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    as_float("temperature", temperature, 0, low_open=True)
 
 
 def attention_weights(q: torch.Tensor, keys: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from .checks import as_float
+
 _EPS = 1e-7
 
 
@@ -62,9 +64,7 @@ class Margin(nn.Module):
 
     def __init__(self, s: float = 64.0) -> None:
         super().__init__()
-        if s <= 0:
-            raise ValueError(f"scale s must be positive, got {s}")
-        self.s = float(s)
+        self.s = as_float("s", s, 0, low_open=True)  # the logit scale
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -90,9 +90,7 @@ class ArcFace(Margin):
 
     def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
         super().__init__(s)
-        if not 0 <= m < math.pi / 2:
-            raise ValueError(f"ArcFace margin m must be in [0, pi/2), got {m}")
-        self.m = float(m)
+        self.m = as_float("m", m, 0, math.pi / 2, high_open=True)  # ArcFace's angle, in radians
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:
         return angular_margin(cos_pos, 1.0, self.m)
@@ -106,9 +104,7 @@ class CosFace(Margin):
 
     def __init__(self, s: float = 64.0, m: float = 0.35) -> None:
         super().__init__(s)
-        if not 0 <= m < 1:
-            raise ValueError(f"CosFace margin m must be in [0, 1), got {m}")
-        self.m = float(m)
+        self.m = as_float("m", m, 0, 1, high_open=True)  # CosFace's cosine margin
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:
         return cos_pos - self.m
@@ -127,9 +123,7 @@ class CombinedMargin(Margin):
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
         super().__init__(s)
-        if m1 < 1 or m2 < 0 or m3 < 0:
-            raise ValueError(f"combined margin needs m1 >= 1, m2 >= 0, m3 >= 0; got m1={m1}, m2={m2}, m3={m3}")
-        self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
+        self.m1, self.m2, self.m3 = as_float("m1", m1, 1), as_float("m2", m2, 0), as_float("m3", m3, 0)
 
     def positive_logit(self, cos_pos: torch.Tensor) -> torch.Tensor:
         return angular_margin(cos_pos, self.m1, self.m2) - self.m3
