@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, default=8, help="images per identity")
     p.add_argument("--image-size", type=_positive_int, default=32)
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     m = sub.add_parser("memory", help="predicted vs measured memory of one head step, printed as JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -323,6 +324,9 @@ def _data(args) -> int:
 
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
         raise ValueError(f"--out must end in .png, .jpg, .pdf or .svg, got {args.out}")
+    from .utils import check_output
+
+    check_output(args.out, "out", "file", overwrite=args.overwrite, holds="a file")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     axes = plot_preview(FaceWorld(args.seed, args.image_size), num_identities=args.identities,
                         images_per_identity=args.images)

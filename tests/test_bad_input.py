@@ -40,6 +40,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "heads").mkdir()
     (root / "heads" / "summary.json").write_text("{}\n")
     (root / "a_file").write_text("not a folder\n")
+    (root / "preview.png").write_bytes(b"\x89PNG an earlier preview")
     return root
 
 
@@ -115,6 +116,7 @@ CLI_CASES = [
     cli("memory-momentum-big", "memory --classes 1000 --momentum 1.5", "--momentum"),
     cli("memory-weight-decay-inf", "memory --classes 1000 --weight-decay inf", "--weight-decay"),
     cli("preview-out-txt", "data preview --out {ws}/preview.txt", "--out"),
+    cli("preview-out-exists", "data preview --out {ws}/preview.png", "--overwrite"),
     cli("bench-size-zero", "data bench --image-size 0", "--image-size"),
     cli("bench-count-fraction", "data bench --num-images 1.5", "--num-images"),
 ]
@@ -223,3 +225,9 @@ def test_the_workspace_run_is_what_resume_continues(ws):
     # is only evaluated again), so the refusals come from the bad option, not from a broken folder.
     state = load_checkpoint(ws / "run" / CHECKPOINT)
     assert TrainConfig.from_dict(state["config"]) == TINY.validate()
+
+
+@pytest.mark.parametrize("argv", [["--debug", "train", "--classes", "1"], ["train", "--classes", "1", "--debug"]])
+def test_debug_shows_the_error_itself(argv):
+    with pytest.raises(ArgumentError, match="^num_classes must be a whole number >= 2"):
+        main(argv)
