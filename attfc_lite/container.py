@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import as_int
+from .checks import ArgumentError, as_int
 
 __all__ = ["DynamicClassContainer", "EMPTY", "TurnoverWatch", "plot_turnover"]
 
@@ -52,6 +52,8 @@ class DynamicClassContainer(nn.Module):
         n = centres.shape[0]
         if n == 0:
             return
+        if int(labels.min()) < 0:  # -1 marks an empty slot: a negative label would be lost as one
+            raise ArgumentError("labels", f"must be identity ids >= 0, got a minimum of {int(labels.min())}")
         keep = min(n, self.capacity)
         # Entry j of the batch (j >= n - keep) lands in slot (pointer + j) mod capacity.
         slots = (self.pointer + torch.arange(n - keep, n, device=self.pointer.device)) % self.capacity

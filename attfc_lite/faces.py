@@ -21,11 +21,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks import ArgumentError, as_float, as_int
+
 MAX_IDENTITIES = 10_000_000
 DEFAULT_IMAGE_SIZE = 32
-_CHUNK = 512
 
 _M32 = 0xFFFFFFFF
+# The hash keeps the low 32 bits of every key (`_mix32` starts with `& _M32`), so image index
+# j and j + 2**32 (or seed s and s + 2**32) would give the very same image. Within 32 bits
+# every step of the hash is a bijection, so all indices below 2**32 give different images.
+MAX_IMAGE_INDEX = 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+# A render's temporaries grow with its pixels: 60-90 bytes a pixel (measured), about 70 KiB for a
+# 32-pixel image and 850 KiB for a 112-pixel one. Chunk sizes are given for 32-pixel images and
+# scaled by (32 / image_size)^2 (`scaled_chunk`), so that a chunk's temporaries take the same
+# bytes at any size. On a CPU, chunks of a few hundred 32-pixel images keep every temporary in
+# the cache: about 5x faster than one huge batch, whose element-wise ops are memory-bound. An
+# accelerator wants large chunks to keep busy, and gets about 1 GiB of temporaries.
+_CPU_CHUNK = 512
+_DEVICE_CHUNK = 16384
+
 # Streams keep the random numbers of different purposes independent.
 _IDENTITY, _IMAGE, _NOISE = 1, 2, 3
 
@@ -135,7 +151,7 @@ class RenderOutput:
 
 
 class FaceWorld:
-    """Renders image `j` of identity `i` for any i < 10,000,000, deterministically.
+    """Renders image `j` of identity `i` for any i < 10,000,000 and j < 2**32, deterministically.
 
     >>> world = FaceWorld(seed=0, image_size=32)
     >>> out = world.render(torch.tensor([0, 0, 5]), torch.tensor([0, 1, 0]))
@@ -144,11 +160,9 @@ class FaceWorld:
     """
 
     def __init__(self, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, max_severity: float = 1.0) -> None:
-        if not 8 <= int(image_size) <= 512:
-            raise ValueError(f"image_size must be in [8, 512] pixels, got {image_size}")
-        if not 0 <= max_severity <= 1:
-            raise ValueError(f"max_severity must be in [0, 1], got {max_severity}")
-        self.seed, self.image_size, self.max_severity = int(seed), int(image_size), float(max_severity)
+        self.seed = as_int("seed", seed, 0, MAX_SEED)  # the hash keeps 32 bits: s + 2**32 would be world s
+        self.image_size = as_int("image_size", image_size, 8, 512)
+        self.max_severity = as_float("max_severity", max_severity, 0.0, 1.0)
 
     def __repr__(self) -> str:
         return f"FaceWorld(seed={self.seed}, image_size={self.image_size}, max_severity={self.max_severity})"
@@ -157,16 +171,16 @@ class FaceWorld:
     @staticmethod
     def train_identities(num_identities: int, offset: int = 0) -> torch.Tensor:
         """Training identities count up from 0; evaluation ones count down from the top."""
-        _check_count("num_identities", num_identities)
-        _check_offset(offset, num_identities)
+        num_identities = _check_count("num_identities", num_identities)
+        offset = _check_offset(offset, num_identities)
         return torch.arange(offset, offset + num_identities, dtype=torch.int64)
 
     @staticmethod
     def eval_identities(num_identities: int, offset: int = 0) -> torch.Tensor:
         """Identities from the top of the id space, disjoint from `train_identities` as long as
         the two counts add up to less than 10,000,000."""
-        _check_count("num_identities", num_identities)
-        _check_offset(offset, num_identities)
+        num_identities = _check_count("num_identities", num_identities)
+        offset = _check_offset(offset, num_identities)
         top = MAX_IDENTITIES - 1 - offset
         return torch.arange(top, top - num_identities, -1, dtype=torch.int64)
 
@@ -177,7 +191,7 @@ class FaceWorld:
 
     def image_params(self, identities: torch.Tensor, image_indices: torch.Tensor) -> dict[str, torch.Tensor]:
         identities = _check_ids(identities)
-        image_indices = torch.as_tensor(image_indices, dtype=torch.int64, device=identities.device)
+        image_indices = _check_image_indices(image_indices, identities.device)
         identities, image_indices = torch.broadcast_tensors(identities, image_indices)
         p = _draw(self.seed, _IMAGE, IMAGE_PARAMS, identities, image_indices)
         # Most images are fine, some are bad: severity skews towards 0 (as in real datasets).
@@ -194,29 +208,39 @@ class FaceWorld:
 
     # -- rendering ----------------------------------------------------------------------
     def render(self, identities: torch.Tensor, image_indices: torch.Tensor, device=None) -> RenderOutput:
-        """Render image `image_indices[k]` of identity `identities[k]` for every k."""
+        """Render image `image_indices[k]` of identity `identities[k]` for every k.
+
+        Any number of images: they are rendered in chunks whose temporaries stay bounded
+        (`render_chunk`: about 35 MiB on a CPU, 1 GiB on an accelerator, at any image size),
+        into outputs allocated once. The outputs themselves, 12 bytes a pixel, are the
+        caller's: for more images than fit, call `render_images` (uint8) or loop over slices.
+        """
         identities = _check_ids(torch.as_tensor(identities))
         device = torch.device(device) if device is not None else identities.device
         identities = identities.to(device)
-        image_indices = torch.as_tensor(image_indices, dtype=torch.int64).to(device)
+        image_indices = _check_image_indices(image_indices, device)
         if image_indices.dim() == 0:
             image_indices = image_indices.expand_as(identities)
         if image_indices.shape != identities.shape:
-            raise ValueError(
-                f"image_indices must match identities in shape, got {tuple(image_indices.shape)} vs {tuple(identities.shape)}"
-            )
-        if identities.numel() and int(image_indices.min()) < 0:
-            raise ValueError("image_indices must be >= 0")
-        # Chunks of a few hundred images keep every temporary in the CPU cache: about 5x
-        # faster than one huge batch, whose element-wise ops are memory-bound.
-        chunk = _CHUNK if identities.device.type == "cpu" else max(1, identities.numel())
-        parts = []
-        for start in range(0, identities.numel(), chunk):
-            i, j = identities[start:start + chunk], image_indices[start:start + chunk]
-            parts.append(self._render(i, j, self.identity_params(i), self.image_params(i, j)))
-        if len(parts) == 1:
-            return parts[0]
-        return RenderOutput(*(torch.cat(fields) for fields in zip(*(vars(p).values() for p in parts))))
+            raise ArgumentError(
+                "image_indices", f"must match identities in shape, got {tuple(image_indices.shape)} vs "
+                                 f"{tuple(identities.shape)}")
+        n = identities.numel()
+        chunk = render_chunk(self.image_size, device)
+        if n <= chunk:
+            return self._render_params(identities, image_indices)
+        out = None
+        for start in range(0, n, chunk):
+            part = self._render_params(identities[start:start + chunk], image_indices[start:start + chunk])
+            if out is None:  # filled in place: a concatenation would hold every image twice
+                out = RenderOutput(*(t.new_empty((n, *t.shape[1:])) for t in vars(part).values()))
+            for name, t in vars(part).items():
+                getattr(out, name)[start:start + t.shape[0]] = t
+        return out
+
+    def _render_params(self, ids: torch.Tensor, img_ids: torch.Tensor) -> RenderOutput:
+        """One chunk of checked ids and image indices, with their parameters drawn."""
+        return self._render(ids, img_ids, self.identity_params(ids), self.image_params(ids, img_ids))
 
     def _render(self, ids, img_ids, ip, sp) -> RenderOutput:
         """One chunk, stage by stage: draw the face (identity + expression), then the nuisance of
@@ -548,27 +572,53 @@ def check_disjoint_splits(train_ids: torch.Tensor, eval_ids: torch.Tensor) -> No
         )
 
 
-def _check_count(name: str, value: int) -> None:
-    if not 0 < int(value) <= MAX_IDENTITIES:
-        raise ValueError(f"{name} must be in [1, {MAX_IDENTITIES:,}], got {value}")
+def _check_count(name: str, value: int) -> int:
+    return as_int(name, value, 1, MAX_IDENTITIES)
 
 
-def _check_offset(offset: int, num_identities: int) -> None:
-    if not 0 <= int(offset) <= MAX_IDENTITIES - int(num_identities):
-        raise ValueError(f"identity_offset must be in [0, {MAX_IDENTITIES:,} - num_identities = "
-                         f"{MAX_IDENTITIES - int(num_identities):,}] so that every id exists, got {offset:,}")
+def _check_offset(offset: int, num_identities: int) -> int:
+    top = MAX_IDENTITIES - num_identities
+    offset = as_int("identity_offset", offset)  # a whole number first: 10.7 is refused, not truncated
+    if not 0 <= offset <= top:
+        raise ArgumentError("identity_offset", f"must be in [0, {MAX_IDENTITIES:,} - num_identities = {top:,}] so "
+                                               f"that every id exists, got {offset:,}")
+    return offset
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _index_tensor(name: str, values, what: str) -> torch.Tensor:
+    """`values` as an integer tensor, refusing floats (1.7 would be truncated) and bools."""
+    try:
+        t = torch.as_tensor(values)
+    except (RuntimeError, OverflowError, TypeError, ValueError) as exc:  # e.g. a Python int >= 2**63
+        raise ArgumentError(name, f"must be integers ({what}), got {values!r}: {exc}") from None
+    if t.dtype not in _INDEX_DTYPES:
+        raise ArgumentError(name, f"must be an integer tensor ({what}), got dtype {t.dtype}; "
+                                  f"use torch.tensor([...]) of whole numbers or .long()")
+    return t
 
 
 def _check_ids(identities) -> torch.Tensor:
-    identities = torch.as_tensor(identities)
-    if identities.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise ValueError(f"identities must be an integer tensor, got {identities.dtype}")
-    identities = identities.to(torch.int64).reshape(-1)
+    """Identities as a flat int64 tensor, each in [0, MAX_IDENTITIES)."""
+    identities = _index_tensor("identities", identities, "identity ids").to(torch.int64).reshape(-1)
     if identities.numel() and (int(identities.min()) < 0 or int(identities.max()) >= MAX_IDENTITIES):
-        raise ValueError(
-            f"identities must lie in [0, {MAX_IDENTITIES:,}); got min {int(identities.min())}, max {int(identities.max())}"
-        )
+        raise ArgumentError(
+            "identities", f"must lie in [0, {MAX_IDENTITIES:,}); got min {int(identities.min()):,}, "
+                          f"max {int(identities.max()):,}")
     return identities
+
+
+def _check_image_indices(image_indices, device) -> torch.Tensor:
+    """Image indices as an int64 tensor on `device` (shape kept), each in [0, MAX_IMAGE_INDEX]."""
+    idx = _index_tensor("image_indices", image_indices, "the image number of each identity").to(device, torch.int64)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) > MAX_IMAGE_INDEX):
+        raise ArgumentError(
+            "image_indices", f"must lie in [0, 2**32 - 1 = {MAX_IMAGE_INDEX:,}] (the hash keeps 32 bits of an "
+                             f"index, so j and j + 2**32 would be the same image); got min {int(idx.min()):,}, "
+                             f"max {int(idx.max()):,}")
+    return idx
 
 
 class SyntheticFaces(torch.utils.data.Dataset):
@@ -584,14 +634,15 @@ class SyntheticFaces(torch.utils.data.Dataset):
                  image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, world: FaceWorld | None = None,
                  identity_offset: int = 0, progress: bool = False, device=None) -> None:
         if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if int(images_per_identity) < 1:
-            raise ValueError(f"images_per_identity must be >= 1, got {images_per_identity}")
+            raise ArgumentError("split", f"must be 'train' or 'eval', got {split!r}")
+        # Image indices 0..images_per_identity-1 must stay within the hash's 32 bits.
+        images_per_identity = as_int("images_per_identity", images_per_identity, 1, MAX_IMAGE_INDEX + 1)
+        num_identities = _check_count("num_identities", num_identities)
         self.world = world if world is not None else FaceWorld(seed=seed, image_size=image_size)
         pick = FaceWorld.train_identities if split == "train" else FaceWorld.eval_identities
         self.split = split
         self.identity_ids = pick(num_identities, identity_offset)
-        self.images_per_identity = int(images_per_identity)
+        self.images_per_identity = images_per_identity
         self.labels = torch.arange(num_identities).repeat_interleave(self.images_per_identity)
         self.image_indices = torch.arange(self.images_per_identity).repeat(num_identities)
         self._prepare(progress, device)
@@ -647,18 +698,39 @@ class StreamedFaces(SyntheticFaces):
         return images[0].cpu(), int(labels[0]), float(quality[0])
 
 
-# Rendering holds about 100 KiB of temporaries per 32-pixel image; chunks of 256 keep that near
-# 25 MiB (and run faster than larger ones on a CPU, from cache).
+# render_images' batch for 32-pixel images, scaled with the pixel count like the chunks above:
+# about 17 MiB of temporaries and 3 MiB of float output per batch at any image size.
 RENDER_CHUNK = 256
 
 
+def scaled_chunk(images_at_32: int, image_size: int) -> int:
+    """Images whose render takes the bytes of `images_at_32` 32-pixel ones: max(1, n * (32 / size)^2).
+
+    Exactly `images_at_32` at 32 pixels; 20 of 256 at 112 pixels, 1 at 512.
+    """
+    return max(1, images_at_32 * DEFAULT_IMAGE_SIZE**2 // image_size**2)
+
+
+def render_chunk(image_size: int, device="cpu") -> int:
+    """The most images `FaceWorld.render` renders at once on `device` at `image_size` pixels."""
+    on_cpu = torch.device(device).type == "cpu"
+    return scaled_chunk(_CPU_CHUNK if on_cpu else _DEVICE_CHUNK, image_size)
+
+
 def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: torch.Tensor,
-                  batch_size: int = RENDER_CHUNK,
+                  batch_size: int | None = None,
                   progress: bool = False, device=None, keep_on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Render many images in batches (with a progress bar if asked): uint8 images on the CPU, or
-    with `keep_on_device` on `device` (no copy to the host and back for a batch rendered on a GPU)."""
+    with `keep_on_device` on `device` (no copy to the host and back for a batch rendered on a GPU).
+
+    `batch_size` defaults to `scaled_chunk(RENDER_CHUNK, world.image_size)` (256 at 32 pixels,
+    fewer at larger sizes), so that one batch's float images and temporaries stay bounded.
+    """
     from tqdm.auto import tqdm
 
+    if batch_size is None:
+        batch_size = scaled_chunk(RENDER_CHUNK, world.image_size)
+    batch_size = as_int("batch_size", batch_size, 1)
     n = int(identities.numel())
     store = device if keep_on_device and device is not None else "cpu"
     images = torch.empty(n, 3, world.image_size, world.image_size, dtype=torch.uint8, device=store)
@@ -675,27 +747,40 @@ def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: tor
 
 def bench(num_images: int = 16384, image_size: int = DEFAULT_IMAGE_SIZE, device=None, repeats: int = 3,
           seed: int = 0) -> dict:
-    """Batched rendering speed: the best of `repeats` timed runs after a warm-up."""
+    """Batched rendering speed: the best of `repeats` timed runs after a warm-up.
+
+    Each run renders `num_images` in `FaceWorld.render`'s own chunks (`render_chunk`) and drops
+    each chunk's images: memory stays at one chunk whatever `num_images` and `image_size` are.
+    """
     import time
 
     from .utils import default_device
 
+    num_images = as_int("num_images", num_images, 1)
+    repeats = as_int("repeats", repeats, 1)
     device = default_device(device)
     world = FaceWorld(seed=seed, image_size=image_size)
+    chunk = render_chunk(world.image_size, device)
     ids = torch.arange(num_images, device=device) * 7919 % MAX_IDENTITIES
     idx = torch.arange(num_images, device=device) % 50
-    world.render(ids[:1024], idx[:1024])  # warm-up: allocator, kernels
+
+    def render_all() -> None:
+        for start in range(0, num_images, chunk):
+            world.render(ids[start:start + chunk], idx[start:start + chunk])
+
+    world.render(ids[:chunk], idx[:chunk])  # warm-up: allocator, kernels
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        world.render(ids, idx)
+        render_all()
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return {"images_per_second": round(num_images / best, 1), "image_size": image_size, "num_images": num_images,
-            "seconds": round(best, 4), "device": device.type, "threads": torch.get_num_threads()}
+    return {"images_per_second": round(num_images / best, 1), "image_size": world.image_size,
+            "num_images": num_images, "seconds": round(best, 4), "device": device.type,
+            "threads": torch.get_num_threads(), "chunk": chunk}
 
 
 # plot_preview ranks this many images of each identity (or images_per_identity, if more).
@@ -710,7 +795,7 @@ def preview_selection(identities, images_per_identity: int, world: FaceWorld) ->
     neither does the selection, and a grid with fewer columns shows a subset of the larger one.
     """
     identities = torch.as_tensor(identities).reshape(-1)
-    rows, cols = identities.numel(), int(images_per_identity)
+    rows, cols = identities.numel(), as_int("images_per_identity", images_per_identity, 1, MAX_IMAGE_INDEX + 1)
     pool = max(PREVIEW_POOL, cols)
     quality = world.quality(identities.repeat_interleave(pool), torch.arange(pool).repeat(rows)).view(rows, pool)
     order = torch.argsort(quality, dim=1, descending=True, stable=True)
@@ -774,6 +859,8 @@ def plot_quality_histogram(world: FaceWorld | None = None, num_identities: int =
     import numpy as np
 
     world = world or FaceWorld()
+    num_identities = _check_count("num_identities", num_identities)
+    images_per_identity = as_int("images_per_identity", images_per_identity, 1, MAX_IMAGE_INDEX + 1)
     ids = torch.arange(num_identities).repeat_interleave(images_per_identity)
     quality = world.quality(ids, torch.arange(images_per_identity).repeat(num_identities)).double()
     if ax is None:

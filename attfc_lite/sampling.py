@@ -68,6 +68,8 @@ def sample_keys(
     k = _check_k(k)
     labels = _check_labels(labels)
     q = torch.as_tensor(query_indices, device=labels.device)
+    if q.numel() == 0:  # an empty list becomes a float tensor: no queries, no keys
+        q = q.long()
     if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
         raise TypeError(f"query_indices must hold integers, got dtype {q.dtype}")
     q = q.long().reshape(-1)

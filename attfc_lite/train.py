@@ -117,7 +117,8 @@ class TrainConfig:
             clip_grad_norm=as_float("clip_grad_norm", self.clip_grad_norm, 0),
             seed=as_int("seed", self.seed, 0, 2 ** 32 - 1),
             device=as_device("device", self.device),
-            num_pairs=as_int("num_pairs", self.num_pairs, 2),
+            # 10-fold accuracy needs at least ten pairs of each kind in the folds
+            num_pairs=as_int("num_pairs", self.num_pairs, 20),
             sample_rate=as_float("sample_rate", self.sample_rate, 0, 1, low_open=True),
             num_keys=as_int("num_keys", self.num_keys, 1),
             dcc_ratio=as_float("dcc_ratio", self.dcc_ratio, 0, 1, low_open=True),

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import ArgumentError, as_int
 from .utils import default_device
 
 __all__ = [
@@ -332,22 +333,45 @@ def _best_threshold(s: np.ndarray, y: np.ndarray) -> float:
     return float(cand[int(np.argmax(tp + tn))])  # argmax returns the first, i.e. lowest, best
 
 
+def _fold_of(y: np.ndarray, folds: int) -> np.ndarray:
+    """Fold of each pair, stratified: the r-th genuine pair (in the given order) goes to fold
+    r % folds, the r-th impostor pair to fold (num_genuine + r) % folds.
+
+    Whatever the order, every fold gets num_genuine / folds genuine pairs, num_impostor / folds
+    impostor pairs and num_pairs / folds pairs in all (each rounded up or down). For pairs given
+    genuine first (as `make_pairs` gives them) this is fold i % folds for pair i, the plain
+    interleaving, so the course's figures stay the same.
+    """
+    n_gen = int(y.sum())
+    rank = np.empty(y.size, dtype=np.int64)
+    rank[y] = np.arange(n_gen)
+    rank[~y] = n_gen + np.arange(y.size - n_gen)
+    return rank % folds
+
+
 def kfold_accuracy(scores: Tensor, is_same: Tensor, folds: int = _FOLDS) -> dict:
     """Accuracy under the LFW protocol: threshold chosen on the other folds, scored on the held-out one.
 
-    Folds are interleaved: pair i belongs to fold i % folds (no shuffle, so the result depends
-    only on the pair order; `make_pairs` puts genuine pairs first, so each fold gets a balanced
-    share of both kinds). A pair is predicted "same" when score > threshold; the threshold is
-    the candidate (midpoints of distinct training scores, or one below / above them all) with
-    the best training accuracy, the lowest one on ties. 'accuracy_std' is the population std
-    (ddof = 0) over folds.
+    Folds are stratified (`_fold_of`): genuine pairs are dealt round the folds in their given
+    order, then impostor pairs, continuing from the fold where the genuine ones stopped, so
+    every fold holds both kinds in the same proportions whatever the order of the pairs (no
+    shuffle: the result depends only on the order within each kind). Pairs given genuine
+    first, as by `make_pairs`, land in fold i % folds. A pair is predicted "same" when score >
+    threshold; the threshold is the candidate (midpoints of distinct training scores, or one
+    below / above them all) with the best training accuracy, the lowest one on ties.
+    'accuracy_std' is the population std (ddof = 0) over folds. Needs at least `folds`
+    genuine and `folds` impostor pairs.
     """
     s, y = _as_scores(scores, is_same)
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
-    if s.size < folds:
-        raise ValueError(f"need at least one pair per fold: {s.size} pairs < folds={folds}; pass more pairs or fewer folds")
-    fold_of = np.arange(s.size) % folds
+    folds = as_int("folds", folds, 2)
+    n_gen = int(y.sum())
+    n_imp = int(y.size) - n_gen
+    if min(n_gen, n_imp) < folds:
+        raise ArgumentError(
+            "is_same", f"holds {n_gen} genuine (True) and {n_imp} impostor (False) pairs, but each of the "
+                       f"folds={folds} folds needs at least one of each: pass at least {folds} pairs of each kind, "
+                       f"or fewer folds")
+    fold_of = _fold_of(y, folds)
     accs, thrs = [], []
     for k in range(folds):
         test = fold_of == k
@@ -782,8 +806,10 @@ def evaluate_verification(
       'by_quality': {'low': ..., 'high': ...}. A pair's quality is the lower of its two
       images'; the pairs are split at the median pair quality into two halves of equal size
       (ties at the median broken by pair order), each with 'accuracy_mean', 'accuracy_std',
-      'num_pairs', 'mean_quality' (accuracy None if a half has fewer than 2 * 10 pairs).
-      `num_pairs` is capped so that no pair repeats.
+      'num_pairs', 'mean_quality' (accuracy None if a half has fewer than 10 genuine or 10
+      impostor pairs).
+      `num_pairs` is capped so that no pair repeats, and must leave at least 10 genuine and 10
+      impostor pairs (one of each per fold).
     - every pair of the set (`all_pairs_verification`, `chunk_rows` rows of the similarity
       matrix at a time), so that a low FAR rests on many impostor pairs (hundreds at 1e-4 for
       3,000 images): 'num_genuine_all', 'num_impostor_all', 'auc', 'tar_at_far'
@@ -814,7 +840,16 @@ def evaluate_verification(
     counts = torch.unique(labels, return_counts=True)[1]
     genuine_pool = int((counts * (counts - 1) // 2).sum())
     impostor_pool = (labels.numel() ** 2 - int((counts * counts).sum())) // 2
-    num_pairs = min(int(num_pairs), 2 * min(genuine_pool, impostor_pool))
+    asked = int(num_pairs)
+    num_pairs = min(asked, 2 * min(genuine_pool, impostor_pool))
+    if num_pairs // 2 < _FOLDS:  # fail before embedding: each of the 10 folds needs both kinds of pair
+        if num_pairs == asked:
+            raise ArgumentError("num_pairs", f"must be at least {2 * _FOLDS} ({_FOLDS} genuine and {_FOLDS} impostor "
+                                             f"pairs for the {_FOLDS}-fold accuracy), got {asked}")
+        raise ArgumentError("num_pairs", f"is capped at {num_pairs} by these labels ({genuine_pool} genuine and "
+                                         f"{impostor_pool:,} impostor pairs exist), but the {_FOLDS}-fold accuracy "
+                                         f"needs at least {_FOLDS} of each: pass more images per identity or more "
+                                         f"identities")
     idx_a, idx_b, is_same = make_pairs(labels, num_pairs, seed=seed)
     emb = embed(model, images, batch_size=batch_size, device=device, progress=progress)
     scores = (emb[idx_a] * emb[idx_b]).sum(dim=1)
@@ -846,7 +881,8 @@ def evaluate_verification(
         by_quality = {}
         for name, mask in zip(("low", "high"), _quality_split(pair_q)):
             group: dict[str, Any] = {"num_pairs": int(mask.sum()), "mean_quality": float(pair_q[mask].mean()) if mask.any() else None}
-            if mask.sum() >= 2 * _FOLDS:
+            genuine = int(y_np[mask].sum())
+            if min(genuine, int(mask.sum()) - genuine) >= _FOLDS:  # each fold needs both kinds
                 g = kfold_accuracy(s_np[mask], y_np[mask], folds=_FOLDS)
                 group.update(accuracy_mean=g["accuracy_mean"], accuracy_std=g["accuracy_std"])
             else:
@@ -904,7 +940,7 @@ def verification_summary(results: dict) -> str:
         if group is None:
             continue
         if group.get("accuracy_mean") is None:
-            lines.append(f"{name}-quality pairs ({group['num_pairs']}): too few pairs for 10 folds")
+            lines.append(f"{name}-quality pairs ({group['num_pairs']}): too few genuine or impostor pairs for 10 folds")
         else:
             lines.append(
                 f"{name}-quality pairs ({group['num_pairs']}): accuracy {group['accuracy_mean']:.3f} ± {group['accuracy_std']:.3f}"

@@ -6,18 +6,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attfc_lite.checks import ArgumentError
 from attfc_lite.faces import (
+    _IMAGE,
     MAX_BLUR_SIGMA,
     MAX_DOWNSCALE,
     MAX_IDENTITIES,
+    MAX_IMAGE_INDEX,
     MAX_NOISE_STD,
     MAX_OCCLUSION,
     FaceWorld,
+    StreamedFaces,
     SyntheticFaces,
+    _hash,
     bench,
     plot_preview,
     plot_quality_histogram,
     preview_selection,
+    render_chunk,
+    render_images,
 )
 
 WORLD = FaceWorld(seed=0)
@@ -243,6 +250,60 @@ def test_bad_image_indices_raise():
         WORLD.render(torch.tensor([1, 2]), torch.tensor([0, 1, 2]))
 
 
+def test_image_indices_beyond_32_bits_are_refused_not_wrapped():
+    # The hash keeps the low 32 bits of each key: index j + 2**32 (and seed s + 2**32) hashes as j
+    # (as s), so the old code rendered image 5 again for index 5 + 2**32. Now such an index is refused.
+    ids = torch.tensor([7])
+    assert torch.equal(_hash(0, _IMAGE, ids, torch.tensor([5])), _hash(0, _IMAGE, ids, torch.tensor([5 + 2**32])))
+    assert torch.equal(_hash(0, _IMAGE, ids), _hash(2**32, _IMAGE, ids))
+    assert MAX_IMAGE_INDEX == 2**32 - 1
+    top = WORLD.render(torch.tensor([7, 7]), torch.tensor([MAX_IMAGE_INDEX, 0]))  # the last index still renders
+    assert (top.images[0] - top.images[1]).abs().mean() > 0.01
+    in_range = r"^image_indices must lie in \[0, 2\*\*32 - 1 = 4,294,967,295\]"
+    for call in (WORLD.render, WORLD.image_params, WORLD.quality):
+        for bad, message in (([5, 5 + 2**32], in_range), ([2**40], in_range), ([-1], in_range),
+                             ([1.5], r"^image_indices must be an integer tensor"),
+                             ([2**64], r"^image_indices must be integers")):
+            with pytest.raises(ArgumentError, match=message):
+                call(torch.tensor([7, 7])[:len(bad)], bad if bad == [2**64] else torch.tensor(bad))
+    with pytest.raises(ArgumentError, match=r"^seed must be a whole number >= 0 and <= 4,294,967,295"):
+        FaceWorld(seed=2**32)
+
+
+def test_identities_are_checked_before_the_hash():
+    # An id of 2**32 + 7 would hash as 7; _check_ids refuses anything outside [0, 10,000,000).
+    for bad in ([2**32 + 7], [MAX_IDENTITIES], [-1]):
+        with pytest.raises(ArgumentError, match=r"^identities must lie in \[0, 10,000,000\)"):
+            WORLD.quality(torch.tensor(bad), torch.tensor([0]))
+    with pytest.raises(ArgumentError, match=r"^identities must be an integer tensor"):
+        WORLD.identity_params(torch.tensor([3.0]))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: SyntheticFaces(num_identities=10.7, images_per_identity=2), "num_identities"),
+    (lambda: SyntheticFaces(num_identities=2, images_per_identity=2.5), "images_per_identity"),
+    (lambda: SyntheticFaces(num_identities=2, images_per_identity=MAX_IMAGE_INDEX + 2), "images_per_identity"),
+    (lambda: StreamedFaces(num_identities=2, images_per_identity="3.5"), "images_per_identity"),
+    (lambda: SyntheticFaces(num_identities=2, images_per_identity=2, identity_offset=1.5), "identity_offset"),
+    (lambda: FaceWorld.train_identities(10.7), "num_identities"),
+    (lambda: FaceWorld.eval_identities(MAX_IDENTITIES + 1), "num_identities"),
+    (lambda: FaceWorld.eval_identities(3, offset=0.5), "identity_offset"),
+    (lambda: FaceWorld(image_size=32.5), "image_size"),
+    (lambda: preview_selection([0], 2.5, WORLD), "images_per_identity"),
+])
+def test_counts_are_whole_numbers_in_range(make, name):
+    # 10.7 identities used to become 10 silently; the error names the argument and the range.
+    with pytest.raises(ArgumentError) as err:
+        make()
+    assert err.value.name == name and str(err.value).startswith(f"{name} must be a whole number")
+
+
+def test_whole_float_counts_are_accepted():
+    data = SyntheticFaces(num_identities=2.0, images_per_identity=3.0, image_size=16)
+    assert len(data) == 6 and data.image_indices.tolist() == [0, 1, 2, 0, 1, 2]
+    assert FaceWorld.train_identities(3.0, offset=2.0).tolist() == [2, 3, 4]
+
+
 @pytest.mark.parametrize("kwargs,name", [(dict(image_size=4), "image_size"), (dict(max_severity=1.5), "max_severity")])
 def test_bad_world_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -402,6 +463,82 @@ def test_bench_reports_a_positive_speed():
     result = bench(num_images=256, repeats=1, device="cpu")
     assert result["images_per_second"] > 0 and result["num_images"] == 256 and result["device"] == "cpu"
     assert result["images_per_second"] == pytest.approx(256 / result["seconds"], rel=0.01)
+
+
+# -- bounded chunks at any image size ---------------------------------------------------------
+
+
+def _bound(images_at_32: int, size: int) -> int:
+    """Images whose pixels (hence temporaries) add up to those of `images_at_32` 32-pixel images."""
+    return max(1, images_at_32 * 32 * 32 // (size * size))
+
+
+def _spy(monkeypatch, name: str, calls: list, call_through: bool = True):
+    """Record how many images each call of FaceWorld.<name> gets (the ids are its first argument)."""
+    original = getattr(FaceWorld, name)
+
+    def spy(self, ids, *args, **kwargs):
+        calls.append(int(torch.as_tensor(ids).numel()))
+        return original(self, ids, *args, **kwargs) if call_through else None
+
+    monkeypatch.setattr(FaceWorld, name, spy)
+
+
+def test_render_chunk_bounds_the_pixels_of_a_chunk():
+    assert render_chunk(32) == 512  # 32-pixel renders keep their chunk (and bits)
+    for size in (8, 16, 32, 45, 112, 256, 512):
+        for device, at_32 in (("cpu", 512), ("cuda", 16384)):
+            chunk = render_chunk(size, device)
+            assert chunk >= 1 and (chunk == 1 or chunk * size * size <= at_32 * 32 * 32), (size, device)
+            assert (chunk + 1) * size * size > at_32 * 32 * 32, (size, device)  # and no smaller than needed
+
+
+def test_large_images_render_in_smaller_chunks(monkeypatch):
+    # At 112 pixels one image holds 12 times the temporaries of a 32-pixel one: render_images'
+    # batches shrink from 256 to 20 images, FaceWorld.render's own chunks from 512 to 41.
+    world = FaceWorld(seed=1, image_size=112)
+    ids, idx = torch.arange(42) * 104_729 % MAX_IDENTITIES, torch.arange(42) % 3
+    chunks = []
+    _spy(monkeypatch, "_render", chunks)
+    # Called directly with more images than a chunk, render splits them itself into one output
+    # with the same bits as each image rendered alone (either side of the chunk boundary here).
+    direct = world.render(ids, idx)
+    assert chunks == [41, 1] and max(chunks) <= _bound(512, 112)
+    for k in (0, 40, 41):
+        alone = world.render(ids[k:k + 1], idx[k:k + 1])
+        for name in ("images", "quality", "blur_sigma", "noise_std", "downscale", "occlusion"):
+            assert torch.equal(getattr(direct, name)[k], getattr(alone, name)[0]), (k, name)
+
+    batches = []
+    _spy(monkeypatch, "render", batches)
+    images, quality = render_images(world, ids, idx)
+    assert batches == [20, 20, 2] and max(batches) <= _bound(256, 112)
+    assert torch.equal(images, (direct.images * 255 + 0.5).to(torch.uint8)) and torch.equal(quality, direct.quality)
+
+    batches.clear()
+    streamed = StreamedFaces(num_identities=1, images_per_identity=21, image_size=112, seed=1)
+    got, labels, _ = streamed.get_batch(torch.arange(21))
+    assert batches == [20, 1] and labels.tolist() == [0] * 21 and got.shape == (21, 3, 112, 112)
+
+
+def test_32_pixel_batches_are_unchanged(monkeypatch):
+    batches = []
+    _spy(monkeypatch, "render", batches)
+    ids = torch.arange(520) * 9091 % MAX_IDENTITIES
+    images, _ = render_images(WORLD, ids, ids % 7)
+    assert batches == [256, 256, 8]
+    assert torch.equal(images[300], (WORLD.render(ids[300:301], ids[300:301] % 7).images[0] * 255 + 0.5).to(torch.uint8))
+
+
+def test_bench_renders_in_bounded_chunks(monkeypatch):
+    # bench once rendered all num_images in one call and held all their images: at 512 pixels the
+    # default 16,384 are 51 GB of float images alone. It now renders chunk by chunk, dropping each.
+    calls = []
+    _spy(monkeypatch, "render", calls, call_through=False)
+    result = bench(num_images=11, image_size=512, device="cpu", repeats=2)
+    assert max(calls) <= _bound(512, 512) == 2
+    assert calls == [2] + [2, 2, 2, 2, 2, 1] * 2  # a warm-up chunk, then all 11 images per repeat
+    assert result["num_images"] == 11 and result["chunk"] == 2
 
 
 def _shown(axes):

@@ -76,9 +76,6 @@ def test_container_is_a_fifo_of_the_last_capacity_entries(capacity, dim, steps, 
         assert oldest_first == list(fifo)
 
 
-@pytest.mark.xfail(strict=True, reason="container.py bug: enqueue accepts negative labels; label -1 is then "
-                                       "indistinguishable from an empty slot (filled() does not count it, AttFC "
-                                       "masks it out) instead of an error naming labels")
 def test_container_refuses_negative_labels():
     container = DynamicClassContainer(3, 2)
     with pytest.raises(ValueError, match="labels"):
@@ -115,9 +112,6 @@ def test_sampled_keys_belong_to_the_query_identity(labels, data, k, seed, dtype)
     assert torch.equal(again, keys)  # a reused index and a tensor of queries draw the same keys
 
 
-@pytest.mark.xfail(strict=True, reason="sampling.py bug: sample_keys(labels, [], k) raises TypeError 'query_indices "
-                                       "must hold integers, got dtype torch.float32' (torch.as_tensor([]) is float); "
-                                       "an empty LongTensor gives the expected empty [0, k] result")
 def test_sample_keys_with_no_queries_gives_an_empty_batch():
     assert sample_keys(torch.tensor([0, 1, 1]), [], 2).shape == (0, 2)
 

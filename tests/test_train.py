@@ -411,7 +411,7 @@ def test_channels_last_backbone_gives_the_same_run_up_to_rounding():
     from dataclasses import replace
 
     config = TrainConfig(num_classes=6, images_per_identity=4, eval_identities=4, eval_images_per_identity=2,
-                         epochs=1, batch_size=8, image_size=16, embedding_dim=16, device="cpu", num_pairs=10)
+                         epochs=1, batch_size=8, image_size=16, embedding_dim=16, device="cpu", num_pairs=20)
     plain = train(config, progress=False, evaluate=False)
     last = train(replace(config, channels_last=True), progress=False, evaluate=False)
     w = next(p for p in last.backbone.parameters() if p.dim() == 4)

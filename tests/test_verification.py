@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from attfc_lite.checks import ArgumentError  # noqa: E402
 from attfc_lite.verification import (  # noqa: E402
     embed,
     evaluate_verification,
@@ -61,14 +62,32 @@ def naive_tar(scores, same, far):
     return best[1], best[2], best[3]
 
 
-def naive_kfold(scores, same, folds=10):
-    """The documented protocol written as plain loops: interleaved folds, midpoints, lowest best."""
+def naive_folds(same, folds=10):
+    """Stratified folds as documented: genuine pairs dealt round the folds in their order, then the
+    impostors, continuing from the fold after the last genuine one."""
+    y = [bool(v) for v in same]
+    n_gen = sum(y)
+    fold, genuine_seen, impostor_seen = [], 0, 0
+    for is_genuine in y:
+        if is_genuine:
+            fold.append(genuine_seen % folds)
+            genuine_seen += 1
+        else:
+            fold.append((n_gen + impostor_seen) % folds)
+            impostor_seen += 1
+    return fold
+
+
+def naive_kfold(scores, same, folds=10, fold=None):
+    """The documented protocol written as plain loops: stratified folds (or `fold`, one per pair),
+    midpoints, lowest best."""
     s = [float(v) for v in scores]
     y = [bool(v) for v in same]
+    fold = naive_folds(y, folds) if fold is None else fold
     accs, thrs = [], []
     for k in range(folds):
-        train = [i for i in range(len(s)) if i % folds != k]
-        test = [i for i in range(len(s)) if i % folds == k]
+        train = [i for i in range(len(s)) if fold[i] != k]
+        test = [i for i in range(len(s)) if fold[i] == k]
         u = sorted(set(s[i] for i in train))
         cands = [u[0] - 1.0] + [u[j] + (u[j + 1] - u[j]) / 2.0 for j in range(len(u) - 1)] + [u[-1] + 1.0]
         best_t, best_acc = None, -1.0
@@ -280,8 +299,9 @@ def test_kfold_threshold_is_best_on_training_folds():
     got = kfold_accuracy(scores, same, folds=5)
     s, y = scores.double().numpy(), same.numpy()
     grid = np.linspace(-5, 6, 4001)
+    fold = np.array(naive_folds(same.tolist(), 5))
     for k, t in enumerate(got["thresholds"]):
-        train = np.arange(300) % 5 != k
+        train = fold != k
         acc_t = np.mean((s[train] > t) == y[train])
         best_grid = max(np.mean((s[train] > g) == y[train]) for g in grid)
         assert acc_t >= best_grid - 1e-12
@@ -301,9 +321,62 @@ def test_kfold_separable_and_random():
     assert abs(kfold_accuracy(scores, same)["accuracy_mean"] - 0.5) < 0.04
 
 
+def test_kfold_folds_hold_both_kinds_whatever_the_order():
+    # Genuine and impostor pairs alternate: with folds assigned as pair i -> fold i % 2, fold 0
+    # held only genuine pairs and fold 1 only impostors, and each threshold was fitted on one
+    # kind alone (accuracy 0 on both folds). Stratified, the genuine pairs (positions 0, 2, 4, 6)
+    # go to folds 0, 1, 0, 1 and the impostors (positions 1, 3, 5, 7) continue from fold
+    # 4 % 2 = 0: fold 0 = positions {0, 1, 4, 5}, fold 1 = positions {2, 3, 6, 7}.
+    scores = torch.tensor([0.875, 0.125, 0.75, 0.375, 0.4375, 0.625, 0.8125, 0.25], dtype=torch.float64)
+    same = torch.tensor([True, False] * 4)
+    res = kfold_accuracy(scores, same, folds=2)
+    # Fold 0 trains on fold 1 (0.25 F, 0.375 F, 0.75 T, 0.8125 T): separable, midpoint 0.5625.
+    # Held out: 0.875 T right, 0.125 F right, 0.4375 T wrong, 0.625 F wrong -> 0.5.
+    # Fold 1 trains on fold 0 (0.125 F, 0.4375 T, 0.625 F, 0.875 T): 0.28125 and 0.75 both reach
+    # 3/4, the lower is kept. Held out: 0.75 T, 0.8125 T, 0.25 F right, 0.375 F wrong -> 0.75.
+    assert res["thresholds"] == [0.5625, 0.28125]
+    assert res["fold_accuracies"] == [0.5, 0.75]
+    assert res["accuracy_mean"] == 0.625 and res["accuracy_std"] == 0.125
+
+
+def test_kfold_separable_scores_score_one_in_any_order():
+    # Genuine pairs exactly every 10th: the interleaved folds put them all in fold 0 (0.9 overall
+    # on perfectly separable scores); stratified, every fold has 2 genuine and 18 impostor pairs.
+    same = torch.arange(200) % 10 == 0
+    scores = torch.where(same, 1.0, 0.0) + torch.rand(200, generator=torch.Generator().manual_seed(1)) * 0.5
+    for order in (torch.arange(200), torch.argsort(same.int(), stable=True), torch.argsort(scores)):
+        res = kfold_accuracy(scores[order], same[order])
+        assert res["fold_accuracies"] == [1.0] * 10, order[:5]
+
+
+def test_kfold_genuine_first_keeps_the_interleaved_folds():
+    # make_pairs gives genuine pairs first: there the stratified folds are pair i -> fold i % 10,
+    # so the course's stored accuracies are unchanged (see also test_kfold_accuracy_is_unchanged).
+    gen = torch.Generator().manual_seed(9)
+    same = torch.arange(263) < 131
+    scores = torch.round((torch.randn(263, generator=gen) + same.float()) * 4) / 4
+    assert naive_folds(same.tolist()) == [i % 10 for i in range(263)]
+    got = kfold_accuracy(scores, same)
+    accs, thrs = naive_kfold(scores.double().tolist(), same.tolist(), fold=[i % 10 for i in range(263)])
+    assert got["fold_accuracies"] == accs and got["thresholds"] == thrs
+
+
+@pytest.mark.parametrize("n_gen, n_imp, folds", [(9, 100, 10), (100, 9, 10), (10, 2, 3), (0, 40, 2)])
+def test_kfold_refuses_fewer_pairs_of_a_kind_than_folds(n_gen, n_imp, folds):
+    same = torch.cat([torch.ones(n_gen, dtype=torch.bool), torch.zeros(n_imp, dtype=torch.bool)])
+    with pytest.raises(ArgumentError, match=rf"^is_same holds {n_gen} genuine \(True\) and {n_imp} impostor "
+                                            rf"\(False\) pairs, but each of the folds={folds} folds needs"):
+        kfold_accuracy(torch.rand(n_gen + n_imp), same, folds=folds)
+    if min(n_gen, n_imp) >= 2:  # enough of each for fewer folds
+        assert len(kfold_accuracy(torch.rand(n_gen + n_imp), same, folds=min(n_gen, n_imp))["thresholds"]) \
+            == min(n_gen, n_imp)
+
+
 def test_kfold_rejects_bad_input():
     with pytest.raises(ValueError, match="folds"):
         kfold_accuracy(torch.rand(5), torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ArgumentError, match="^folds must be"):
+        kfold_accuracy(torch.rand(50), torch.arange(50) % 2 == 0, folds=2.5)
     with pytest.raises(ValueError, match="folds"):
         kfold_accuracy(torch.rand(50), torch.ones(50, dtype=torch.bool), folds=1)
     with pytest.raises(TypeError, match="is_same"):
@@ -855,6 +928,41 @@ def test_kfold_accuracy_follows_the_lfw_protocol_on_the_sampled_pairs():
     assert res["accuracy_mean"] == pytest.approx(sum(accs) / len(accs), abs=1e-15)
     assert (res["num_pairs"], res["num_genuine"], res["num_impostor"]) == (800, 400, 400)
     assert 0.5 < res["accuracy_mean"] < 1.0
+
+
+def test_quality_half_with_too_few_of_a_kind_has_no_accuracy():
+    # 20 identities of 3 images of quality 1, and 200 one-image identities of quality 0: nearly
+    # every impostor pair has quality 0, every genuine pair quality 1. The low half then holds
+    # almost no genuine pair and the high half almost no impostor: no 10 folds with both kinds.
+    k = 220
+    labels = torch.cat([torch.arange(20).repeat_interleave(3), 20 + torch.arange(200)])
+    n = labels.numel()
+    images = torch.zeros(n, 3, 2, 2 * k)
+    images[torch.arange(n), 0, 0, labels] = 1.0
+    images[torch.arange(n), 0, 0, 2 * k - 1 - labels] = 1.0
+    images[:, 1, 0, :] = torch.rand(n, 2 * k, generator=torch.Generator().manual_seed(0))
+    quality = torch.cat([torch.ones(60), torch.zeros(200)])
+    res = evaluate_verification(OneHotPlusNoise(k, 3.0), images, labels, quality, num_pairs=120)
+    a, b, same = make_pairs(labels, 120, seed=0)
+    pair_q = torch.minimum(quality[a], quality[b])
+    low = torch.zeros(120, dtype=torch.bool)
+    low[torch.argsort(pair_q, stable=True)[:60]] = True
+    assert int(same[low].sum()) < 10 and int((~same[~low]).sum()) < 10  # the case under test
+    for half in ("low", "high"):
+        assert res["by_quality"][half]["num_pairs"] == 60 and res["by_quality"][half]["accuracy_mean"] is None
+    assert "low-quality pairs (60): too few genuine or impostor pairs for 10 folds" in verification_summary(res)
+
+
+def test_evaluate_refuses_too_few_pairs_for_ten_folds_before_embedding():
+    images, labels, _ = _toy_world(k=8, per_id=12)
+    with pytest.raises(ArgumentError, match=r"^num_pairs must be at least 20 \(10 genuine and 10 impostor pairs "
+                                            r"for the 10-fold accuracy\), got 19"):
+        evaluate_verification(OneHotPlusNoise(8, 2.0), images, labels, num_pairs=19)
+    assert evaluate_verification(OneHotPlusNoise(8, 2.0), images, labels, num_pairs=20)["num_genuine"] == 10
+    # 4 identities of 2 images: 4 genuine pairs exist, so no number of pairs asked for is enough.
+    images, labels, _ = _toy_world(k=4, per_id=2)
+    with pytest.raises(ArgumentError, match=r"^num_pairs is capped at 8 by these labels \(4 genuine and 24 impostor"):
+        evaluate_verification(OneHotPlusNoise(4, 2.0), images, labels, num_pairs=100)
 
 
 # --------------------------------------------------------------------------- summary and plot
