@@ -97,7 +97,7 @@ def test_backbone_normalises_internally():
 
 def test_make_backbone_and_bad_arguments():
     assert isinstance(make_backbone("small", 8, 16, width=4), SmallResNet)
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(ValueError, match="^backbone must be one of"):
         make_backbone("vgg16", 8, 32)
     with pytest.raises(ValueError, match="stem_stride"):
         SmallResNet(stem_stride=3)
