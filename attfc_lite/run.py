@@ -116,6 +116,10 @@ def _round(values: Sequence[float], digits: int = 5) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
+# what run_heads (and the command's --large-n-mib) write at the top of their folder, beside a folder per head
+RUN_OUTPUTS = ("summary.json", "summary.png", "large_n.json")
+
+
 def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,), base: TrainConfig | None = None,
               memory_classes: int | None = 100_000, out: str | os.PathLike | None = None, progress: bool = True,
               command: str | None = None, on_run: Callable[[dict], None] | None = None,
@@ -148,7 +152,9 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         raise ArgumentError("out", f"is a folder (it gets summary.json, summary.png and one folder per head), "
                                    f"got {out}")
     if out is not None:
-        check_output(out, "out", "folder", overwrite=overwrite, holds="results")
+        check_output(out, "out", "folder", overwrite=overwrite, holds="results",
+                     own=lambda e: (e.name in VARIANTS and e.is_dir()) or e.name in RUN_OUTPUTS
+                     or e.name.endswith(".tmp"))
         if holds_results(out):  # overwrite: write beside it, replace it at the end
             out = staging_path(out)
             if out.exists():

@@ -35,6 +35,8 @@ from .verification import evaluate_verification
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
+# everything train writes in a run folder (the .tmp files exist for a moment, or after a crash)
+RUN_FILES = (CHECKPOINT, METRICS, CHECKPOINT + ".tmp", METRICS + ".tmp")
 
 
 @dataclass
@@ -317,7 +319,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     final = out = Path(out_dir) if out_dir is not None else None
     if final is not None:
         has_run = (final / CHECKPOINT).exists() or (final / METRICS).exists()
-        check_output(final, "out_dir", "folder", overwrite=overwrite, resume=resume, holds="a run", occupied=has_run)
+        check_output(final, "out_dir", "folder", overwrite=overwrite, resume=resume, holds="a run", occupied=has_run,
+                     own=lambda e: e.name in RUN_FILES)
         if overwrite and has_run:
             out = staging_path(final)  # the earlier run stays in `final` until this one finishes
             if out.exists():

@@ -133,11 +133,13 @@ def holds_results(path) -> bool:
 
 
 def check_output(path, name: str, kind: str = "folder", overwrite: bool = False, resume: bool = False,
-                 holds: str = "results", occupied: bool | None = None):
+                 holds: str = "results", occupied: bool | None = None, own=None):
     """Check, before any work, that results can be written to `path` (a folder or a file) without
     losing earlier ones: it must not be of the other kind, its parent must be a folder we can
     write, and if it already holds results (`occupied`, by default: is a file or a non-empty
-    folder) the caller must say `resume` or `overwrite`."""
+    folder) the caller must say `resume` or `overwrite`. With `own(entry) -> bool`, a folder
+    holding any entry the caller did not write is refused whatever is said: writing there would
+    mix two kinds of results, and replacing it would delete what it holds."""
     from pathlib import Path
 
     from .checks import ArgumentError
@@ -152,6 +154,12 @@ def check_output(path, name: str, kind: str = "folder", overwrite: bool = False,
         raise ArgumentError(name, f"cannot be created: {base} is a file, not a folder; choose another path")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ArgumentError(name, f"cannot be written: no write permission in {base}; choose another path")
+    if own is not None and path.is_dir():
+        foreign = sorted(e.name for e in path.iterdir() if not own(e))
+        if foreign:
+            raise ArgumentError(name, f"{path} holds files this command did not write ({', '.join(foreign[:4])}"
+                                      f"{', ...' if len(foreign) > 4 else ''}), left unchanged: use a new folder for "
+                                      f"{holds}")
     if (holds_results(path) if occupied is None else occupied) and not (overwrite or resume):
         raise ArgumentError(name, f"{path} already holds {holds}, left unchanged: choose another path, "
                                   + ("continue it with --resume (resume=True), " if holds == "a run" else "")

@@ -380,7 +380,9 @@ def will_it_fit_widget(
         num_classes=w.BoundedIntText(value=n0, min=2, max=MAX_WIDGET_CLASSES, step=1000,
                                      description="identities N"),
         embedding_dim=w.Dropdown(options=list(_WIDGET_DIMS), value=embedding_dim, description="dim D"),
-        batch_size=w.IntSlider(value=batch_size, min=16, max=2048, step=16, description="batch B"),
+        # redrawn once the slider is let go: each value recomputes the whole curve
+        batch_size=w.IntSlider(value=batch_size, min=16, max=2048, step=16, description="batch B",
+                               continuous_update=False),
         precision=w.Dropdown(options=[(v["label"], k) for k, v in PRECISIONS.items()], value=pc["precision"],
                              description="precision"),
         optimizer=w.Dropdown(options=[(_OPTIMIZER_LABELS[k], k) for k in ("sgd", "adam")],

@@ -40,6 +40,9 @@ def ws(tmp_path_factory) -> Path:
     (root / "heads").mkdir()
     (root / "heads" / "summary.json").write_text("{}\n")
     (root / "a_file").write_text("not a folder\n")
+    (root / "notes").mkdir()
+    (root / "notes" / "notes.txt").write_text("a user's own file\n")
+    (root / "heads" / "my_plot.png").write_bytes(b"a user's own figure")
     (root / "preview.png").write_bytes(b"\x89PNG an earlier preview")
     return root
 
@@ -107,6 +110,10 @@ CLI_CASES = [
     cli("sweep-out-exists", "sweep k --values 2 --out {ws}/sweep.json " + " ".join(TINY_CLI), "--out"),
     cli("sweep-out-folder", "sweep k --values 2 --out {ws}/heads", "--out"),
     cli("run-out-exists", "run --out {ws}/heads " + " ".join(TINY_CLI), "--out"),
+    cli("run-overwrite-foreign", "run --overwrite --out {ws}/heads " + " ".join(TINY_CLI), "my_plot.png"),
+    cli("run-overwrite-a-run-folder", "run --overwrite --out {ws}/run " + " ".join(TINY_CLI), "checkpoint.pt"),
+    cli("train-into-foreign-folder", "train --out {ws}/notes " + " ".join(TINY_CLI), "notes.txt"),
+    cli("train-overwrite-foreign-folder", "train --overwrite --out {ws}/heads " + " ".join(TINY_CLI), "summary.json"),
     cli("run-out-json", "run --out {ws}/heads.json", "--out"),
     cli("run-memory-classes-zero", "run --memory-classes 0", "--memory-classes"),
     cli("memory-beyond-the-machine", "memory --classes 1e12 --device cpu", "--no-measure"),
