@@ -17,6 +17,13 @@ _non_negative = cli_type(as_float, minimum=0)
 _finite = cli_type(as_float)
 _seed = cli_type(as_int, minimum=0, maximum=2 ** 32 - 1)
 _device = cli_type(as_device)
+_at_least_2 = cli_type(as_int, minimum=2)
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty one (write . for the current folder)")
+    return Path(text)
 
 
 def _margin_m(text: str) -> float | tuple[float, ...]:
@@ -62,15 +69,16 @@ def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args
 def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     """The options of one training run, shared by `train` and `sweep`."""
     from .margins import DEFAULT_M, MARGINS
+    from .train import MAX_KEYS
 
-    t.add_argument("--classes", type=_positive_int, default=d.num_classes, help="training identities")
+    t.add_argument("--classes", type=_at_least_2, default=d.num_classes, help="training identities")
     t.add_argument("--images-per-identity", type=_positive_int, default=d.images_per_identity)
-    t.add_argument("--eval-identities", type=_positive_int, default=d.eval_identities)
-    t.add_argument("--eval-images-per-identity", type=_positive_int, default=d.eval_images_per_identity)
-    t.add_argument("--num-pairs", type=_positive_int, default=d.num_pairs,
+    t.add_argument("--eval-identities", type=_at_least_2, default=d.eval_identities)
+    t.add_argument("--eval-images-per-identity", type=_at_least_2, default=d.eval_images_per_identity)
+    t.add_argument("--num-pairs", type=cli_type(as_int, minimum=20), default=d.num_pairs,
                    help="verification pairs (half genuine); capped at what the evaluation split holds")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--batch-size", type=_at_least_2, default=d.batch_size)
     t.add_argument("--image-size", type=_positive_int, default=d.image_size)
     t.add_argument("--backbone", default=d.backbone, choices=["small", "resnet18", "resnet34", "resnet50"])
     t.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim)
@@ -83,7 +91,8 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     g = t.add_argument_group("Partial FC and AttFC")
     g.add_argument("--sample-rate", type=_share, default=d.sample_rate,
                    help="partial_fc: share of class centres in each step's logits, in (0, 1]")
-    g.add_argument("--k", type=_positive_int, default=d.num_keys, help="attfc: key images per query")
+    g.add_argument("--k", type=cli_type(as_int, minimum=1, maximum=MAX_KEYS), default=d.num_keys,
+                   help=f"attfc: key images per query, at most {MAX_KEYS}")
     g.add_argument("--dcc-ratio", type=_share, default=d.dcc_ratio,
                    help="attfc: container size as a share of the identities, in (0, 1]")
     g.add_argument("--container-size", type=_positive_int, default=None,
@@ -110,21 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
     d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.")
+    # No abbreviations: a shortened option that silently meant another one would be a silent mistake.
+    parser = argparse.ArgumentParser(prog="python -m attfc_lite", description="The AttFC course's command line.",
+                                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a backbone + head on the synthetic faces, then evaluate verification",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     t.add_argument("--head", choices=sorted(HEADS), default=d.head)
-    t.add_argument("--out", type=Path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
+    t.add_argument("--out", type=_path, default=None, help="run folder (metrics.json, checkpoint.pt); default runs/<head>")
     _add_train_options(t, d)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out; it stays as it was until the new run finishes")
 
     sw = sub.add_parser("sweep", help="train one run per value and seed of one setting; write the results as JSON",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     sw.add_argument("param", choices=sorted(PARAMS), help="the setting to vary")
     sw.add_argument("--values", type=_finite, nargs="+", default=None,
                     help="its values; default: " + "; ".join(f"{k} {' '.join(map(str, v))}"
@@ -132,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1])
     sw.add_argument("--head", choices=sorted(HEADS), default=None,
                     help="default: the head the setting belongs to (attfc; partial_fc for sample-rate)")
-    sw.add_argument("--out", type=Path, default=None, help="JSON file; default data/sweeps/<setting>.json")
+    sw.add_argument("--out", type=_path, default=None, help="JSON file; default data/sweeps/<setting>.json")
     sw.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out file (it stays as it was until the sweep finishes)")
     _add_train_options(sw, d)
@@ -141,13 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train several heads on the same data, one after the other; write per head "
                                    "metrics and a whole-step memory timeline, and a summary (JSON and PNG)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="heads to train (the gpu profile: the first three): " + "; ".join(f"{k} = {v[0]}" for k, v in VARIANTS.items()))
     r.add_argument("--seeds", type=_seed, nargs="+", default=[0])
     r.add_argument("--memory-classes", type=_positive_int, default=100_000,
                    help="also measure each head's step at this many identities (the gpu profile: 1,000,000)")
-    r.add_argument("--out", type=Path, default=Path("runs") / "heads",
+    r.add_argument("--out", type=_path, default=Path("runs") / "heads",
                    help="folder to write: summary.json, summary.png, <head>/seed_<s>/metrics.json, <head>/step_memory.json")
     r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
     r.add_argument("--overwrite", action="store_true",
@@ -159,24 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--large-n-steps", type=_positive_int, default=50, help="training steps of each capped run")
     _add_train_options(r, d)
 
-    data = sub.add_parser("data", help="the synthetic face world: speed and a preview")
+    data = sub.add_parser("data", help="the synthetic face world: speed and a preview", allow_abbrev=False)
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("bench", help="batched rendering speed, printed as one JSON object",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--num-images", type=_positive_int, default=16384)
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    b.add_argument("--num-images", type=cli_type(as_int, minimum=1, maximum=10_000_000), default=16384)
     b.add_argument("--image-size", type=_positive_int, default=32)
     b.add_argument("--device", type=_device, default="auto")
     p = dsub.add_parser("preview", help="save a grid of identities x images with their quality",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="image file to write, e.g. preview.png")
-    p.add_argument("--identities", type=_positive_int, default=6)
-    p.add_argument("--images", type=_positive_int, default=8, help="images per identity")
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("--out", type=_path, required=True, help="image file to write, e.g. preview.png")
+    p.add_argument("--identities", type=cli_type(as_int, minimum=1, maximum=100), default=6)
+    p.add_argument("--images", type=cli_type(as_int, minimum=1, maximum=100), default=8, help="images per identity")
     p.add_argument("--image-size", type=_positive_int, default=32)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     m = sub.add_parser("memory", help="predicted vs measured memory of one head step, printed as JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     m.add_argument("--head", choices=sorted(HEADS), default="fc")
     m.add_argument("--classes", type=_positive_int, required=True, help="number of identities N (1e6 is accepted)")
     m.add_argument("--dim", type=_positive_int, default=512, help="embedding dimension D")
@@ -220,10 +231,29 @@ def config_from_args(args, head: str | None = None):
                        **getattr(args, "profile_extra", {})).validate()
 
 
+# options that only one head reads: (the heads, the option)
+_HEAD_OPTIONS = {"--sample-rate": ("partial_fc",), "--k": ("attfc",), "--dcc-ratio": ("attfc",),
+                 "--container-size": ("attfc",), "--ema-momentum": ("attfc",), "--temperature": ("attfc",)}
+
+
+def _given(argv: list[str], option: str) -> bool:
+    """Whether `option` was typed (abbreviations are off, so it is spelled out)."""
+    return any(a == option or a.startswith(option + "=") for a in argv)
+
+
+def _check_head_options(argv: list[str], head: str) -> None:
+    foreign = [o for o, heads in _HEAD_OPTIONS.items() if head not in heads and _given(argv, o)]
+    if foreign:
+        owners = sorted({h for o in foreign for h in _HEAD_OPTIONS[o]})
+        raise ArgumentError("head", f"is {head}, which does not read {', '.join(foreign)} (options of --head "
+                                    f"{' / '.join(owners)}); drop them or choose that head")
+
+
 def _train(args) -> int:
     from .train import train
     from .verification import verification_summary
 
+    _check_head_options(args.argv, args.head)
     config = config_from_args(args)
     out = args.out if args.out is not None else Path("runs") / args.head
     result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
@@ -239,8 +269,26 @@ def _sweep(args) -> int:
     from .sweep import HEAD_OF, run_sweep
 
     head = args.head or HEAD_OF.get(args.param, "attfc")
+    if args.param in HEAD_OF and head != HEAD_OF[args.param]:
+        raise ArgumentError("head", f"is {head}, but {args.param} is a setting of --head {HEAD_OF[args.param]} "
+                                    f"only; drop --head or give {HEAD_OF[args.param]}")
+    swept = "--" + args.param
+    if _given(args.argv, swept):
+        raise ArgumentError("values", f"give {args.param} its values in a sweep: drop {swept}, which the sweep "
+                                      f"would ignore")
+    _check_head_options([a for a in args.argv if a != swept], head)
+    for name, given in (("values", args.values or []), ("seeds", args.seeds)):
+        if len(set(given)) != len(given):
+            raise ArgumentError(name, f"repeat a value ({' '.join(map(str, given))}): each run would be done twice "
+                                      f"and counted as two")
     base = config_from_args(args, head=head)
     out = args.out if args.out is not None else Path("data") / "sweeps" / f"{args.param.replace('-', '_')}.json"
+    if out.suffix != ".json":
+        raise ArgumentError("out", f"must be a .json file (its figure goes beside it as .png), got {out}")
+    from .utils import check_output
+
+    check_output(out.with_suffix(".png"), "out", "file", overwrite=args.overwrite,
+                 holds=f"a figure ({out.with_suffix('.png')}, written beside the JSON)")
     command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else None
 
     def report(run: dict) -> None:
@@ -272,7 +320,19 @@ def _run(args) -> int:
 
     if args.no_mask:
         raise ValueError("--no-mask is an ablation of one head: use it with train or sweep, not run")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ArgumentError("seeds", f"repeat a value ({' '.join(map(str, args.seeds))}): each run would be done "
+                                     f"twice and counted as two")
     base = config_from_args(args, head="fc")
+    if args.large_n_mib is not None:  # checked now, not after the heads have trained
+        from .memory.guard import available_bytes, format_bytes
+        from .utils import default_device
+
+        where = default_device(base.device)
+        if not 16 <= args.large_n_mib <= available_bytes(where) / 2 ** 20:
+            raise ArgumentError("large_n_mib", f"must be at least 16 MiB (the backbone alone needs a few) and at most "
+                                               f"what {where} has available ({format_bytes(available_bytes(where))}), "
+                                               f"got {args.large_n_mib:g} MiB")
     command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["run"] else None
 
     def report(run: dict) -> None:
@@ -360,7 +420,8 @@ def _memory(args) -> int:
 
 
 # Names in the library's messages -> the option's dest, where they differ
-_DEST_OF_NAME = {"num_classes": "classes", "num_keys": "k", "container_ratio": "dcc_ratio", "out_dir": "out"}
+_DEST_OF_NAME = {"num_classes": "classes", "num_keys": "k", "container_ratio": "dcc_ratio", "out_dir": "out",
+                 "measure": "no_measure"}
 _MEMORY_DEST_OF_NAME = {"embedding_dim": "dim", "batch_size": "batch"}
 
 
@@ -410,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    typed = list(sys.argv[1:] if argv is None else argv)
     sub = parser.all_parsers.get(args.data_command if args.command == "data" else args.command, parser)
     if args.command in parser.train_parsers:
         try:
@@ -419,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
+    args.argv = typed
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:

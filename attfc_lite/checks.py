@@ -96,7 +96,7 @@ def as_float(name: str, value, minimum: float | None = None, maximum: float | No
 def parse_number(name: str, text: str, whole: bool = False):
     """A number written as text: "1000", "1e6", "1_000_000", "0.1". With `whole`, only whole
     numbers (an int), and "20.5e0" or "10.7" are refused rather than truncated."""
-    s = text.strip().replace("_", "")
+    s = text.strip()  # int() and float() take single underscores between digits, as Python does
     kind = "a whole number" if whole else "a number"
     try:
         return int(s)
@@ -139,11 +139,13 @@ def as_device(name: str, value) -> str:
     if not isinstance(value, str):
         raise ArgumentError(name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
     kind, sep, index = value.partition(":")
-    if value == "auto" or (kind in ("cpu", "cuda") and (not sep or (kind == "cuda" and index.isdigit()))):
+    canonical = index.isascii() and index.isdigit() and str(int(index)) == index and int(index) < 2 ** 16
+    if value == "auto" or (kind in ("cpu", "cuda") and (not sep or (kind == "cuda" and canonical))):
         return value
     if kind == "cpu" and sep:
         raise ArgumentError(name, f"must be 'cpu' without an index (there is one CPU device), got {value!r}")
-    raise ArgumentError(name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N' with N a whole number, got {value!r}")
+    raise ArgumentError(name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N' with N a device number (0, 1, ...), "
+                              f"got {value!r}")
 
 
 def check_finite_tensor(name: str, tensor) -> None:

@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 
 from .train import TrainConfig, train
 from .checks import ArgumentError, as_float, as_int
-import shutil
 from .utils import check_output, holds_results, provenance, read_stored, replace_folder, staging_path, write_json
 
 __all__ = ["VARIANTS", "PROFILES", "resolve_profile", "profile_config", "run_heads", "load_run", "summary_table",
@@ -145,8 +144,19 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         raise ValueError("seeds is empty; give at least one seed")
     base = base or TrainConfig()
     configs = [(v, s, replace(base, **VARIANTS[v][1], seed=s).validate()) for v in variants for s in seeds]
-    if memory_classes is not None:
+    if memory_classes is not None:  # measured after training: checked now that it can be
         memory_classes = as_int("memory_classes", memory_classes, 2)
+        from .memory import predict_memory
+        from .memory.guard import check_fits
+        from .train import memory_knobs
+        from .utils import default_device
+
+        for _, _, config in configs:
+            need = predict_memory(memory_classes, config.embedding_dim, config.batch_size, head=config.head,
+                                  **{k: v for k, v in memory_knobs(config).items() if v is not None}).peak
+            check_fits(need, default_device(config.device), "memory_classes",
+                       f"one {config.head} head step at N = {memory_classes:,}",
+                       "Give a smaller memory_classes (--memory-classes).")
     final = out = Path(out) if out is not None else None
     if out is not None and out.suffix:
         raise ArgumentError("out", f"is a folder (it gets summary.json, summary.png and one folder per head), "
@@ -156,9 +166,7 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
                      own=lambda e: (e.name in VARIANTS and e.is_dir()) or e.name in RUN_OUTPUTS
                      or e.name.endswith(".tmp"))
         if holds_results(out):  # overwrite: write beside it, replace it at the end
-            out = staging_path(out)
-            if out.exists():
-                shutil.rmtree(out)
+            out = staging_path(out, "out")
     from tqdm.auto import tqdm
 
     runs, steps, started = [], {}, time.perf_counter()

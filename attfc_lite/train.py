@@ -36,7 +36,9 @@ from .verification import evaluate_verification
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 # everything train writes in a run folder (the .tmp files exist for a moment, or after a crash)
-RUN_FILES = (CHECKPOINT, METRICS, CHECKPOINT + ".tmp", METRICS + ".tmp")
+LOCK = ".lock"  # held while a run writes to its folder, so two runs never write to one
+RUN_FILES = (CHECKPOINT, METRICS, CHECKPOINT + ".tmp", METRICS + ".tmp", LOCK)
+MAX_KEYS = 64  # K key images per query: the paper uses 2; more only multiplies the key encoder's work
 
 
 @dataclass
@@ -108,7 +110,7 @@ class TrainConfig:
             image_size=as_int("image_size", self.image_size, 8, 512),
             backbone=as_choice("backbone", self.backbone, sorted(BACKBONES)),
             embedding_dim=as_int("embedding_dim", self.embedding_dim, 1),
-            scale=as_float("scale", self.scale, 0, low_open=True),
+            scale=as_float("scale", self.scale, 0, 1024, low_open=True),  # s: 30 to 64 in practice
             epochs=as_int("epochs", self.epochs, 1),
             # BatchNorm needs two samples in a batch
             batch_size=as_int("batch_size", self.batch_size, 2),
@@ -122,11 +124,11 @@ class TrainConfig:
             # 10-fold accuracy needs at least ten pairs of each kind in the folds
             num_pairs=as_int("num_pairs", self.num_pairs, 20),
             sample_rate=as_float("sample_rate", self.sample_rate, 0, 1, low_open=True),
-            num_keys=as_int("num_keys", self.num_keys, 1),
+            num_keys=as_int("num_keys", self.num_keys, 1, MAX_KEYS),
             dcc_ratio=as_float("dcc_ratio", self.dcc_ratio, 0, 1, low_open=True),
             container_size=None if self.container_size is None else as_int("container_size", self.container_size, 1),
             ema_momentum=as_float("ema_momentum", self.ema_momentum, 0, 1),
-            temperature=as_float("temperature", self.temperature, 0, low_open=True),
+            temperature=as_float("temperature", self.temperature, 1e-3, 1e3),
             amp=as_bool("amp", self.amp),
             channels_last=as_bool("channels_last", self.channels_last),
             stream_data=as_bool("stream_data", self.stream_data),
@@ -139,9 +141,10 @@ class TrainConfig:
             raise ArgumentError("amp", "(bfloat16 autocast) is for CUDA devices; set amp=False (--no-amp) on the CPU")
         default_device(self.device)  # a CUDA device asked for where there is none: said now
         if self.num_classes + self.eval_identities > MAX_IDENTITIES:
-            raise ArgumentError("num_classes", f"+ eval_identities must be at most {MAX_IDENTITIES:,} (the synthetic "
-                                f"world's identities; training and evaluation must not share one), got "
-                                f"{self.num_classes:,} + {self.eval_identities:,}")
+            raise ArgumentError("num_classes", f"must be at most {MAX_IDENTITIES - self.eval_identities:,} with "
+                                f"eval_identities = {self.eval_identities:,}: the synthetic world has "
+                                f"{MAX_IDENTITIES:,} identities and training and evaluation must not share one; got "
+                                f"{self.num_classes:,}")
         margin = as_choice("margin", str(self.margin).lower(), sorted(MARGINS))
         m = DEFAULT_M[margin] if self.margin_m is None else self.margin_m
         if isinstance(m, (tuple, list)):
@@ -159,13 +162,20 @@ class TrainConfig:
             except ValueError as exc:
                 raise ArgumentError("ema_momentum", str(exc)) from None
         with torch.device("meta"):  # the head's own checks, before anything is rendered; no memory
-            probe = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
-                              s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
+            try:
+                probe = make_head(self.head, int(self.embedding_dim), int(self.num_classes), margin=margin,
+                                  s=self.scale, m=m, **head_settings(checked), **self.head_kwargs)
+            except TypeError as exc:  # an option the head does not take
+                raise ArgumentError("head_kwargs", f"{self.head_kwargs!r} do not suit head={self.head!r}: "
+                                                   f"{exc}") from None
         del probe
         return checked
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config a dict records (metrics.json, a checkpoint); keys of other versions are left out."""
+        if not isinstance(values, dict):
+            raise ArgumentError("values", f"must be a dict of TrainConfig fields, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -224,16 +234,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} is refused: it holds Python objects other than tensors, numbers and plain containers, and "
             f"loading those could run code. attfc_lite's checkpoints hold only those, so this file was not written "
             f"by attfc_lite's train or was changed since; start the run again in a new folder") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
-            raise
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # torch's readers fail in many ways on a damaged file (EOFError, KeyError, ...)
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "no detail"
         raise CheckpointError(
-            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); it is "
+            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {first}); it is "
             f"truncated or not a checkpoint. attfc_lite writes checkpoints atomically, so this file was damaged or "
             f"written by something else: restore it, or start the run again (overwrite=True, --overwrite)") from None
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of attfc_lite's train: it lacks {missing}")
+    bad = [f"{part}.{name}" for part in ("backbone", "head", "encoder_k") if isinstance(state.get(part), dict)
+           for name, t in state[part].items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # train never writes these: the file was changed
+        raise CheckpointError(f"{path} holds nan or inf weights ({', '.join(bad[:3])}), which attfc_lite never "
+                              f"writes: it was changed or damaged; start the run again")
     return state
 
 
@@ -309,6 +326,14 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     """
     from tqdm.auto import tqdm
 
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ArgumentError("config", f"must be a TrainConfig (TrainConfig(**values) from a dict), got "
+                                      f"{type(config).__name__}")
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        raise ArgumentError("out_dir", f"must be a folder path (str or Path) or None, got {type(out_dir).__name__}")
+    if callback is not None and not callable(callback):
+        raise ArgumentError("callback", f"must be a function of one argument (the step's state), got "
+                                        f"{type(callback).__name__}")
     config = (config or TrainConfig()).validate()
     resume, overwrite = as_bool("resume", resume), as_bool("overwrite", overwrite)
     if stop_after_epoch is not None:
@@ -323,8 +348,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                      own=lambda e: e.name in RUN_FILES)
         if overwrite and has_run:
             out = staging_path(final)  # the earlier run stays in `final` until this one finishes
-            if out.exists():
-                shutil.rmtree(out)
+            if out.exists() or out.is_symlink():
+                raise ArgumentError("out_dir", f"{final} is being replaced by an unfinished run in {out} (an earlier "
+                                               f"overwrite that did not finish), left unchanged: continue that one "
+                                               f"with --resume --out {out} (resume=True), or delete {out} first")
     if resume and (final is None or not (final / CHECKPOINT).exists()):
         where = "no out_dir was given" if final is None else f"there is no {final / CHECKPOINT}"
         raise FileNotFoundError(f"resume=True (--resume) but {where}; start the run without resume first")
@@ -349,8 +376,11 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         check_disjoint_splits(train_ids, eval_ids)
     if evaluate and eval_set is not None:
         _check_eval_set(eval_set)
+    given_train_set = train_set is not None
     if train_set is None:
         _check_batch(config.batch_size, config.num_classes * config.images_per_identity)
+        _check_memory(config, default_device(config.device), stream=config.stream_data,
+                      eval_images=config.eval_identities * config.eval_images_per_identity if evaluate else 0)
     if train_set is None and config.stream_data:
         train_set = StreamedFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                   config.seed, device=default_device(config.device))
@@ -362,6 +392,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                                            f"{train_set.num_classes} identities; set num_classes to match")
     n = len(train_set)
     _check_batch(config.batch_size, n)
+    _check_memory(config, default_device(config.device), stream=config.stream_data or given_train_set,
+                  eval_images=0 if not evaluate or eval_set is not None else
+                  config.eval_identities * config.eval_images_per_identity)
     seed_everything(config.seed)
     device = default_device(config.device)
     backbone, head = build(config, device)
@@ -393,8 +426,15 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             raise CheckpointError(f"{final / CHECKPOINT} does not fit this run's model: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
         start_epoch, step, history, seconds = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+        if not (isinstance(start_epoch, int) and isinstance(step, int) and 0 <= start_epoch <= config.epochs
+                and 0 <= step <= total_steps and len(history) == start_epoch):
+            raise CheckpointError(f"{final / CHECKPOINT} records epoch {start_epoch!r}, step {step!r} and "
+                                  f"{len(history)} epochs of history, which a run of {config.epochs} epochs and "
+                                  f"{total_steps} steps cannot have: it was changed or damaged")
         images = int(state.get("images", step * config.batch_size))  # checkpoints before it was recorded
     saved_epoch = start_epoch if resume else None
+    lock = _RunLock(out, final, has_run=(final / CHECKPOINT).exists() or (final / METRICS).exists()) \
+        if out is not None else None
 
     def kept() -> str:
         """What of this run is on disk now, truthfully."""
@@ -411,120 +451,214 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         return text
 
     epoch = start_epoch
-    bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
+    if lock is not None:
+        lock.acquire()
     try:
-        for epoch in range(start_epoch, config.epochs):
-            backbone.train()
-            head.train()
-            if encoder_k is not None:
-                encoder_k.train()  # BatchNorm on each key batch's own statistics, as the official code
-            gen = _epoch_generator(config.seed, epoch)
-            order = torch.randperm(n, generator=gen)
-            flips = torch.rand(n, generator=gen) < 0.5
-            losses = []
-            t0 = time.perf_counter()
-            for b in range(steps_per_epoch):
-                if step >= total_steps:  # max_steps reached within this epoch
-                    break
-                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                try:
-                    images_, labels = _load(train_set, idx, flips[idx])
-                    images_, labels = images_.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
-                    keys = None
-                    if encoder_k is not None:
-                        # EMA first, then the keys: K images of each query's identity, drawn with
-                        # replacement from this epoch's generator (so a resumed run draws the same).
-                        encoder_k.update(backbone)
-                        key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen,
-                                              index=key_index).reshape(-1)
-                        key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
+        bar = tqdm(total=total_steps, initial=step, desc=f"training {config.head}", unit="step", disable=not progress)
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                backbone.train()
+                head.train()
+                if encoder_k is not None:
+                    encoder_k.train()  # BatchNorm on each key batch's own statistics, as the official code
+                gen = _epoch_generator(config.seed, epoch)
+                order = torch.randperm(n, generator=gen)
+                flips = torch.rand(n, generator=gen) < 0.5
+                losses = []
+                t0 = time.perf_counter()
+                for b in range(steps_per_epoch):
+                    if step >= total_steps:  # max_steps reached within this epoch
+                        break
+                    idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                    try:
+                        images_, labels = _load(train_set, idx, flips[idx])
+                        images_, labels = images_.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
+                        keys = None
+                        if encoder_k is not None:
+                            # EMA first, then the keys: K images of each query's identity, drawn with
+                            # replacement from this epoch's generator (so a resumed run draws the same).
+                            encoder_k.update(backbone)
+                            key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen,
+                                                  index=key_index).reshape(-1)
+                            key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
+                            with autocast():
+                                keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(
+                                    idx.numel(), head.num_keys, -1)
                         with autocast():
-                            keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(
-                                idx.numel(), head.num_keys, -1)
-                    with autocast():
-                        embeddings = backbone(images_)
-                    embeddings = embeddings.float()
-                    loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); lower lr (now "
-                            f"{config.lr:g}) or scale (now {config.scale:g}). " + kept() + ".")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.clip_grad_norm:
-                        nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
-                    optimizer.step()
-                except (RuntimeError, MemoryError) as exc:
-                    if not _is_out_of_memory(exc):
-                        raise
-                    raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
-                        from None
-                losses.append(loss.item())
-                step += 1
-                images += idx.numel()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
-                if callback is not None:
-                    callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels,
-                              "backbone": backbone, "head": head, "encoder_k": encoder_k, "keys": keys})
-            seconds += time.perf_counter() - t0
-            if not losses:  # max_steps ended the run before this epoch
-                break
-            bad = _non_finite(backbone, head, encoder_k)
-            if bad:
-                raise FloatingPointError(
-                    f"weights became nan or inf in epoch {epoch + 1} ({', '.join(bad[:3])}"
-                    f"{', ...' if len(bad) > 3 else ''}) and were not saved; lower lr (now {config.lr:g}) or scale "
-                    f"(now {config.scale:g}). " + kept() + ".")
-            history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)  # made here, so a run that fails before leaves no folder
-                save_checkpoint(out / CHECKPOINT, {
-                    "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
-                    "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
-                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
-                    "seconds": seconds, "images": images,
-                })
-                saved_epoch = epoch + 1
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-                bar.close()
-                return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
-    except KeyboardInterrupt:
-        bar.close()
-        raise RunInterrupted(f"interrupted in epoch {epoch + 1}/{config.epochs} at step {step}: {kept()}.") from None
-    finally:
-        bar.close()
+                            embeddings = backbone(images_)
+                        embeddings = embeddings.float()
+                        loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); lower lr (now "
+                                f"{config.lr:g}) or scale (now {config.scale:g}). " + kept() + ".")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if config.clip_grad_norm:
+                            nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
+                        optimizer.step()
+                    except (RuntimeError, MemoryError) as exc:
+                        if not _is_out_of_memory(exc):
+                            raise
+                        raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
+                            from None
+                    losses.append(loss.item())
+                    step += 1
+                    images += idx.numel()
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+                    if callback is not None:
+                        callback({"step": step, "epoch": epoch, "loss": losses[-1], "labels": labels,
+                                  "backbone": backbone, "head": head, "encoder_k": encoder_k, "keys": keys})
+                seconds += time.perf_counter() - t0
+                if not losses:  # max_steps ended the run before this epoch
+                    break
+                bad = _non_finite(backbone, head, encoder_k)
+                if bad:
+                    raise FloatingPointError(
+                        f"weights became nan or inf in epoch {epoch + 1} ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}) and were not saved; lower lr (now {config.lr:g}) or scale "
+                        f"(now {config.scale:g}). " + kept() + ".")
+                history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
+                if out is not None:
+                    out.mkdir(parents=True, exist_ok=True)  # made here, so a run that fails before leaves no folder
+                    save_checkpoint(out / CHECKPOINT, {
+                        "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
+                        "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
+                        "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
+                        "seconds": seconds, "images": images,
+                    })
+                    saved_epoch = epoch + 1
+                if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+                    bar.close()
+                    return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
+        except KeyboardInterrupt:
+            bar.close()
+            raise RunInterrupted(f"interrupted in epoch {epoch + 1}/{config.epochs} at step {step}: {kept()}.") from None
+        finally:
+            bar.close()
 
-    metrics = {
-        "head": config.head,
-        "num_classes": config.num_classes,
-        "steps": step,
-        "images": images,
-        "epochs": config.epochs,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(images / max(seconds, 1e-9), 1),
-        "device": device.type,
-        "backbone_parameters": count_parameters(backbone),
-        "head_parameters": sum(p.numel() for p in head.parameters()),
-        "head_settings": {**head_settings(config), **({"container_capacity": head.container.capacity,
-                                                         "ema_momentum": config.ema_momentum}
-                                                        if config.head == "attfc" else {})},
-        "final_loss": history[-1]["loss"] if history else None,
-        "history": history,
-        "config": asdict(config),
-    }
-    try:
-        if evaluate:
-            metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
-        if out is not None:
-            write_json(out / METRICS, metrics)  # refuses nan: a metric that is not a number is an error
-            if out != final:
-                replace_folder(out, final)
-    except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted during the evaluation after training: {kept()}.") from None
-    return TrainResult(backbone, head, metrics, history, encoder_k)
+        metrics = {
+            "head": config.head,
+            "num_classes": config.num_classes,
+            "steps": step,
+            "images": images,
+            "epochs": config.epochs,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images / max(seconds, 1e-9), 1),
+            "device": device.type,
+            "backbone_parameters": count_parameters(backbone),
+            "head_parameters": sum(p.numel() for p in head.parameters()),
+            "head_settings": {**head_settings(config), **({"container_capacity": head.container.capacity,
+                                                             "ema_momentum": config.ema_momentum}
+                                                            if config.head == "attfc" else {})},
+            "final_loss": history[-1]["loss"] if history else None,
+            "history": history,
+            "config": asdict(config),
+        }
+        try:
+            if evaluate:
+                metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
+            if out is not None:
+                write_json(out / METRICS, metrics)  # refuses nan: a metric that is not a number is an error
+                if out != final:
+                    lock.release()  # its file must not move into the final folder
+                    replace_folder(out, final)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted during the evaluation after training: {kept()}.") from None
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            raise TrainingOutOfMemory(f"out of memory in the evaluation after training "
+                                      f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'MemoryError'}); "
+                                      f"fewer eval_identities or eval_images_per_identity need less: {kept()}.") from None
+        return TrainResult(backbone, head, metrics, history, encoder_k)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class _RunLock:
+    """An exclusive lock (flock) on `out`/.lock while a run writes to `out`: a second run started
+    on the same folder stops with a message instead of mixing its files with the first's. The
+    operating system releases it when the process ends, even by SIGKILL."""
+
+    def __init__(self, out: Path, final: Path, has_run: bool) -> None:
+        self.out, self.final, self.has_run, self.fd, self.created = out, final, has_run, None, False
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not on Windows: no lock
+            return
+        self.created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise ArgumentError("out_dir", f"{self.out} is being written by another run now, left unchanged: wait "
+                                           f"for it to finish, or choose another folder") from None
+        # Checked before rendering; another run may have finished here since.
+        if self.out == self.final and not self.has_run and \
+                ((self.final / CHECKPOINT).exists() or (self.final / METRICS).exists()):
+            self.release()
+            raise ArgumentError("out_dir", f"{self.final} received a run from another process meanwhile, left "
+                                           f"unchanged: choose another folder")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.out / LOCK)
+        os.close(self.fd)
+        self.fd = None
+        if self.created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()  # a run that wrote nothing leaves no folder
+
+
+def _check_memory(config: TrainConfig, device: torch.device, stream: bool, eval_images: int) -> None:
+    """Before anything is rendered: the images kept in memory and the head's training step (the
+    memory model's prediction) must fit in what the machine has available."""
+    from .memory import predict_memory
+    from .memory.guard import available_bytes, format_bytes
+
+    pixels = 3 * config.image_size ** 2
+    # uint8 images kept for the run; the evaluation split also goes through float32 (4 bytes) at once
+    parts = {"images_per_identity": 0 if stream else config.num_classes * config.images_per_identity * pixels,
+             "eval_identities": eval_images * pixels * 5}
+    head = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
+                          **{k: v for k, v in memory_knobs(config).items() if v is not None}).peak
+    keys = config.batch_size * config.num_keys * pixels * 4 if config.head == "attfc" else 0
+    # the head's memory is named after the size furthest above its usual value (the message lists all)
+    usual = {"num_classes": (config.num_classes, 1000), "embedding_dim": (config.embedding_dim, 128),
+             "batch_size": (config.batch_size, 128)}
+    if config.head == "attfc":
+        from .attfc import container_capacity
+
+        usual["container_size"] = (container_capacity(config.num_classes, config.dcc_ratio, config.container_size), 300)
+    head_name = max(usual, key=lambda k: usual[k][0] / usual[k][1])
+    on_device = {head_name: head, "num_keys": keys}
+    if device.type == "cpu":
+        groups = [("cpu", {**parts, **on_device})]
+    else:
+        groups = [("cpu", parts), (str(device), on_device)]
+    for where, need in groups:
+        total, available = sum(need.values()), available_bytes(where)
+        if total <= 0.8 * available:
+            continue
+        name = max(need, key=need.get)
+        raise ArgumentError(name, f"makes the run too large for this machine: it needs about {format_bytes(total)} "
+                                  f"on {where} (training images {format_bytes(parts['images_per_identity'])}, "
+                                  f"evaluation images {format_bytes(parts['eval_identities'])}, the {config.head} "
+                                  f"head's step {format_bytes(head)} with N = {config.num_classes:,}, "
+                                  f"D = {config.embedding_dim:,}, B = {config.batch_size:,}) and {where} has "
+                                  f"{format_bytes(available)} available; lower it (or use stream_data for the "
+                                  f"training images). Nothing was rendered or trained")
 
 
 def _check_batch(batch_size: int, num_images: int) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,8 +153,16 @@ def check_output(path, name: str, kind: str = "folder", overwrite: bool = False,
     base = _nearest_existing(path.parent if kind == "file" or not path.exists() else path)
     if not Path(base).is_dir():
         raise ArgumentError(name, f"cannot be created: {base} is a file, not a folder; choose another path")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ArgumentError(name, f"cannot be written: no write permission in {base}; choose another path")
+    import tempfile
+
+    try:  # a real write: permission bits say little to root, and nothing about /proc or a full disk
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise ArgumentError(name, f"cannot be written: {exc.strerror or exc} in {base}; choose another path") from None
+    if overwrite and path.is_symlink():
+        raise ArgumentError(name, f"{path} is a symbolic link (to {os.readlink(path)}); to replace what it holds, "
+                                  f"give the folder it points to")
     if own is not None and path.is_dir():
         foreign = sorted(e.name for e in path.iterdir() if not own(e))
         if foreign:
@@ -168,20 +177,28 @@ def check_output(path, name: str, kind: str = "folder", overwrite: bool = False,
     return path
 
 
-def staging_path(path):
-    """Where work that will replace the results in `path` is written until it finishes."""
-    return path.with_name(path.name + ".new")
+def staging_path(path, name: str | None = None):
+    """Where work that will replace the results in `path` is written until it finishes. With
+    `name` (the argument that gave `path`), refuse if it exists: an earlier replacement that did
+    not finish, or a folder of the user's, is never removed."""
+    stage = path.with_name(path.name + ".new")
+    if name is not None and (stage.exists() or stage.is_symlink()):
+        from .checks import ArgumentError
+
+        raise ArgumentError(name, f"{path} would be replaced through {stage}, which exists already (an earlier "
+                                  f"overwrite that did not finish, or a folder of yours), left unchanged: move or "
+                                  f"delete {stage} first")
+    return stage
 
 
 def replace_folder(stage, path) -> None:
     """Put the finished folder `stage` in the place of `path`, removing what `path` held."""
     import shutil
+    import tempfile
 
-    old = path.with_name(path.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    # A fresh hidden name beside it, so that no folder of the user's is touched
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
     if path.exists():
-        os.replace(path, old)
-    os.replace(stage, path)  # between the two renames the earlier results are in <path>.old
-    if old.exists():
-        shutil.rmtree(old)
+        os.replace(path, old)  # onto the empty folder just made
+    os.replace(stage, path)  # between the two renames the earlier results are in `old`
+    shutil.rmtree(old)

@@ -44,6 +44,20 @@ def ws(tmp_path_factory) -> Path:
     (root / "notes" / "notes.txt").write_text("a user's own file\n")
     (root / "heads" / "my_plot.png").write_bytes(b"a user's own figure")
     (root / "preview.png").write_bytes(b"\x89PNG an earlier preview")
+    (root / "sweep2.png").write_bytes(b"\x89PNG a figure of the user's")
+    shutil.copytree(root / "run", root / "staged")  # a run whose earlier --overwrite did not finish
+    shutil.copytree(root / "run", root / "staged.new")
+    (root / "link").symlink_to(root / "run")
+    for name, damage in (("empty", b""), ("text", b"hello")):
+        (root / name).mkdir()
+        (root / name / CHECKPOINT).write_bytes(damage)
+    state = load_checkpoint(root / "run" / CHECKPOINT)
+    (root / "nan_weights").mkdir()
+    bad = {**state, "backbone": {k: v.clone() for k, v in state["backbone"].items()}}
+    next(v for v in bad["backbone"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    torch.save(bad, root / "nan_weights" / CHECKPOINT)
+    (root / "epoch99").mkdir()
+    torch.save({**state, "epoch": 99}, root / "epoch99" / CHECKPOINT)
     return root
 
 
@@ -126,6 +140,37 @@ CLI_CASES = [
     cli("preview-out-exists", "data preview --out {ws}/preview.png", "--overwrite"),
     cli("bench-size-zero", "data bench --image-size 0", "--image-size"),
     cli("bench-count-fraction", "data bench --num-images 1.5", "--num-images"),
+    # from a new user's review
+    cli("overwrite-with-staging-present", "train --overwrite --out {ws}/staged " + " ".join(TINY_CLI), "staged.new"),
+    cli("overwrite-a-symlink", "train --overwrite --out {ws}/link " + " ".join(TINY_CLI), "symbolic link"),
+    cli("sweep-png-exists", "sweep k --values 2 --out {ws}/sweep2.json " + " ".join(TINY_CLI), "sweep2.png"),
+    cli("sweep-out-png", "sweep k --values 2 --out {ws}/new.png", "--out"),
+    cli("sweep-option-of-other-head", "sweep k --head fc", "--head"),
+    cli("sweep-swept-option-given", "sweep k --values 2 --k 3", "--values"),
+    cli("sweep-duplicate-values", "sweep k --values 2 2", "--values"),
+    cli("run-duplicate-seeds", "run --seeds 0 0", "--seeds"),
+    cli("run-memory-classes-beyond-the-machine", "run --memory-classes 1e12 --out {ws}/heads_new " + " ".join(TINY_CLI),
+        "--memory-classes"),
+    cli("run-large-n-tiny-budget", "run --large-n-mib 0.001 --out {ws}/heads_new " + " ".join(TINY_CLI),
+        "--large-n-mib"),
+    cli("train-option-of-other-head", "train --head fc --k 3", "--head"),
+    cli("train-out-unwritable", "train --out /proc/attfc_run", "--out"),
+    cli("train-out-empty", "train --out=", "--out"),
+    cli("train-eval-beyond-the-machine", "train --eval-identities 5000000 --eval-images-per-identity 100 --out "
+        "{ws}/new_run", "--eval-identities"),
+    cli("train-container-beyond-the-machine", "train --head attfc --container-size 1e10 --out {ws}/new_run",
+        "--container-size"),
+    cli("train-dim-beyond-the-machine", "train --embedding-dim 1e9 --out {ws}/new_run", "--embedding-dim"),
+    cli("train-k-too-many", "train --head attfc --k 65", "--k"),
+    cli("train-scale-absurd", "train --scale 1e30", "--scale"),
+    cli("train-temperature-absurd", "train --head attfc --temperature 1e-30", "--temperature"),
+    cli("classes-double-underscore", "train --classes 1__0", "--classes"),
+    cli("device-leading-zero", "train --device cuda:00", "--device"),
+    cli("abbreviated-option", "train --dcc 0.3", "--dcc"),
+    cli("resume-empty-checkpoint", "train --resume --out {ws}/empty " + " ".join(TINY_CLI), "checkpoint.pt"),
+    cli("resume-text-checkpoint", "train --resume --out {ws}/text " + " ".join(TINY_CLI), "checkpoint.pt"),
+    cli("resume-nan-checkpoint", "train --resume --out {ws}/nan_weights " + " ".join(TINY_CLI), "nan"),
+    cli("resume-epoch-99", "train --resume --out {ws}/epoch99 " + " ".join(TINY_CLI), "epoch 99"),
 ]
 
 
@@ -187,7 +232,12 @@ LIBRARY_CASES = [
     Case("imagefolder-size-fraction", lambda ws: __import__("attfc_lite.imagefolder").imagefolder.ImageFolderFaces(
         ws, image_size=10.7), "image_size"),
     Case("predict-memory-classes-fraction", lambda ws: __import__("attfc_lite.memory").memory.predict_memory(
-        "fc", 10.7, 512, 128), "num_classes"),
+        10.7, 512, 128), "num_classes"),
+    Case("config-head-kwargs-unknown", lambda ws: TrainConfig(head_kwargs={"bogus": 1}).validate(), "head_kwargs"),
+    Case("config-from-none", lambda ws: TrainConfig.from_dict(None), "values"),
+    Case("train-out-dir-number", lambda ws: train(TINY, 123, progress=False), "out_dir"),
+    Case("train-callback-number", lambda ws: train(TINY, None, progress=False, callback=5), "callback"),
+    Case("train-config-dict", lambda ws: train({"num_classes": 8}, None, progress=False), "config"),
     Case("widget-fit-classes-fraction", _widget("fit_verdict", num_classes=1000.5), "num_classes"),
     Case("widget-fit-device-negative", _widget("fit_verdict", num_classes=1000, device_gib=-1), "device_gib"),
     Case("widget-fit-precision-typo", _widget("fit_verdict", num_classes=1000, precision="fp8"), "precision"),
@@ -234,7 +284,10 @@ def test_the_workspace_run_is_what_resume_continues(ws):
     assert TrainConfig.from_dict(state["config"]) == TINY.validate()
 
 
-@pytest.mark.parametrize("argv", [["--debug", "train", "--classes", "1"], ["train", "--classes", "1", "--debug"]])
+TOO_MANY = ["train", "--classes", "9999900", "--eval-identities", "300"]
+
+
+@pytest.mark.parametrize("argv", [["--debug", *TOO_MANY], [*TOO_MANY, "--debug"]])
 def test_debug_shows_the_error_itself(argv):
-    with pytest.raises(ArgumentError, match="^num_classes must be a whole number >= 2"):
+    with pytest.raises(ArgumentError, match="^num_classes must be at most"):
         main(argv)

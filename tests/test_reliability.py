@@ -167,3 +167,34 @@ def test_make_lab_binds_to_localhost_with_a_token():
     # No option empties the token or the password (JupyterLab then makes a random token).
     assert not re.search(r"token=(''|\"\"|\s|$)", command) and "password=''" not in command
     assert "disable_check_xsrf" not in command
+
+
+def test_a_second_run_on_a_folder_being_written_stops(tmp_path):
+    import fcntl
+    import os
+
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.train import LOCK
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a first run holds it while it trains
+    try:
+        with pytest.raises(ArgumentError, match="being written by another run"):
+            train(TINY, tmp_path / "run", progress=False)
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK]  # nothing of the second run
+    finally:
+        os.close(fd)
+    train(TINY, tmp_path / "run", progress=False, evaluate=False)  # free again: the run goes ahead
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, METRICS]  # and no lock left
+
+
+def test_overwrite_never_touches_the_users_neighbouring_folders(finished):
+    mine = {finished.with_name(finished.name + ".old"), finished.with_name("backup")}
+    for folder in mine:
+        folder.mkdir()
+        (folder / "keep.txt").write_text("the user's\n")
+    train(replace(TINY, lr=0.05), finished, progress=False, overwrite=True, evaluate=False)
+    for folder in mine:
+        assert (folder / "keep.txt").read_text() == "the user's\n"
+    assert sorted(p.name for p in finished.parent.iterdir()) == sorted(["run", "run.old", "backup"])
