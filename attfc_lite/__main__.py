@@ -53,7 +53,7 @@ def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args
     TrainConfig fields without an option go to args.profile_extra."""
     from .run import PROFILE_MEMORY_CLASSES, PROFILE_VARIANTS, PROFILES, resolve_profile
 
-    name = resolve_profile(args.profile)
+    name = resolve_profile(args.profile, amp=args.amp)
     sub = parser.train_parsers[args.command]
     dests = {a.dest for a in sub._actions}
     values = {_DEST_OF.get(k, k): v for k, v in PROFILES[name].items()}

@@ -63,18 +63,19 @@ LOSS_EVERY = 10  # steps per point of the stored loss curve (the mean over them)
 STORED = Path(__file__).resolve().parents[1] / "data" / "runs"  # the course's stored runs
 
 
-def resolve_profile(profile: str = "auto") -> str:
-    """'cpu' or 'gpu': the name itself, or for 'auto' 'gpu' when CUDA is present, else 'cpu'."""
+def resolve_profile(profile: str = "auto", amp: bool | None = None) -> str:
+    """'cpu' or 'gpu': the name itself, or for 'auto' 'gpu' when CUDA is present, else 'cpu'.
+    `amp=False` says the profile's autocast is turned off, so a CUDA profile may run on the CPU."""
     import torch
 
     if profile == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if profile not in PROFILES:
-        raise ValueError(f"profile must be 'auto' or one of {sorted(PROFILES)}, got {profile!r}")
-    if PROFILES[profile].get("amp") and not torch.cuda.is_available():
-        raise ValueError(f"profile {profile!r} needs a CUDA device (bfloat16 autocast) and there is none: use "
-                         f"profile 'cpu' (or 'auto'), or profile_config({profile!r}, amp=False, device='cpu') to "
-                         f"build its configuration on the CPU")
+        raise ArgumentError("profile", f"must be 'auto' or one of {sorted(PROFILES)}, got {profile!r}")
+    if PROFILES[profile].get("amp") and amp is not False and not torch.cuda.is_available():
+        raise ArgumentError("profile", f"{profile!r} needs a CUDA device (bfloat16 autocast) and there is none: use "
+                                       f"profile 'cpu' (or 'auto'), or turn its autocast off (--no-amp, or "
+                                       f"profile_config({profile!r}, amp=False, device='cpu')) to run it on the CPU")
     return profile
 
 
