@@ -141,11 +141,14 @@ class AttFC(Head):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)
         if keys is None:
-            raise ValueError(f"AttFC needs keys: the key encoder's embeddings of K={self.num_keys} key images per "
-                             f"query, shape [batch, K, embedding_dim]")
+            raise ArgumentError("keys", f"is needed by AttFC: the key encoder's embeddings of K={self.num_keys} key "
+                                        f"images per query, shape [batch, K, embedding_dim]")
+        if not isinstance(keys, torch.Tensor):
+            raise ArgumentError("keys", f"must be a torch.Tensor, got {type(keys).__name__}; convert it with "
+                                        f"torch.as_tensor(...)")
         if keys.dim() != 3 or keys.shape[0] != embeddings.shape[0] or keys.shape[2] != self.embedding_dim:
-            raise ValueError(f"keys must be [batch={embeddings.shape[0]}, K, embedding_dim={self.embedding_dim}], "
-                             f"got shape {tuple(keys.shape)}")
+            raise ArgumentError("keys", f"must be [batch={embeddings.shape[0]}, K, "
+                                        f"embedding_dim={self.embedding_dim}], got shape {tuple(keys.shape)}")
         labels = labels.long()
         q = F.normalize(embeddings, dim=1)
         with torch.no_grad():

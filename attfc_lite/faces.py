@@ -210,13 +210,14 @@ class FaceWorld:
     def render(self, identities: torch.Tensor, image_indices: torch.Tensor, device=None) -> RenderOutput:
         """Render image `image_indices[k]` of identity `identities[k]` for every k.
 
+        `device`: where to render ('cpu', 'cuda', 'cuda:N', 'auto'); None: where `identities` are.
         Any number of images: they are rendered in chunks whose temporaries stay bounded
         (`render_chunk`: about 35 MiB on a CPU, 1 GiB on an accelerator, at any image size),
         into outputs allocated once. The outputs themselves, 12 bytes a pixel, are the
         caller's: for more images than fit, call `render_images` (uint8) or loop over slices.
         """
         identities = _check_ids(torch.as_tensor(identities))
-        device = torch.device(device) if device is not None else identities.device
+        device = _check_device(device) if device is not None else identities.device
         identities = identities.to(device)
         image_indices = _check_image_indices(image_indices, device)
         if image_indices.dim() == 0:
@@ -600,6 +601,14 @@ def _index_tensor(name: str, values, what: str) -> torch.Tensor:
     return t
 
 
+def _check_device(device) -> torch.device:
+    """A device that can render: 'cpu', 'cuda[:N]' when present, or 'auto' (`utils.default_device`,
+    an ArgumentError naming `device` otherwise: 'meta' holds no data, so nothing can be drawn there)."""
+    from .utils import default_device
+
+    return default_device(device)
+
+
 def _check_ids(identities) -> torch.Tensor:
     """Identities as a flat int64 tensor, each in [0, MAX_IDENTITIES)."""
     identities = _index_tensor("identities", identities, "identity ids").to(torch.int64).reshape(-1)
@@ -745,30 +754,35 @@ def render_images(world: FaceWorld, identities: torch.Tensor, image_indices: tor
     return images, quality
 
 
+#: The most images `bench` renders per run (about 10 minutes of CPU at 32 pixels).
+MAX_BENCH_IMAGES = 10_000_000
+
+
 def bench(num_images: int = 16384, image_size: int = DEFAULT_IMAGE_SIZE, device=None, repeats: int = 3,
           seed: int = 0) -> dict:
     """Batched rendering speed: the best of `repeats` timed runs after a warm-up.
 
-    Each run renders `num_images` in `FaceWorld.render`'s own chunks (`render_chunk`) and drops
-    each chunk's images: memory stays at one chunk whatever `num_images` and `image_size` are.
+    Each run renders `num_images` (at most `MAX_BENCH_IMAGES`) in `FaceWorld.render`'s own
+    chunks (`render_chunk`), building each chunk's indices and dropping its images: memory
+    stays at one chunk whatever `num_images` and `image_size` are.
     """
     import time
 
-    from .utils import default_device
-
-    num_images = as_int("num_images", num_images, 1)
+    num_images = as_int("num_images", num_images, 1, MAX_BENCH_IMAGES)
     repeats = as_int("repeats", repeats, 1)
-    device = default_device(device)
+    device = _check_device(device)
     world = FaceWorld(seed=seed, image_size=image_size)
     chunk = render_chunk(world.image_size, device)
-    ids = torch.arange(num_images, device=device) * 7919 % MAX_IDENTITIES
-    idx = torch.arange(num_images, device=device) % 50
+
+    def render_range(start: int, stop: int) -> None:
+        k = torch.arange(start, stop, device=device)
+        world.render(k * 7919 % MAX_IDENTITIES, k % 50)
 
     def render_all() -> None:
         for start in range(0, num_images, chunk):
-            world.render(ids[start:start + chunk], idx[start:start + chunk])
+            render_range(start, min(start + chunk, num_images))
 
-    world.render(ids[:chunk], idx[:chunk])  # warm-up: allocator, kernels
+    render_range(0, min(chunk, num_images))  # warm-up: allocator, kernels
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
@@ -785,6 +799,8 @@ def bench(num_images: int = 16384, image_size: int = DEFAULT_IMAGE_SIZE, device=
 
 # plot_preview ranks this many images of each identity (or images_per_identity, if more).
 PREVIEW_POOL = 8
+#: The most rows (identities) and columns (images per identity) of a preview grid.
+MAX_PREVIEW = 100
 
 
 def preview_selection(identities, images_per_identity: int, world: FaceWorld) -> tuple[torch.Tensor, torch.Tensor]:
@@ -808,6 +824,9 @@ def plot_preview(world: FaceWorld | None = None, identities=None, images_per_ide
                  ax=None, zoom: int = 1):
     """A grid: one row per identity, its images from best to worst quality, each titled with its index and quality.
 
+    At most `MAX_PREVIEW` (100) rows (`num_identities`, or the `identities` given) and columns
+    (`images_per_identity`): a preview, drawn one panel each.
+
     The same (seed, identities, images_per_identity) picks the same images at any `image_size`
     (see `preview_selection`): a 2 x 6 grid at 112x112 shows a subset of a 6 x 8 grid's faces at
     32x32, in the same order. Only the resolution differs: each face has the same pose, features,
@@ -818,10 +837,14 @@ def plot_preview(world: FaceWorld | None = None, identities=None, images_per_ide
     import matplotlib.pyplot as plt
 
     world = world or FaceWorld()
+    cols = as_int("images_per_identity", images_per_identity, 1, MAX_PREVIEW)
     if identities is None:
-        identities = torch.arange(num_identities)
-    identities = torch.as_tensor(identities).reshape(-1)
-    rows, cols = identities.numel(), images_per_identity
+        identities = torch.arange(as_int("num_identities", num_identities, 1, MAX_PREVIEW))
+    identities = _check_ids(identities)
+    if not 1 <= identities.numel() <= MAX_PREVIEW:
+        raise ArgumentError("identities", f"must hold 1 to {MAX_PREVIEW} identities (one row of the grid each), "
+                                          f"got {identities.numel():,}")
+    rows = identities.numel()
     chosen, quality = preview_selection(identities, cols, world)
     out = world.render(identities.repeat_interleave(cols), chosen.reshape(-1))
     imgs = out.images.view(rows, cols, 3, world.image_size, world.image_size)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import as_int
+from .checks import ArgumentError, as_int
 from .margins import Margin, make_margin
 
 
@@ -38,23 +38,43 @@ class Head(nn.Module):
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.held_tensors().values())
 
+    def weights_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the head's parameters, or of its buffers when it has none
+        (AttFC's container); None for a head that holds no floating tensor."""
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+
     def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Refuse what would fail deep inside torch or give a nan loss, naming the argument."""
+        for name, value in (("embeddings", embeddings), ("labels", labels)):
+            if not isinstance(value, torch.Tensor):
+                raise ArgumentError(name, f"must be a torch.Tensor, got {type(value).__name__}; convert it with "
+                                          f"torch.as_tensor(...)")
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(
-                f"embeddings must have shape [batch, embedding_dim={self.embedding_dim}], got {tuple(embeddings.shape)}; "
-                "check the backbone's embedding_dim"
-            )
+            raise ArgumentError(
+                "embeddings", f"must have shape [batch, embedding_dim={self.embedding_dim}], got "
+                              f"{tuple(embeddings.shape)}; check the backbone's embedding_dim")
+        if embeddings.shape[0] == 0:
+            raise ArgumentError("embeddings", f"must hold at least one row, got shape {tuple(embeddings.shape)}: the "
+                                              "mean loss of an empty batch is nan")
+        expected = self.weights_dtype()
+        if expected is not None and embeddings.dtype != expected:
+            raise ArgumentError(
+                "embeddings", f"must have the head's dtype {expected}, got {embeddings.dtype}; cast them with "
+                              f"embeddings.to({expected}) (as train does with .float() after autocast), or the "
+                              f"head with head.to({embeddings.dtype})")
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(
-                f"labels must be 1-D with one entry per embedding ({embeddings.shape[0]}), got shape {tuple(labels.shape)}"
-            )
+            raise ArgumentError(
+                "labels", f"must be 1-D with one entry per embedding ({embeddings.shape[0]}), got shape "
+                          f"{tuple(labels.shape)}")
         if labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"labels must be an integer tensor (int64), got {labels.dtype}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, num_classes={self.num_classes}); got min {int(labels.min())}, "
-                f"max {int(labels.max())}: build the head with num_classes covering every identity"
-            )
+            raise ArgumentError("labels", f"must be an integer tensor (int64), got {labels.dtype}")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ArgumentError(
+                "labels", f"must lie in [0, num_classes={self.num_classes}); got min {int(labels.min())}, "
+                          f"max {int(labels.max())}: build the head with num_classes covering every identity")
 
 
 class FullFC(Head):

@@ -307,7 +307,7 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
 
 def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, train_set=None, eval_set=None, stop_after_epoch: int | None = None,
-          evaluate: bool = True, callback=None, overwrite: bool = False) -> TrainResult:
+          evaluate: bool = True, callback=None, overwrite: bool = False, check_memory: bool = True) -> TrainResult:
     """Train backbone + head on the synthetic world (or the given datasets), then evaluate.
 
     `out_dir` gets a checkpoint after every epoch and metrics.json at the end. A folder that
@@ -323,6 +323,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
 
     `stop_after_epoch` ends the run early as if interrupted (the checkpoint stays), which is
     how the tests and the lesson show that `resume=True` continues the same run.
+    `check_memory=False` skips the check that the run's predicted memory fits the machine (for
+    the runs that are meant to run out of memory under a cap: `memory.oom`).
     """
     from tqdm.auto import tqdm
 
@@ -379,8 +381,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     given_train_set = train_set is not None
     if train_set is None:
         _check_batch(config.batch_size, config.num_classes * config.images_per_identity)
-        _check_memory(config, default_device(config.device), stream=config.stream_data,
-                      eval_images=config.eval_identities * config.eval_images_per_identity if evaluate else 0)
+        if check_memory:
+            _check_memory(config, default_device(config.device), stream=config.stream_data,
+                          eval_images=config.eval_identities * config.eval_images_per_identity if evaluate else 0)
     if train_set is None and config.stream_data:
         train_set = StreamedFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                   config.seed, device=default_device(config.device))
@@ -392,9 +395,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                                            f"{train_set.num_classes} identities; set num_classes to match")
     n = len(train_set)
     _check_batch(config.batch_size, n)
-    _check_memory(config, default_device(config.device), stream=config.stream_data or given_train_set,
-                  eval_images=0 if not evaluate or eval_set is not None else
-                  config.eval_identities * config.eval_images_per_identity)
+    if check_memory:
+        _check_memory(config, default_device(config.device), stream=config.stream_data or given_train_set,
+                      eval_images=0 if not evaluate or eval_set is not None else
+                      config.eval_identities * config.eval_images_per_identity)
     seed_everything(config.seed)
     device = default_device(config.device)
     backbone, head = build(config, device)

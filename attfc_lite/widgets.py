@@ -58,16 +58,26 @@ def dataset_for(num_classes: int) -> str:
     return next((name for name, n in DATASETS.items() if n == num_classes), "custom")
 
 
+def _dataset_size(name: Any) -> int | None:
+    """The identities of the dataset `name` of `DATASETS` (any case: 'webface42m'), else None."""
+    if isinstance(name, str):
+        for key, n in DATASETS.items():
+            if key.lower() == name.strip().lower():
+                return n
+    return None
+
+
 def resolve_num_classes(num_classes: int | str) -> int:
-    """N from a number of identities (1e6 accepted, 10.7 refused) or a dataset name of `DATASETS`;
-    an ArgumentError (a ValueError) names the argument and what is allowed."""
-    if isinstance(num_classes, str) and num_classes in DATASETS:
-        return DATASETS[num_classes]
+    """N from a number of identities (1e6 accepted, 10.7 refused) or a dataset name of `DATASETS`
+    (any case); an ArgumentError (a ValueError) names the argument and what is allowed."""
+    n = _dataset_size(num_classes)
+    if n is not None:
+        return n
     try:
         return as_int("num_classes", num_classes, 2)
     except ArgumentError:
         raise ArgumentError("num_classes", f"must be a whole number of identities >= 2 or a dataset name of "
-                                           f"{sorted(DATASETS)}, got {num_classes!r}") from None
+                                           f"{sorted(DATASETS)} (any case), got {num_classes!r}") from None
 
 
 def _check_optimizer(optimizer: str, choices: tuple[str, ...] = OPTIMIZERS) -> str:
@@ -85,6 +95,28 @@ def _check_backbone(backbone: str | None) -> str | None:
 
 def _check_container_size(container_size: int | None, maximum: int | None = None) -> int | None:
     return None if container_size is None else as_int("container_size", container_size, 1, maximum)
+
+
+#: fit_verdict's keywords beyond its signature (`predict_training_step`'s, and `dtype`), with the
+#: head each belongs to (None: every head).
+_FIT_KEYWORDS = {"momentum": None, "weight_decay": None, "dtype": None, "sample_rate": "partial_fc",
+                 "container_ratio": "attfc", "num_keys": "attfc"}
+
+
+def _check_fit_keywords(kind: str, container_size: Any, given: dict[str, Any]) -> None:
+    """Refuse a keyword fit_verdict does not take (a TypeError, as Python's own) and an option of
+    another head than `kind` (an ArgumentError naming it: it would be ignored without a word)."""
+    unknown = sorted(k for k in given if k not in _FIT_KEYWORDS)
+    if unknown:
+        raise TypeError(f"fit_verdict() got an unexpected keyword argument {unknown[0]!r}; besides its own "
+                        f"arguments it takes {sorted(_FIT_KEYWORDS)}")
+    foreign = [k for k in given if _FIT_KEYWORDS[k] not in (None, kind)]
+    if container_size is not None and kind != "attfc":
+        foreign.insert(0, "container_size")
+    if foreign:
+        owner = "attfc" if foreign[0] == "container_size" else _FIT_KEYWORDS[foreign[0]]
+        raise ArgumentError(foreign[0], f"is an option of head={owner!r}, which head={kind!r} would ignore; drop it "
+                                        f"or pass head={owner!r}")
 
 
 def _check_result(name: str, result: Any, keys: tuple[str, ...], made_by: str) -> dict[str, Any]:
@@ -123,6 +155,9 @@ def fit_verdict(
     'pure_fp16' / 'pure_bf16': everything in 16 bits, not how models are trained; the old dtype
     names 'float32' / 'float16' / 'bfloat16' mean fp32 / pure_fp16 / pure_bf16). AttFC's
     container: `container_size` Q, or None for Q = 0.3 N (the official configuration).
+    `model_kwargs`: momentum, weight_decay, and the options of one head (sample_rate for
+    'partial_fc'; container_ratio, num_keys for 'attfc'); a head's option given with another
+    head (container_size too) is refused, not ignored. `num_classes` may be a dataset name.
 
     Returns a dict: `breakdown` (bytes of every term alive at the predicted peak; they sum to
     `peak_bytes`), `descriptions` and `part_of` (each term's meaning and part), `parts` (the
@@ -134,6 +169,8 @@ def fit_verdict(
     line) and `notes` (what else to know).
     """
     n = resolve_num_classes(num_classes)
+    kind = canonical_head(head)
+    _check_fit_keywords(kind, container_size, model_kwargs)
     if "dtype" in model_kwargs:  # the widget's old name for the precision menu
         precision = model_kwargs.pop("dtype")
     device_gib = as_float("device_gib", device_gib, 0, low_open=True)
@@ -142,7 +179,6 @@ def fit_verdict(
     embedding_dim = as_int("embedding_dim", embedding_dim, 1)
     batch_size = as_int("batch_size", batch_size, 1)
     pc = precision_config(precision)
-    kind = canonical_head(head)
     opt = _check_optimizer(optimizer)
     backbone = _check_backbone(backbone)
     container_size = _check_container_size(container_size)
@@ -277,8 +313,7 @@ def fit_curve(
     'fc_limit_24gb' (largest N whose full-FC step fits 24 GiB) for these settings.
     """
     # the curve starts at 10^4 identities; a dataset name stands for its identities
-    top = DATASETS[max_num_classes] if isinstance(max_num_classes, str) and max_num_classes in DATASETS \
-        else as_int("max_num_classes", max_num_classes, 10_001)
+    top = _dataset_size(max_num_classes) or as_int("max_num_classes", max_num_classes, 10_001)
     points = as_int("points", points, 2, 1000)  # two ends at least: the curve divides by points - 1
     container_size = _check_container_size(container_size)
     ns = sorted({int(round(10 ** (4 + (math.log10(top) - 4) * i / (points - 1)))) for i in range(points)})
@@ -412,9 +447,10 @@ def will_it_fit_widget(
 
     def update(*_: Any) -> None:
         c = settings()
+        head = controls["head"].value  # the fixed Q is AttFC's: the other heads are refused it
         box.result = fit_verdict(controls["num_classes"].value, c["embedding_dim"], c["batch_size"], c["precision"],
-                                 controls["device_gib"].value, controls["head"].value, c["optimizer"], c["backbone"],
-                                 c["container_size"])
+                                 controls["device_gib"].value, head, c["optimizer"], c["backbone"],
+                                 c["container_size"] if head == "attfc" else None)
         output.value = verdict_html(box.result)
         if plot:
             import matplotlib.pyplot as plt
@@ -477,6 +513,20 @@ def interpolate_sweep(sweep: dict, value: float) -> dict[str, Any]:
     return {"accuracy": points[-1][1], "measured": True, "clamped": False, "between": (xs[-1], xs[-1])}
 
 
+DCC_SWEEP_PARAM = "dcc-ratio"  # the `param` of a stored sweep of the container ratio
+
+
+def _check_dcc_sweep(sweep: Any, keys: tuple[str, ...]) -> dict:
+    """`sweep` if it is a stored sweep of the container ratio, else an ArgumentError naming `sweep`."""
+    sweep = _check_result("sweep", sweep, keys, "sweep.load_sweep")
+    param = sweep.get("param")
+    if param != DCC_SWEEP_PARAM:
+        got = f"a sweep of {param!r}" if param is not None else "a sweep without its 'param'"
+        raise ArgumentError("sweep", f"must be a sweep of {DCC_SWEEP_PARAM!r} (the container ratio), got {got}; "
+                                     f"load data/sweeps/dcc_ratio.json with sweep.load_sweep('dcc_ratio')")
+    return sweep
+
+
 def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_size: int = 128,
              sweep: dict | None = None) -> dict[str, Any]:
     """What a container of `ratio` x `num_classes` entries costs and buys (the DCC-size widget's callback).
@@ -485,12 +535,14 @@ def dcc_size(ratio: float, num_classes: int, embedding_dim: int = 512, batch_siz
     'fc_peak_bytes' (the memory model's head step, fp32, SGD), 'attfc_breakdown', 'fc_breakdown',
     'identities_present' (expected share of the identities with at least one entry, for
     uniformly drawn labels: 1 - (1 - 1/N)^Q) and, with a stored `sweep` of dcc-ratio,
-    'accuracy' from `interpolate_sweep` (None without one).
+    'accuracy' from `interpolate_sweep` (None without one). `num_classes` may be a dataset name.
     """
     from .attfc import container_capacity
 
     ratio = as_float("ratio", ratio, 0, 1, low_open=True)  # the container's share of the identities
-    num_classes = as_int("num_classes", num_classes, 2)
+    num_classes = resolve_num_classes(num_classes)
+    if sweep is not None:
+        sweep = _check_dcc_sweep(sweep, ("summary",))
     embedding_dim = as_int("embedding_dim", embedding_dim, 1)
     batch_size = as_int("batch_size", batch_size, 1)
     q = container_capacity(num_classes, ratio)
@@ -547,7 +599,7 @@ def plot_dcc_size(result: dict[str, Any], sweep: dict | None = None, axes=None):
 
     result = _check_result("result", result, _DCC_KEYS, "dcc_size")
     if sweep is not None:
-        sweep = _check_result("sweep", sweep, ("summary", "seeds", "config", "device"), "sweep.load_sweep")
+        sweep = _check_dcc_sweep(sweep, ("summary", "seeds", "config", "device"))
     if axes is None:
         axes = plt.subplots(1, 2 if sweep is not None else 1, figsize=(11, 3.4) if sweep is not None else (6, 3.4))[1]
     ax_mem, ax_acc = (axes if sweep is not None else (axes, None))
@@ -605,13 +657,16 @@ def dcc_size_widget(ratio: float = 0.3, num_classes: int = DATASETS["WebFace42M"
     largest = DATASETS["WebFace42M"]
     # the sliders' ranges: a start outside them would be clamped without a word
     ratio = as_float("ratio", ratio, 0.01, 1)
-    num_classes = as_int("num_classes", num_classes, 1000, largest)
+    num_classes = resolve_num_classes(num_classes)
+    if not 1000 <= num_classes <= largest:
+        raise ArgumentError("num_classes", f"must be a whole number >= 1,000 and <= {largest:,} in the widget "
+                                           f"(dcc_size takes any N), got {num_classes:,}")
     if isinstance(sweep, str):
         from .sweep import load_sweep
 
         sweep = load_sweep(sweep)
-    elif sweep is not None:
-        sweep = _check_result("sweep", sweep, ("summary", "seeds", "config", "device"), "sweep.load_sweep")
+    if sweep is not None:
+        sweep = _check_dcc_sweep(sweep, ("summary", "seeds", "config", "device"))
     controls = dict(
         ratio=w.FloatLogSlider(value=float(ratio), base=10, min=-2, max=0, step=0.05, description="ratio Q/N",
                                readout_format=".3g", continuous_update=False),

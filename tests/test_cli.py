@@ -138,7 +138,7 @@ def test_bad_argument_messages_name_the_problem(runs):
     _, r = runs
     assert "--classes" in r["classes-zero"].stderr and "abc" in r["classes-text"].stderr
     assert "tpu" in r["device-tpu"].stderr and "--out" in r["preview-txt"].stderr
-    assert "--classes must be a whole number >= 2" in r["classes-one"].stderr
+    assert "--classes: must be a whole number >= 2" in r["classes-one"].stderr
     assert "--margin-m" in r["combined-one-m"].stderr and "big" in r["margin-m-text"].stderr
     assert "--k" in r["memory-foreign-flag"].stderr and "--dcc-ratio" in r["dcc-ratio-too-big"].stderr
     assert "--no-mask only applies to --head attfc" in r["no-mask-fc"].stderr

@@ -663,3 +663,90 @@ def test_rendering_can_keep_images_where_they_were_rendered():
     host, q_host = render_images(world, ids, idx, batch_size=2)
     kept, q_kept = render_images(world, ids, idx, batch_size=2, device="cpu", keep_on_device=True)
     assert torch.equal(host, kept) and torch.equal(q_host, q_kept) and kept.dtype == torch.uint8
+
+
+# -- sizes and devices refused before any work -------------------------------------------------
+
+
+@pytest.mark.parametrize("num_images", [1e12, 10_000_001, 0, 2.5])
+def test_bench_refuses_a_count_beyond_its_bound_naming_it(num_images, monkeypatch):
+    calls = []
+    _spy(monkeypatch, "render", calls, call_through=False)
+    with pytest.raises(ArgumentError) as info:
+        bench(num_images=num_images, device="cpu")
+    assert info.value.name == "num_images" and "10,000,000" in str(info.value) and calls == []
+
+
+def test_bench_builds_each_chunks_indices_not_all_of_them_up_front(monkeypatch):
+    # bench(1e12) once asked for two index tensors of 10^12 int64 before rendering anything: each
+    # render must now get indices that live in a chunk-sized storage, not slices of a huge one.
+    storages = []
+
+    def spy(self, ids, idx, device=None):
+        storages.append(max(ids.untyped_storage().nbytes(), idx.untyped_storage().nbytes()))
+
+    monkeypatch.setattr(FaceWorld, "render", spy)
+    result = bench(num_images=100_000, device="cpu", repeats=1)
+    chunk = render_chunk(32, "cpu")
+    assert result["num_images"] == 100_000 and result["chunk"] == chunk == 512
+    assert len(storages) == 1 + -(-100_000 // chunk)  # the warm-up, then every chunk
+    assert max(storages) <= chunk * 8  # int64 indices of one chunk (the old slices kept 800,000 bytes)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_identities=100_000), "num_identities"),
+    (dict(num_identities=101), "num_identities"),
+    (dict(num_identities=0), "num_identities"),
+    (dict(images_per_identity=1000), "images_per_identity"),
+    (dict(images_per_identity=101), "images_per_identity"),
+    (dict(identities=list(range(101))), "identities"),
+    (dict(identities=torch.tensor([], dtype=torch.int64)), "identities"),
+])
+def test_plot_preview_refuses_more_than_a_preview_before_rendering(kwargs, name, monkeypatch):
+    calls = []
+    _spy(monkeypatch, "render", calls, call_through=False)
+    with pytest.raises(ArgumentError) as info:
+        plot_preview(FaceWorld(seed=0), **kwargs)
+    assert info.value.name == name and str(info.value).startswith(name) and "100" in str(info.value)
+    assert calls == []
+
+
+def test_plot_preview_takes_a_grid_of_100_by_100(monkeypatch):
+    # up to the bound the checks pass and the grid is rendered (stopped here before drawing 10,000 panels)
+    class Rendered(Exception):
+        pass
+
+    def render(self, ids, idx, device=None):
+        raise Rendered(int(torch.as_tensor(ids).numel()))
+
+    monkeypatch.setattr(FaceWorld, "render", render)
+    with pytest.raises(Rendered) as info:
+        plot_preview(FaceWorld(seed=0), num_identities=100, images_per_identity=100)
+    assert info.value.args == (100 * 100,)
+    with pytest.raises(Rendered):
+        plot_preview(FaceWorld(seed=0), identities=torch.arange(100) * 3, images_per_identity=1)
+
+
+@pytest.mark.parametrize("device", ["meta", "tpu", "cpu:1", torch.device("meta")])
+def test_render_refuses_a_device_that_cannot_render_naming_it(device):
+    with pytest.raises(ArgumentError) as info:
+        WORLD.render(torch.tensor([0, 1]), torch.tensor([0, 0]), device=device)
+    assert info.value.name == "device" and str(info.value).startswith("device")
+    with pytest.raises(ArgumentError) as info:
+        SyntheticFaces(num_identities=2, images_per_identity=1, device=device)
+    assert info.value.name == "device"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_render_on_cuda_without_a_gpu_is_refused_naming_device(device):
+    with pytest.raises(ArgumentError) as info:
+        WORLD.render(torch.tensor([0]), torch.tensor([0]), device=device)
+    assert info.value.name == "device" and "no CUDA device" in str(info.value) and "'cpu'" in str(info.value)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "auto" if not torch.cuda.is_available() else "cpu"])
+def test_render_on_a_good_device_is_the_same_render(device):
+    ids, idx = torch.tensor([0, 5]), torch.tensor([1, 0])
+    out = WORLD.render(ids, idx, device=device)
+    assert out.images.device.type == "cpu" and torch.equal(out.images, WORLD.render(ids, idx).images)

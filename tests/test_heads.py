@@ -160,3 +160,90 @@ def test_training_fullfc_alone_drives_loss_down_on_separable_embeddings():
     assert last < 0.1 * first
     # Every embedding's nearest centre is now its own class.
     assert torch.equal(head.cosine(emb).argmax(1), labels)
+
+
+# --------------------------------------------------------------------------- inputs refused by name
+
+def _call(head, embeddings, labels):
+    """head(embeddings, labels), with AttFC's keys (K per row, float32) when the head needs them."""
+    if not head.num_keys:
+        return head(embeddings, labels)
+    rows = len(embeddings) if hasattr(embeddings, "__len__") else 0
+    return head(embeddings, labels, torch.randn(rows, head.num_keys, 8))
+
+
+HEAD_NAMES = ["fc", "partial_fc", "attfc"]
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+def test_an_empty_batch_is_refused_not_a_nan_loss(name):
+    from attfc_lite.checks import ArgumentError
+
+    head = make_head(name, 8, 10)
+    with pytest.raises(ArgumentError) as info:
+        _call(head, torch.randn(0, 8), torch.zeros(0, dtype=torch.int64))
+    assert info.value.name == "embeddings" and "at least one row" in str(info.value)
+    loss = _call(head, torch.randn(1, 8), torch.tensor([3]))  # one row is a batch
+    assert loss.dim() == 0 and math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64])
+def test_embeddings_of_another_dtype_than_the_head_are_refused(name, dtype):
+    from attfc_lite.checks import ArgumentError
+
+    head = make_head(name, 8, 10)  # float32
+    emb = torch.randn(3, 8).to(dtype)
+    with pytest.raises(ArgumentError) as info:
+        _call(head, emb, torch.tensor([0, 1, 2]))
+    text = str(info.value)
+    assert info.value.name == "embeddings" and text.startswith("embeddings")
+    assert "torch.float32" in text and str(dtype) in text
+    # the fix the message gives: cast the embeddings to the head's dtype
+    assert math.isfinite(_call(head, emb.float(), torch.tensor([0, 1, 2])).item())
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_a_head_built_in_another_dtype_takes_embeddings_of_that_dtype(name, dtype):
+    # memory.measure builds heads in the measured dtype and feeds them inputs of it
+    from attfc_lite.memory.measure import build_head, step_inputs
+
+    head = build_head(name, 10, 8, dtype)
+    emb, labels, keys = step_inputs(head, 4, torch.device("cpu"))
+    assert emb.dtype == getattr(torch, dtype)
+    loss = head(emb, labels) if keys is None else head(emb, labels, keys)
+    assert loss.dtype == emb.dtype and math.isfinite(loss.item())
+
+
+def test_weights_dtype_is_the_weights_or_the_containers():
+    assert FullFC(4, 3).weights_dtype() == torch.float32
+    assert FullFC(4, 3).double().weights_dtype() == torch.float64
+    assert make_head("attfc", 4, 10).half().weights_dtype() == torch.float16  # no parameters: the container
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+@pytest.mark.parametrize("which", ["embeddings", "labels"])
+@pytest.mark.parametrize("convert", [lambda t: t.tolist(), lambda t: t.numpy()], ids=["list", "numpy"])
+def test_inputs_that_are_not_tensors_are_refused_by_name(name, which, convert):
+    from attfc_lite.checks import ArgumentError
+
+    head = make_head(name, 8, 10)
+    good = {"embeddings": torch.randn(3, 8), "labels": torch.tensor([0, 1, 2])}
+    bad = dict(good, **{which: convert(good[which])})
+    with pytest.raises(ArgumentError) as info:
+        _call(head, bad["embeddings"], bad["labels"])
+    assert info.value.name == which and "must be a torch.Tensor" in str(info.value)
+    assert type(bad[which]).__name__ in str(info.value)
+    assert math.isfinite(_call(head, good["embeddings"], good["labels"]).item())
+
+
+def test_attfc_keys_that_are_not_a_tensor_are_refused_by_name():
+    from attfc_lite.checks import ArgumentError
+
+    head = make_head("attfc", 8, 10, num_keys=2)
+    emb, labels, keys = torch.randn(3, 8), torch.tensor([0, 1, 2]), torch.randn(3, 2, 8)
+    with pytest.raises(ArgumentError) as info:
+        head(emb, labels, keys.tolist())
+    assert info.value.name == "keys" and "must be a torch.Tensor" in str(info.value)
+    assert math.isfinite(head(emb, labels, keys).item())

@@ -77,13 +77,25 @@ def spy(monkeypatch):
 
 def test_check_fits_allows_half_the_cpu_and_nine_tenths_of_cuda(free_memory):
     free_memory(200)
-    guard.check_fits(100, "cpu", "num_classes", "x", "")  # exactly half: measured
+    guard.check_fits(100, "cpu", "budget_bytes", "x", "")  # exactly half: measured
     with pytest.raises(ArgumentError) as info:
-        guard.check_fits(101, "cpu", "num_classes", "x", "")
-    assert info.value.name == "num_classes"
-    guard.check_fits(180, torch.device("cuda"), "num_classes", "x", "")  # 0.9 x 200
+        guard.check_fits(101, "cpu", "budget_bytes", "x", "")
+    assert info.value.name == "budget_bytes"
+    guard.check_fits(180, torch.device("cuda"), "budget_bytes", "x", "")  # 0.9 x 200
     with pytest.raises(ArgumentError):
-        guard.check_fits(181, torch.device("cuda"), "num_classes", "x", "")
+        guard.check_fits(181, torch.device("cuda"), "budget_bytes", "x", "")
+
+
+@pytest.mark.parametrize("name", [None, "num_classes"])
+def test_a_whole_step_too_large_blames_no_one_argument(free_memory, name):
+    # 'num_classes' is what the head-step measurements pass: N, D and B together set the step
+    free_memory(200)
+    guard.check_fits(100, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
+    with pytest.raises(ValueError) as info:
+        guard.check_fits(101, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
+    text = str(info.value)
+    assert not isinstance(info.value, ArgumentError) and not text.startswith("num_classes")
+    assert text.startswith("this step is too large to measure on cpu: N = 5, D = 6, B = 7") and text.endswith("advice.")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/meminfo")
@@ -108,13 +120,44 @@ def test_memory_report_refuses_what_cannot_fit_and_allocates_nothing(free_memory
         memory_report("fc", n, D, B)
     assert calls == []
     text = str(info.value)
-    assert isinstance(info.value, ArgumentError) and info.value.name == "num_classes"
+    assert not isinstance(info.value, ArgumentError)  # N, D and B together: no one of them is blamed
+    assert text.startswith(f"this step is too large to measure on cpu: N = 1,000,000, D = {D}, B = {B}")
     # needed: 7 x 10^6 x 2048 + 2 x 128 x 2048 + 1024 = 14,336,525,312 bytes = 13.4 GiB
     assert fc_peak(n) == 14_336_525_312
     assert "needs about 13.4 GiB" in text and "1.0 GiB available" in text and "512.0 MiB" in text
     assert "measure=False" in text and "--no-measure" in text
     # the prediction alone is still given, the same machine
     assert memory_report("fc", n, D, B, measure=False)["predicted"]["peak"] == fc_peak(n)
+
+
+@pytest.mark.parametrize("head,sizes,shown", [
+    ("fc", dict(embedding_dim=10 ** 9), "N = 1,000, D = 1,000,000,000, B = 128"),
+    ("fc", dict(batch_size=10 ** 9), "N = 1,000, D = 512, B = 1,000,000,000"),
+    ("attfc", dict(num_keys=10 ** 9), "N = 1,000, D = 512, B = 128"),  # K keys per query
+])
+def test_memory_report_does_not_blame_num_classes_for_another_size(free_memory, spy, head, sizes, shown):
+    free_memory(GiB)
+    calls = spy(measure, "build_head")
+    with pytest.raises(ValueError) as info:
+        memory_report(head, 1000, device="cpu", **sizes)
+    text = str(info.value)
+    assert calls == [] and not isinstance(info.value, ArgumentError)
+    assert text.startswith(f"this step is too large to measure on cpu: {shown}") and "--no-measure" in text
+    assert "num_classes" not in text and "classes is too large" not in text
+    # what the message advises: the prediction alone
+    assert memory_report(head, 1000, device="cpu", measure=False, **sizes)["measured_peak_bytes"] is None
+
+
+def test_memory_command_does_not_blame_classes_for_a_huge_dim(free_memory, capsys):
+    from attfc_lite.__main__ import main
+
+    free_memory(GiB)
+    with pytest.raises(SystemExit) as exit_:
+        main(["memory", "--classes", "1000", "--dim", "1e9", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "error: this step is too large to measure on cpu: N = 1,000, D = 1,000,000,000, B = 128" in err
+    assert "--classes" not in err and "--no-measure" in err
 
 
 def test_memory_report_measures_exactly_up_to_half_the_available_memory(free_memory, monkeypatch):
@@ -131,7 +174,7 @@ def test_memory_report_measures_exactly_up_to_half_the_available_memory(free_mem
     memory_report("fc", n, D, B, device="cpu")
     assert seen == [(n, B)]
     free_memory(2 * fc_peak(n) - 2)
-    with pytest.raises(ArgumentError, match="num_classes"):
+    with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 2,000"):
         memory_report("fc", n, D, B, device="cpu")
     assert len(seen) == 1
 
@@ -140,7 +183,7 @@ def test_measure_head_step_refuses_before_its_first_tensor(free_memory, spy):
     head = FullFC(D, 1000)
     free_memory(1)
     calls = spy(measure, "step_inputs")
-    with pytest.raises(ArgumentError, match="num_classes is too large to measure"):
+    with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 1,000"):
         measure_head_step(head, B, device="cpu")
     assert calls == []
 
@@ -148,7 +191,7 @@ def test_measure_head_step_refuses_before_its_first_tensor(free_memory, spy):
 def test_agreement_table_checks_every_size_before_measuring_the_first(free_memory, spy):
     free_memory(2 * fc_peak(1000))
     calls = spy(measure, "measure_head_step")
-    with pytest.raises(ArgumentError, match=r"N = 1,000,000"):
+    with pytest.raises(ValueError, match=r"^this step is too large to measure on cpu: N = 1,000,000"):
         agreement_table((1000, 10 ** 6), D, B)
     assert calls == []
 
@@ -156,7 +199,7 @@ def test_agreement_table_checks_every_size_before_measuring_the_first(free_memor
 def test_allocation_table_refuses_what_cannot_fit(free_memory, spy):
     free_memory(MiB)
     calls = spy(measure, "build_head")
-    with pytest.raises(ArgumentError, match="num_classes"):
+    with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 100,000, D = 64, B = 32"):
         allocation_table("fc", 10 ** 5, 64, 32)
     assert calls == []
 
@@ -180,7 +223,7 @@ def test_measure_model_step_refuses_before_building(free_memory, spy):
     # the 8 images of 3 x 16 x 16 floats alone need 24,576 bytes: more than half of 49,151
     assert 8 * 3 * 16 * 16 * 4 == 24_576
     free_memory(49_151)
-    with pytest.raises(ArgumentError, match="num_classes"):
+    with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 50, D = 16, B = 8"):
         measure_model_step(TrainConfig(num_classes=50, embedding_dim=16, batch_size=8, image_size=16, device="cpu"))
     assert calls == []
 

@@ -295,7 +295,7 @@ def test_dcc_size_reads_the_sweep_between_and_at_measured_points():
     assert mid["accuracy"] == pytest.approx(0.85) and not mid["measured"] and mid["between"] == (0.01, 0.1)
     low = interpolate_sweep(sweep, 0.001)
     assert low["accuracy"] == 0.80 and low["clamped"]
-    assert dcc_size(1.0, 2000, sweep=sweep)["accuracy"]["accuracy"] == 0.86
+    assert dcc_size(1.0, 2000, sweep={"param": "dcc-ratio", **sweep})["accuracy"]["accuracy"] == 0.86
     from attfc_lite.sweep import load_sweep
 
     stored = load_sweep("dcc_ratio")
@@ -497,3 +497,103 @@ def test_dcc_size_widget_refuses_a_start_outside_its_sliders(kwargs, name):
     with pytest.raises(ArgumentError) as info:
         dcc_size_widget(**{"sweep": None, **kwargs})
     assert info.value.name == name
+
+
+# ---------------------------------------------------------------- options of another head, names, sweeps
+
+
+@pytest.mark.parametrize("head,kwargs,name,owner", [
+    ("fc", dict(container_size=5), "container_size", "attfc"),
+    ("partial_fc", dict(container_size=5), "container_size", "attfc"),
+    ("fc", dict(container_ratio=0.1), "container_ratio", "attfc"),
+    ("partial_fc", dict(num_keys=3), "num_keys", "attfc"),
+    ("attfc", dict(sample_rate=0.2), "sample_rate", "partial_fc"),
+    ("fc", dict(sample_rate=0.2), "sample_rate", "partial_fc"),
+])
+def test_fit_verdict_refuses_an_option_of_another_head(head, kwargs, name, owner):
+    from attfc_lite.checks import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        fit_verdict(1000, head=head, backbone=None, **kwargs)
+    assert info.value.name == name and str(info.value).startswith(name)
+    assert f"head={owner!r}" in str(info.value) and f"head={head!r}" in str(info.value)
+    # with its own head the option is taken
+    assert fit_verdict(1000, head=owner, backbone=None, **kwargs)["head"] == owner
+
+
+def test_fit_verdict_options_of_its_head_change_the_peak():
+    # Q = 5 fixed entries against Q = 0.3 x 100,000: the container and B x Q logits shrink
+    fixed = fit_verdict(100_000, head="attfc", container_size=5, backbone=None)
+    assert fixed["container_size"] == 5
+    assert fixed["peak_bytes"] < fit_verdict(100_000, head="attfc", backbone=None)["peak_bytes"]
+    # the FC head with no container_size is the FC head: container_size=None is the default, not an option
+    assert fit_verdict(1000, head="fc", container_size=None, backbone=None)["peak_bytes"] == fc_peak(1000)
+
+
+def test_fit_verdict_names_an_unknown_keyword_and_itself():
+    with pytest.raises(TypeError) as info:
+        fit_verdict(1000, backbone=None, containr_size=5)
+    text = str(info.value)
+    assert "fit_verdict" in text and "'containr_size'" in text and "predict_training_step" not in text
+    assert fit_verdict(1000, backbone=None, momentum=0.0)["peak_bytes"] < fc_peak(1000)  # a keyword it takes
+
+
+@pytest.mark.parametrize("name", ["webface42m", "WEBFACE42M", " WebFace42M "])
+def test_dataset_names_are_taken_in_any_case(name):
+    assert resolve_num_classes(name) == N42
+    assert fit_verdict(name, backbone=None)["peak_bytes"] == fc_peak(N42)
+    assert fit_curve(points=2, max_num_classes=name.lower(), backbone=None)["num_classes"][-1] == N42
+
+
+def test_dcc_size_takes_a_dataset_name_as_fit_verdict_does():
+    from attfc_lite.widgets import dcc_size
+
+    r = dcc_size(0.3, "WebFace42M")
+    assert r["num_classes"] == N42 and r["capacity"] == int(0.3 * N42) == 617_971
+    assert dcc_size(0.3, "ms1mv3")["num_classes"] == 93_431
+    with pytest.raises(ValueError) as info:
+        dcc_size(0.3, "WebFace100M")
+    assert getattr(info.value, "name", None) == "num_classes" and "WebFace42M" in str(info.value)
+
+
+def test_dcc_size_refuses_a_stored_sweep_of_another_setting():
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.sweep import load_sweep
+    from attfc_lite.widgets import dcc_size, plot_dcc_size
+
+    k_sweep = load_sweep("k")  # data/sweeps/k.json: accuracy against K, not against the ratio
+    assert k_sweep["param"] == "k"
+    for call in (lambda: dcc_size(0.3, 1000, sweep=k_sweep),
+                 lambda: plot_dcc_size(dcc_size(0.3, 1000), k_sweep),
+                 lambda: dcc_size(0.3, 1000, sweep={key: v for key, v in SWEEP.items() if key != "param"})):
+        with pytest.raises(ArgumentError) as info:
+            call()
+        assert info.value.name == "sweep" and "'dcc-ratio'" in str(info.value)
+    assert "'k'" in str(pytest.raises(ArgumentError, dcc_size, 0.3, 1000, sweep=k_sweep).value)
+    stored = load_sweep("dcc_ratio")
+    first = stored["summary"][0]
+    got = dcc_size(first["value"], 1000, sweep=stored)["accuracy"]
+    assert got["measured"] is True and got["accuracy"] == first["accuracy_mean"]
+
+
+def test_dcc_size_widget_refuses_a_sweep_of_another_setting_and_takes_a_dataset_name():
+    pytest.importorskip("ipywidgets")
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.widgets import dcc_size_widget
+
+    with pytest.raises(ArgumentError) as info:
+        dcc_size_widget(sweep="k")
+    assert info.value.name == "sweep"
+    box = dcc_size_widget(num_classes="webface4m", sweep=None)
+    assert box.result["num_classes"] == 205_990
+
+
+def test_will_it_fit_widget_gives_the_fixed_container_to_attfc_only():
+    pytest.importorskip("ipywidgets")
+    box = will_it_fit_widget(num_classes=100_000, head="attfc", container_size=5, device_gib=24, backbone=None,
+                             plot=False)
+    assert box.controls["container"].value == "fixed" and box.result["container_size"] == 5
+    box.controls["head"].value = "fc"  # the fixed Q stays in its box, but is not AttFC's any more
+    assert box.result["head"] == "fc" and box.result["peak_bytes"] == fc_peak(100_000)
+    box.controls["head"].value = "attfc"
+    assert box.result["container_size"] == 5

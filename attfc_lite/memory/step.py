@@ -207,7 +207,7 @@ class WholeStep:
         # two steps: the second holds the momentum buffers, the steady state
         config = replace(TrainConfig.from_dict(self.config), num_classes=int(num_classes), max_steps=int(steps),
                          stream_data=True, device=str(device))
-        train(config, progress=False, evaluate=False)
+        train(config, progress=False, evaluate=False, check_memory=False)  # a real OOM is the point
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
