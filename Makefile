@@ -39,9 +39,10 @@ lab: $(STAMP)
 # adds each notebooks/*.ipynb as a file of cells; --nbval-current-env runs the
 # notebooks in this venv rather than whatever kernel their metadata names.
 # MPLBACKEND is cleared so the notebooks' kernels keep the inline backend (their stored
-# figure outputs are compared); tests/conftest.py puts the unit tests on Agg.
+# figure outputs are compared); tests/conftest.py puts the unit tests on Agg. -rs lists every
+# skipped test with its reason (the CUDA tests on a CPU; the browser test without chromium).
 test: $(STAMP)
-	env -u MPLBACKEND $(VENV_PYTHON) -m pytest tests notebooks $(NBVAL_ARGS) -q -p no:cacheprovider
+	env -u MPLBACKEND $(VENV_PYTHON) -m pytest tests notebooks $(NBVAL_ARGS) -q -rs -p no:cacheprovider
 
 # Re-execute lessons in a fresh kernel and store their outputs (and widget state), without
 # per-cell timing metadata, so a re-run only changes what the lesson shows.
