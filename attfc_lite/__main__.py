@@ -401,16 +401,11 @@ def _data(args) -> int:
 def _memory(args) -> int:
     from .memory import memory_report
 
-    # flag: (the head it belongs to, memory_report's keyword, the value given)
-    flags = {"--sample-rate": ("partial_fc", "sample_rate", args.sample_rate),
-             "--dcc-ratio": ("attfc", "container_ratio", args.dcc_ratio),
-             "--container-size": ("attfc", "container_size", args.container_size),
-             "--k": ("attfc", "num_keys", args.k)}
-    foreign = [flag for flag, (head, _, value) in flags.items() if value is not None and head != args.head]
-    if foreign:
-        raise ValueError(f"{', '.join(foreign)} only appl{'y' if len(foreign) > 1 else 'ies'} to --head "
-                         f"{' / '.join(sorted({flags[f][0] for f in foreign}))}, not --head {args.head}")
-    head_kwargs = {key: value for head, key, value in flags.values() if value is not None}
+    _check_head_options(args.argv, args.head)
+    # memory_report's keyword of each head option, when given
+    given = {"sample_rate": args.sample_rate, "container_ratio": args.dcc_ratio,
+             "container_size": args.container_size, "num_keys": args.k}
+    head_kwargs = {key: value for key, value in given.items() if value is not None}
     report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
                            dtype=args.dtype, optimizer=args.optimizer, measure=not args.no_measure,
                            momentum=args.momentum, weight_decay=args.weight_decay,

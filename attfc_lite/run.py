@@ -154,7 +154,7 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
 
         for _, _, config in configs:
             need = predict_memory(memory_classes, config.embedding_dim, config.batch_size, head=config.head,
-                                  **{k: v for k, v in memory_knobs(config).items() if v is not None}).peak
+                                  **memory_knobs(config)).peak
             check_fits(need, default_device(config.device), "memory_classes",
                        f"one {config.head} head step at N = {memory_classes:,}",
                        "Give a smaller memory_classes (--memory-classes).")

@@ -26,6 +26,7 @@ from .attfc import DEFAULT_CONTAINER_RATIO
 from .encoders import DEFAULT_MOMENTUM, KeyEncoder, check_momentum
 from .heads import HEADS, Head, make_head
 from .margins import DEFAULT_M, MARGINS, make_margin
+from .memory.oom import is_out_of_memory
 from .partial_fc import DEFAULT_SAMPLE_RATE
 from .sampling import identity_index, sample_keys
 from .checks import ArgumentError, as_bool, as_choice, as_device, as_float, as_int
@@ -245,26 +246,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of attfc_lite's train: it lacks {missing}")
-    bad = [f"{part}.{name}" for part in ("backbone", "head", "encoder_k") if isinstance(state.get(part), dict)
-           for name, t in state[part].items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = _non_finite({part: state[part] for part in ("backbone", "head", "encoder_k")
+                       if isinstance(state.get(part), dict)})
     if bad:  # train never writes these: the file was changed
         raise CheckpointError(f"{path} holds nan or inf weights ({', '.join(bad[:3])}), which attfc_lite never "
                               f"writes: it was changed or damaged; start the run again")
     return state
 
 
-def _non_finite(*modules) -> list[str]:
-    """Names of the floating-point tensors of `modules` (None skipped) holding nan or inf."""
-    return [name for m in modules if m is not None for name, t in m.state_dict().items()
+def _non_finite(states: dict[str, dict]) -> list[str]:
+    """'part.name' of every floating-point tensor holding nan or inf in the state dicts `states`."""
+    return [f"{part}.{name}" for part, sd in states.items() for name, t in sd.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 @dataclass
@@ -379,7 +372,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     if evaluate and eval_set is not None:
         _check_eval_set(eval_set)
     given_train_set = train_set is not None
-    if train_set is None:
+    if not given_train_set:
         _check_batch(config.batch_size, config.num_classes * config.images_per_identity)
         if check_memory:
             _check_memory(config, default_device(config.device), stream=config.stream_data,
@@ -395,8 +388,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                                            f"{train_set.num_classes} identities; set num_classes to match")
     n = len(train_set)
     _check_batch(config.batch_size, n)
-    if check_memory:
-        _check_memory(config, default_device(config.device), stream=config.stream_data or given_train_set,
+    if check_memory and given_train_set:  # its images are loaded: the head and the evaluation must fit beside
+        _check_memory(config, default_device(config.device), stream=True,
                       eval_images=0 if not evaluate or eval_set is not None else
                       config.eval_identities * config.eval_images_per_identity)
     seed_everything(config.seed)
@@ -504,7 +497,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                             nn.utils.clip_grad_norm_(backbone_params, config.clip_grad_norm)
                         optimizer.step()
                     except (RuntimeError, MemoryError) as exc:
-                        if not _is_out_of_memory(exc):
+                        if not is_out_of_memory(exc):
                             raise
                         raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
                             from None
@@ -519,7 +512,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                 seconds += time.perf_counter() - t0
                 if not losses:  # max_steps ended the run before this epoch
                     break
-                bad = _non_finite(backbone, head, encoder_k)
+                bad = _non_finite({"backbone": backbone.state_dict(), "head": head.state_dict(),
+                                   **({"encoder_k": encoder_k.state_dict()} if encoder_k is not None else {})})
                 if bad:
                     raise FloatingPointError(
                         f"weights became nan or inf in epoch {epoch + 1} ({', '.join(bad[:3])}"
@@ -573,7 +567,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted during the evaluation after training: {kept()}.") from None
         except (RuntimeError, MemoryError) as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             raise TrainingOutOfMemory(f"out of memory in the evaluation after training "
                                       f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'MemoryError'}); "
@@ -636,7 +630,7 @@ def _check_memory(config: TrainConfig, device: torch.device, stream: bool, eval_
     parts = {"images_per_identity": 0 if stream else config.num_classes * config.images_per_identity * pixels,
              "eval_identities": eval_images * pixels * 5}
     head = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
-                          **{k: v for k, v in memory_knobs(config).items() if v is not None}).peak
+                          **memory_knobs(config)).peak
     keys = config.batch_size * config.num_keys * pixels * 4 if config.head == "attfc" else 0
     # the head's memory is named after the size furthest above its usual value (the message lists all)
     usual = {"num_classes": (config.num_classes, 1000), "embedding_dim": (config.embedding_dim, 128),

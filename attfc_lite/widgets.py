@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from .checks import ArgumentError, as_bool, as_choice, as_float, as_int
+from .memory.guard import format_bytes
 from .memory import (
     BACKBONES,
     DATASETS,
@@ -562,22 +563,15 @@ _DCC_KEYS = ("ratio", "num_classes", "capacity", "container_bytes", "attfc_peak_
              "attfc_breakdown", "fc_breakdown", "identities_present")
 
 
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
 def dcc_size_text(result: dict[str, Any]) -> str:
     """The DCC-size widget's numbers in a few lines of plain text."""
     result = _check_result("result", result, _DCC_KEYS, "dcc_size")
     lines = [
         f"N = {result['num_classes']:,} identities, container ratio {result['ratio']:g}: "
-        f"Q = {result['capacity']:,} entries, {_bytes(result['container_bytes'])} (centres and labels)",
+        f"Q = {result['capacity']:,} entries, {format_bytes(result['container_bytes'])} (centres and labels)",
         f"head step, memory model (D = {result.get('embedding_dim', 512)}, B = {result.get('batch_size', 128)}, "
-        f"fp32, SGD): AttFC {_bytes(result['attfc_peak_bytes'])}, "
-        f"full FC {_bytes(result['fc_peak_bytes'])} ({result['attfc_peak_bytes'] / result['fc_peak_bytes']:.3f} of FC)",
+        f"fp32, SGD): AttFC {format_bytes(result['attfc_peak_bytes'])}, "
+        f"full FC {format_bytes(result['fc_peak_bytes'])} ({result['attfc_peak_bytes'] / result['fc_peak_bytes']:.3f} of FC)",
         f"identities with an entry in a full container (random labels): {result['identities_present']:.1%}",
     ]
     if result["capacity"] < result.get("batch_size", 128):
@@ -612,7 +606,7 @@ def plot_dcc_size(result: dict[str, Any], sweep: dict | None = None, axes=None):
                         label=term if term not in seen else None)
             seen.add(term)
             left += value / GiB
-        ax_mem.text(left, row, f" {_bytes(left * GiB)}", va="center", fontsize=8)
+        ax_mem.text(left, row, f" {format_bytes(left * GiB)}", va="center", fontsize=8)
     ax_mem.set_yticks(range(len(bars)), list(bars))
     ax_mem.set_xlim(0, 1.25 * result["fc_peak_bytes"] / GiB)
     ax_mem.set_ylim(-0.5, 2.9)  # room for the legend above the bars

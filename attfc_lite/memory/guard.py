@@ -92,18 +92,13 @@ def available_bytes(device: str | torch.device) -> int:
     return _cpu_available()
 
 
-#: What the measuring entry points pass as `name` for a step whose sizes together (N, D, B and, for
-#: AttFC, K) set its memory: no one of them is to blame, so the refusal names none.
-WHOLE_STEP = (None, "num_classes")
-
-
 def check_fits(need_bytes: int, device: str | torch.device, name: str | None, subject: str, advice: str) -> None:
     """Refuse, before anything is allocated, when `need_bytes` exceeds the safe share of what
     `device` has available. `subject` says what needs it ("N = 10^12, D = 512, B = 128: one fc
     head step"), `advice` what to do instead.
 
     `name`: the one argument that sets the size (as 'budget_bytes'): an ArgumentError naming it.
-    None, or 'num_classes' (see `WHOLE_STEP`): the step's sizes together, so a ValueError that
+    None: a step whose sizes together (N, D, B and AttFC's K) set its memory, so a ValueError that
     blames no one argument: "this step is too large to measure on cpu: N = ..., D = ..., B = ...".
     """
     dev = torch.device(device)
@@ -114,6 +109,6 @@ def check_fits(need_bytes: int, device: str | torch.device, name: str | None, su
     why = (f"too large to measure on {dev}: {subject} needs about {format_bytes(need_bytes)} (the memory model's "
            f"predicted peak), {dev} has {format_bytes(available)} available and a measurement may use at most "
            f"{share:.0%} of it ({format_bytes(share * available)}); nothing was allocated. {advice}")
-    if name in WHOLE_STEP:
+    if name is None:
         raise ValueError(f"this step is {why}")
     raise ArgumentError(name, f"is {why}")

@@ -560,7 +560,7 @@ def measure_head_step(
                               momentum=momentum, weight_decay=weight_decay, **knobs)
         # what the head already holds on that device is taken already; the rest is still to come
         there = _unique_bytes(t for t in head.held_tensors().values() if t.device.type == dev.type)
-        guard.check_fits(pred.peak - there, dev, "num_classes", _sizes_text(pred, kind),
+        guard.check_fits(pred.peak - there, dev, None, _sizes_text(pred, kind),
                          "predict_memory(...) gives the prediction without allocating.")
     head = head.to(dev)
     params = list(head.parameters())
@@ -671,8 +671,8 @@ def memory_report(
     backbone_params, momentum, weight_decay).
 
     Before measuring, the predicted peak is compared with the device's available memory
-    (`guard.check_fits`): past half of it on the CPU (nine tenths on CUDA) an ArgumentError
-    naming num_classes says how much is needed and available, and nothing is allocated.
+    (`guard.check_fits`): past half of it on the CPU (nine tenths on CUDA) a ValueError says
+    how much is needed and available, and nothing is allocated.
     """
     if num_classes is None:
         raise ArgumentError("num_classes", "is required: the number of identities N, e.g. num_classes=100000")
@@ -691,11 +691,11 @@ def memory_report(
     if not measure:
         return _json_safe(report)
     advice = "Pass measure=False (--no-measure) for the prediction alone."
-    guard.check_fits(pred.peak, dev, "num_classes", _sizes_text(pred, cfg["head"]), advice)
+    guard.check_fits(pred.peak, dev, None, _sizes_text(pred, cfg["head"]), advice)
     if dev.type != "cpu":  # the head is built in fp32 on the CPU first, then moved
         sym = pred.symbols
         built_bytes = (sym["R"] + sym["Q"]) * sym["D"] * 4 + 8 * sym["Q"]
-        guard.check_fits(built_bytes, "cpu", "num_classes",
+        guard.check_fits(built_bytes, "cpu", None,
                          f"building the head on the CPU ({_sizes_text(pred, cfg['head'])})", advice)
     # the checked values (1e6 as 1000000), so the head is built with what was predicted
     built = build_head(head, cfg["num_classes"], cfg["embedding_dim"], dtype, **head_kwargs)
@@ -756,7 +756,7 @@ def agreement_table(
     model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_KNOBS or k in ("dtype", "optimizer")}
     for n in sizes:
         pred = predict_memory(n, embedding_dim, batch_size, head=head, **model_kwargs)
-        guard.check_fits(pred.peak, dev, "num_classes", _sizes_text(pred, pred.config["head"]),
+        guard.check_fits(pred.peak, dev, None, _sizes_text(pred, pred.config["head"]),
                          "Drop it from num_classes, or use predict_memory for the prediction alone.")
     rows = []
     for n in sizes:
@@ -1091,7 +1091,7 @@ def allocation_table(
     seed = as_int("seed", seed, 0)
     lr = as_float("lr", lr, 0, low_open=True)
     # the profiler also keeps a record per allocation, but the tensors dominate
-    guard.check_fits(pred.peak, "cpu", "num_classes", _sizes_text(pred, pred.config["head"]),
+    guard.check_fits(pred.peak, "cpu", None, _sizes_text(pred, pred.config["head"]),
                      "Choose N, D and B small: the table names shapes, the memory model scales them.")
     torch.manual_seed(seed)
     built = build_head(head, n, d, dtype, **head_kwargs)

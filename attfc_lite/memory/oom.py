@@ -74,7 +74,9 @@ def _vm_size() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")  # pragma: no cover
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an out-of-memory error: MemoryError, torch's OutOfMemoryError (CUDA) or an
+    allocator's message (the CPU allocator raises a plain RuntimeError)."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return any(msg in str(exc).lower() for msg in _OOM_MESSAGES)
@@ -205,7 +207,7 @@ def _oom_child() -> None:
             attempt(n)
             fits = True
         except (RuntimeError, MemoryError) as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             fits, error = False, str(exc).strip().splitlines()[0][:160]
         cleanup()
@@ -413,7 +415,7 @@ def _train_child() -> None:
     try:
         result = train(config, progress=False, evaluate=False, check_memory=False)  # a real OOM is the point
     except (RuntimeError, MemoryError) as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         _emit({"event": "done", "fits": False, "error": str(exc).strip().splitlines()[0][:160],
                "seconds": round(time.perf_counter() - start, 3)})

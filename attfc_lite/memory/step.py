@@ -89,7 +89,7 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
     head_pred = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
                                **memory_knobs(config))
     images = (1 + head_pred.symbols["K"]) * config.batch_size * 3 * config.image_size ** 2 * 4
-    guard.check_fits(head_pred.peak + images, dev, "num_classes",
+    guard.check_fits(head_pred.peak + images, dev, None,
                      f"N = {config.num_classes:,}, D = {config.embedding_dim:,}, B = {config.batch_size:,}: one "
                      f"{config.head} training step (the head and the images; the backbone comes on top)",
                      "Choose fewer identities, or predict the step with memory.predict_training_step.")
