@@ -101,6 +101,9 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper's 0.999)")
     g.add_argument("--temperature", type=_positive_float, default=d.temperature,
                    help="attfc: temperature of the attention softmax")
+    g.add_argument("--keys-exclude-query", action=argparse.BooleanOptionalAction, default=d.keys_exclude_query,
+                   help="attfc: draw the key images among the identity's images other than the query (default: "
+                        "with replacement among all of them, the query included, as the official sampler)")
     g.add_argument("--no-mask", action="store_true",
                    help="attfc: keep the container's entries of a query's own identity as negatives (an ablation)")
     t.add_argument("--seed", type=_seed, default=d.seed)
@@ -163,11 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-step-memory", action="store_true", help="skip measuring one whole training step per head")
     r.add_argument("--overwrite", action="store_true",
                    help="replace the results already in --out (they stay as they were until the new ones are complete)")
-    r.add_argument("--large-n-mib", type=_positive_float, default=None,
-                   help="also find, under this memory budget (MiB), the largest N whose whole FullFC step fits, and "
-                        "train AttFC at --large-n-factor times it under the same cap; writes large_n.json")
-    r.add_argument("--large-n-factor", type=_positive_int, default=5)
-    r.add_argument("--large-n-steps", type=_positive_int, default=50, help="training steps of each capped run")
+    g = r.add_argument_group("same budget, trained to the end (large_n.json, large_n.png)")
+    g.add_argument("--large-n-mib", type=_positive_float, default=None,
+                   help="under this memory budget (MiB): find the largest N whose whole full FC (and Partial FC) "
+                        "training step fits, then train full FC and Partial FC at their limits and AttFC at "
+                        "--large-n-factors times full FC's, each for --large-n-epochs epochs under the same cap, "
+                        "and evaluate them on the same unseen identities; writes large_n.json and large_n.png")
+    g.add_argument("--large-n-only", action="store_true",
+                   help="only the --large-n-mib runs: no side-by-side run of --variants first")
+    g.add_argument("--large-n-factors", type=cli_type(as_float, minimum=0, maximum=1000, low_open=True), nargs="+",
+                   default=[5.0], help="AttFC's N as multiples of full FC's limit; the first is the main run "
+                                       "(e.g. 5 1 0.2 10)")
+    g.add_argument("--large-n-epochs", type=_positive_int, default=3, help="epochs of each capped run")
+    g.add_argument("--large-n-limit-share", type=_share, default=0.95,
+                   help="full FC and Partial FC train at this share of the largest N whose two steps fit (a long "
+                        "run needs a little more room), in (0, 1]")
+    g.add_argument("--large-n-images-per-identity", type=_positive_int, default=2,
+                   help="images per identity of the capped runs (as few as in large face data sets)")
+    g.add_argument("--large-n-steps", type=_positive_int, default=None,
+                   help="stop each capped run after this many steps (a quick look, not a run to the end)")
+    g.add_argument("--large-n-compare-keys", action="store_true",
+                   help="also train AttFC at the main factor with its keys drawn the other way (--keys-exclude-query)")
+    g.add_argument("--large-n-heads", nargs="+", choices=["fc", "partial_fc", "attfc"],
+                   default=["fc", "partial_fc", "attfc"], help="heads of the capped runs (fc is needed)")
+    g.add_argument("--large-n-timeout", type=_positive_float, default=7200.0,
+                   help="seconds each search or capped run may take before it is stopped")
     _add_train_options(r, d)
 
     data = sub.add_parser("data", help="the synthetic face world: speed and a preview", allow_abbrev=False)
@@ -203,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--container-size", type=_positive_int, default=None, help="attfc: container size in entries")
     m.add_argument("--k", type=_positive_int, default=None, help="attfc: key embeddings per query (default 2)")
     m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
+    m.add_argument("--max-share", type=_share, default=None,
+                   help="measure only if the predicted peak is at most this share of the memory available now, in "
+                        "(0, 1]; default 0.75 on the CPU, 0.9 on CUDA (past it: refused, nothing allocated)")
     m.add_argument("--device", type=_device, default="auto")
     for command in (t, sw, r, b, p, m):  # also after the command; SUPPRESS keeps the top level's value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -226,14 +252,15 @@ def config_from_args(args, head: str | None = None):
                        margin=args.margin, margin_m=args.margin_m, scale=args.scale, lr=args.lr, seed=args.seed,
                        device=args.device, sample_rate=args.sample_rate, num_keys=args.k, dcc_ratio=args.dcc_ratio,
                        container_size=args.container_size, ema_momentum=args.ema_momentum,
-                       temperature=args.temperature, amp=args.amp,
+                       temperature=args.temperature, keys_exclude_query=args.keys_exclude_query, amp=args.amp,
                        head_kwargs={"mask_own": False} if args.no_mask else {},
                        **getattr(args, "profile_extra", {})).validate()
 
 
 # options that only one head reads: (the heads, the option)
 _HEAD_OPTIONS = {"--sample-rate": ("partial_fc",), "--k": ("attfc",), "--dcc-ratio": ("attfc",),
-                 "--container-size": ("attfc",), "--ema-momentum": ("attfc",), "--temperature": ("attfc",)}
+                 "--container-size": ("attfc",), "--ema-momentum": ("attfc",), "--temperature": ("attfc",),
+                 "--keys-exclude-query": ("attfc",), "--no-keys-exclude-query": ("attfc",)}
 
 
 def _given(argv: list[str], option: str) -> bool:
@@ -323,8 +350,25 @@ def _run(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ArgumentError("seeds", f"repeat a value ({' '.join(map(str, args.seeds))}): each run would be done "
                                      f"twice and counted as two")
+    large = args.large_n_mib is not None
+    if not large:
+        given = [o for o in ("--large-n-only", "--large-n-factors", "--large-n-epochs", "--large-n-images-per-identity",
+                             "--large-n-steps", "--large-n-compare-keys", "--large-n-heads", "--large-n-timeout",
+                             "--large-n-limit-share") if _given(args.argv, o)]
+        if given:
+            raise ArgumentError("large_n_mib", f"is not given, so {', '.join(given)} would do nothing: give the "
+                                               f"budget (--large-n-mib 128) or drop them")
+    if large and len(set(args.large_n_factors)) != len(args.large_n_factors):
+        raise ArgumentError("large_n_factors", f"repeat a value ({' '.join(map(str, args.large_n_factors))})")
+    if large and "fc" not in args.large_n_heads:
+        raise ArgumentError("large_n_heads", "must include fc: its limit sets the sizes of the other runs")
+    if large and args.large_n_only:
+        given = [o for o in ("--variants", "--seeds", "--memory-classes", "--no-step-memory") if _given(args.argv, o)]
+        if given:
+            raise ArgumentError("large_n_only", f"trains only the capped runs, so {', '.join(given)} (options of the "
+                                                f"side-by-side run) would do nothing: drop them or --large-n-only")
     base = config_from_args(args, head="fc")
-    if args.large_n_mib is not None:  # checked now, not after the heads have trained
+    if large:  # checked now, not after the heads have trained
         from .memory.guard import available_bytes, format_bytes
         from .utils import default_device
 
@@ -333,6 +377,10 @@ def _run(args) -> int:
             raise ArgumentError("large_n_mib", f"must be at least 16 MiB (the backbone alone needs a few) and at most "
                                                f"what {where} has available ({format_bytes(available_bytes(where))}), "
                                                f"got {args.large_n_mib:g} MiB")
+        if "attfc" in args.large_n_heads and args.large_n_images_per_identity < 2:
+            raise ArgumentError("large_n_images_per_identity", "is 1, and AttFC cannot learn from one image per "
+                                                               "identity (every key would be the query itself): "
+                                                               "give at least 2")
     command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["run"] else None
 
     def report(run: dict) -> None:
@@ -347,25 +395,29 @@ def _run(args) -> int:
 
     print(f"profile {args.profile}: {base.num_classes:,} identities x {base.images_per_identity} images of "
           f"{base.image_size} px, {base.backbone}, D = {base.embedding_dim}, B = {base.batch_size}, "
-          f"{base.epochs} epoch(s){', bfloat16 autocast' if base.amp else ''}; heads: {', '.join(args.variants)}",
-          file=sys.stderr, flush=True)
-    result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
-                       progress=not args.quiet, command=command, on_run=report, step_memory=not args.no_step_memory,
-                       on_epoch=epoch_done, overwrite=args.overwrite)
-    print(summary_table(result), file=sys.stderr)
-    if args.large_n_mib:
-        from .run import large_n
-        from .utils import write_json
+          f"{base.epochs} epoch(s){', bfloat16 autocast' if base.amp else ''}; heads: {', '.join(args.variants)}"
+          if not (large and args.large_n_only) else
+          f"profile {args.profile}: {args.large_n_images_per_identity} images per identity of {base.image_size} px, "
+          f"{base.backbone}, D = {base.embedding_dim}, B = {base.batch_size}, {args.large_n_epochs} epoch(s), "
+          f"under {args.large_n_mib:g} MiB{', bfloat16 autocast' if base.amp else ''}", file=sys.stderr, flush=True)
+    if not (large and args.large_n_only):
+        result = run_heads(args.variants, args.seeds, base, memory_classes=args.memory_classes, out=args.out,
+                           progress=not args.quiet, command=command, on_run=report,
+                           step_memory=not args.no_step_memory, on_epoch=epoch_done, overwrite=args.overwrite)
+        print(summary_table(result), file=sys.stderr)
+        print(f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'} and a folder per head", file=sys.stderr)
+    if large:
+        from .large_n import large_n_table, write_large_n
 
-        big = large_n(base, int(args.large_n_mib * 2 ** 20), args.large_n_factor, args.large_n_steps,
-                      progress=not args.quiet)
-        big["command"] = command
-        write_json(args.out / "large_n.json", big)
-        print(f"two FullFC training steps fit up to N = {big['fc_boundary']['largest_fit']:,} in {args.large_n_mib:g} MiB; "
-              f"AttFC at N = {big['attfc']['num_classes']:,}: "
-              f"{'trained' if big['attfc']['fits'] else 'out of memory'} (accuracy {big['attfc']['accuracy_mean']})",
-              file=sys.stderr)
-    print(f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'} and a folder per head", file=sys.stderr)
+        big = write_large_n(args.out, base, int(args.large_n_mib * 2 ** 20), factors=args.large_n_factors,
+                            epochs=args.large_n_epochs, images_per_identity=args.large_n_images_per_identity,
+                            steps=args.large_n_steps, heads=args.large_n_heads,
+                            limit_share=args.large_n_limit_share,
+                            compare_keys=args.large_n_compare_keys, timeout_s=args.large_n_timeout,
+                            progress=True, command=command, overwrite=args.overwrite,
+                            beside_run=not args.large_n_only)
+        print(large_n_table(big), file=sys.stderr)
+        print(f"wrote {args.out / 'large_n.json'} and {args.out / 'large_n.png'}", file=sys.stderr)
     return 0
 
 
@@ -408,6 +460,7 @@ def _memory(args) -> int:
     head_kwargs = {key: value for key, value in given.items() if value is not None}
     report = memory_report(head=args.head, num_classes=args.classes, embedding_dim=args.dim, batch_size=args.batch,
                            dtype=args.dtype, optimizer=args.optimizer, measure=not args.no_measure,
+                           max_share=args.max_share,
                            momentum=args.momentum, weight_decay=args.weight_decay,
                            device=None if args.device == "auto" else args.device, **head_kwargs)
     print(json.dumps(report))
@@ -454,9 +507,13 @@ def _interrupted(args, exc: BaseException) -> str:
     if args.command == "sweep":
         return ("interrupted: a sweep writes its file only when every run has finished, so nothing was written "
                 "(an earlier file at --out is unchanged)")
+    if args.command == "run" and getattr(args, "large_n_only", False):
+        return ("interrupted: large_n.json and large_n.png are written only when every capped run has finished, so "
+                "nothing was written (an earlier folder at --out is unchanged)")
     if args.command == "run":
         return ("interrupted: the heads finished so far have their metrics.json under --out (or <out>.new with "
-                "--overwrite, the earlier results staying unchanged); summary.json is written only at the end")
+                "--overwrite, the earlier results staying unchanged); summary.json is written only at the end, and "
+                "large_n.json (--large-n-mib) after it")
     return "interrupted"
 
 

@@ -596,6 +596,26 @@ def check_images_per_step(answer, batch_size: int = 128, num_keys: int = 4) -> N
     _grade(answer, _spec_images_per_step(batch_size, num_keys))
 
 
+def _spec_self_key_share(images_per_identity: int = 3, num_keys: int = 2) -> Spec:
+    n, k = images_per_identity, num_keys
+    none = (1 - 1 / n) ** k
+    return Spec("share", 1 - none, slips=_slips(
+        (1 / n, "That is one key's chance: the query has K keys, and any of them may be it."),
+        (k / n, "Adding the K chances counts twice the queries where two keys are the query: take the "
+                "complement, 1 - P(no key is the query)."),
+        (none, "That is the share of queries with NO key equal to the query: the question asks for the rest."),
+        ((1 / n) ** k, "That is the share where EVERY key is the query; at least one is asked."),
+        (1 - (1 - 1 / (n - 1)) ** k if n > 1 else 2.0, "The query is one of the identity's n images: each key "
+                                                         "is drawn among all n, itself included."),
+    ), hint="Each key is the query with probability 1/n, independently; P(no key is) = (1 - 1/n)^K.")
+
+
+def check_self_key_share(answer, images_per_identity: int = 3, num_keys: int = 2) -> None:
+    """Exercise 09.3: the share of queries with at least one key that is the query image itself,
+    when K keys are drawn with replacement among the identity's n images: 1 - (1 - 1/n)^K."""
+    _grade(answer, _spec_self_key_share(images_per_identity, num_keys))
+
+
 # -- worked solutions ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Exercise:
@@ -839,16 +859,26 @@ EXERCISES: dict[str, Exercise] = {
         "answer = 128 * (1 + 4)",
         check_images_per_step, _spec_images_per_step),
     "09.3": Exercise(
-        "(open) large_n with 256 MiB, then 128 MiB with factor = 10",
-        "Expected outcome, as the lesson states it: full FC's limit grows to about 51,000 identities, 2.4 times\n"
-        "the 21,000 at 128 MiB. More than twice, because the backbone, its optimizer state and the data\n"
-        "pipeline cost the same at any N, and all the rest of the budget goes to what grows with N (W, its\n"
-        "momentum, the logits). AttFC again trains at five times that N.\n"
-        "With 128 MiB and factor = 10 (about 210,000 identities) AttFC runs out of memory. The allocation that\n"
-        "fails should be the fused loss's B x Q fp32 buffer (lesson 08): with Q = 0.3 N it is\n"
-        "128 x 0.3 x 210,000 x 4 bytes, about 31 MiB, the largest single tensor of the step. It grows in\n"
-        "proportion to N, on top of the container (also proportional to N), so at this N it no longer fits\n"
-        "beside what is held. Compare the size in result['attfc']['error'] with it."),
+        "the share of queries with a key that is the query image (3 images per identity, K = 2)",
+        "Each of the K keys is drawn among the identity's n images, the query included, so it is the query\n"
+        "with probability 1/n, independently of the other keys. No key is the query with probability\n"
+        "(1 - 1/n)^K; at least one is, with the rest: 1 - (2/3)^2 = 5/9, about 56 % of the queries.",
+        "answer = 1 - (1 - 1 / 3) ** 2",
+        check_self_key_share, _spec_self_key_share),
+    "09.4": Exercise(
+        "(open) AttFC at 10 times full FC's limit under the same budget",
+        "Expected outcome, as the stored run gave it: full FC's limit is about 21,000 identities (16-pixel faces,\n"
+        "100 MiB), AttFC trains at 5x, and at 10x (N = 209,540 there) it runs out of memory in its first\n"
+        "step. The allocation that failed asked for 8,046,336 bytes. With Q = floor(0.3 x 209,540) = 62,862\n"
+        "container entries, that is B x Q = 128 x 62,862 bytes: one byte per logit, a bool tensor, the mask\n"
+        "that finds the container's entries of each query's own identity (lesson 07). It is not the largest\n"
+        "tensor of the step: the fused loss's B x Q fp32 logits (lesson 08) are four times larger\n"
+        "(32,185,344 bytes) and were allocated just before it. An out-of-memory error names the allocation\n"
+        "that crossed the cap, the last straw, not the largest one. Why at this N, with no W: the container\n"
+        "(Q x D floats and an int64 label each, 31 MiB here) and every B x Q buffer grow in proportion to N,\n"
+        "so AttFC's memory still grows with N, through Q, if far more slowly than full FC's; a smaller\n"
+        "container ratio (--dcc-ratio) moves its limit, at the accuracy cost lesson 07 measured. Your own run\n"
+        "may name another buffer of the same step if its N differs a little from the stored one's."),
 }
 
 

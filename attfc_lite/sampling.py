@@ -4,6 +4,11 @@ Each batch element is a query image of identity y plus K key images of the same 
 drawn uniformly WITH replacement among y's images: a key may repeat or equal the query, and
 an identity with one image gives K copies of it. Unlike the official sampler, the dataset
 index is the query, so a shuffled epoch visits every image once.
+
+With n images per identity, a query gets at least one key that is the query image itself with
+probability 1 - (1 - 1/n)^K (`self_key_share`): 5/9 at n = 3, K = 2, and 1 at n = 1. Such a key
+makes the positive easy (the GCC leans on the query's own image, seen through encoder_k), so
+`exclude_query=True` draws the keys from the identity's *other* images when it has any.
 """
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .checks import as_int
+from .checks import as_bool, as_int
 
-__all__ = ["identity_index", "sample_keys", "sample_keys_tensor", "KViewDataset"]
+__all__ = ["identity_index", "sample_keys", "sample_keys_tensor", "self_key_share", "KViewDataset"]
 
 IdentityIndex = tuple[Tensor, Tensor, Tensor]
 
@@ -59,11 +64,14 @@ def sample_keys(
     k: int,
     generator: torch.Generator | None = None,
     index: IdentityIndex | None = None,
+    exclude_query: bool = False,
 ) -> Tensor:
     """Dataset indices of k key images per query, LongTensor [B, k], on labels' device.
 
-    Keys are drawn uniformly with replacement among the images of each query's identity.
-    Pass ``index=identity_index(labels)`` to reuse the index across calls.
+    Keys are drawn uniformly with replacement among the images of each query's identity; with
+    ``exclude_query=True``, among its images other than the query (an identity with a single
+    image still gives that image). The same generator state gives the same uniform draws either
+    way. Pass ``index=identity_index(labels)`` to reuse the index across calls.
     """
     k = _check_k(k)
     labels = _check_labels(labels)
@@ -91,8 +99,24 @@ def sample_keys(
     # float64 keeps the bias negligible for any realistic images-per-identity count.
     device = generator.device if generator is not None else labels.device
     u = torch.rand((q.numel(), k), generator=generator, dtype=torch.float64, device=device).to(labels.device)
-    offset = torch.minimum((u * count[:, None]).long(), count[:, None] - 1)
+    if not exclude_query:
+        offset = torch.minimum((u * count[:, None]).long(), count[:, None] - 1)
+        return order[start[:, None] + offset]
+    # Draw among the count - 1 other images, then step over the query's own position.
+    others = (count - 1).clamp(min=1)[:, None]
+    offset = torch.minimum((u * others).long(), others - 1)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=order.device)
+    own = (rank[q] - start)[:, None]  # the query's position among its identity's images
+    offset = torch.where((count[:, None] > 1) & (offset >= own), offset + 1, offset)
     return order[start[:, None] + offset]
+
+
+def self_key_share(images_per_identity: int, k: int) -> float:
+    """The share of queries that get at least one key equal to the query image when k keys are
+    drawn with replacement among an identity's `images_per_identity` images: 1 - (1 - 1/n)^k."""
+    n = as_int("images_per_identity", images_per_identity, 1)
+    return 1.0 - (1.0 - 1.0 / n) ** _check_k(k)
 
 
 def sample_keys_tensor(
@@ -125,15 +149,17 @@ class KViewDataset(Dataset):
     """Wrap a dataset of ``(image, label, quality)`` items into K-view items.
 
     Item i is ``(query_image, label, key_images [k, 3, H, W], quality, key_qualities [k])``,
-    where the query is base item i and the keys are k images of its identity. The keys depend
+    where the query is base item i and the keys are k images of its identity (other than the
+    query itself with ``exclude_query=True``, when it has others). The keys depend
     only on (seed, epoch, i), so workers and reruns agree; call ``set_epoch`` before each epoch
     to draw new keys (before the DataLoader iterator is created when workers are persistent).
 
     The base dataset must have a ``labels`` LongTensor attribute, one label per item.
     """
 
-    def __init__(self, base: Dataset, k: int = 2, seed: int = 0) -> None:
+    def __init__(self, base: Dataset, k: int = 2, seed: int = 0, exclude_query: bool = False) -> None:
         self.k = _check_k(k)
+        self.exclude_query = as_bool("exclude_query", exclude_query)
         labels = getattr(base, "labels", None)
         if not isinstance(labels, Tensor):
             raise TypeError(
@@ -162,7 +188,8 @@ class KViewDataset(Dataset):
     def key_indices(self, index: int) -> Tensor:
         """Dataset indices of the k keys of item ``index`` in the current epoch, LongTensor [k]."""
         g = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch, index))
-        return sample_keys(self.labels, torch.tensor([index]), self.k, generator=g, index=self.index)[0]
+        return sample_keys(self.labels, torch.tensor([index]), self.k, generator=g, index=self.index,
+                           exclude_query=self.exclude_query)[0]
 
     def _load(self, index: int, expected_label: int) -> tuple[Tensor, float]:
         item = self.base[index]

@@ -84,6 +84,10 @@ class TrainConfig:
     container_size: int | None = None
     ema_momentum: float = DEFAULT_MOMENTUM
     temperature: float = 1.0
+    # AttFC: draw the K keys among the identity's images other than the query (when it has others).
+    # False is the official sampler: with replacement among all of them, the query included
+    # (`sampling.self_key_share`: 5/9 of the queries at 3 images per identity and K = 2).
+    keys_exclude_query: bool = False
     # Mixed precision on CUDA: the backbone (and encoder_k) run under autocast in bfloat16, the
     # head in fp32 (its softmax over many classes wants the range). No loss scaling is needed.
     amp: bool = False
@@ -130,6 +134,7 @@ class TrainConfig:
             container_size=None if self.container_size is None else as_int("container_size", self.container_size, 1),
             ema_momentum=as_float("ema_momentum", self.ema_momentum, 0, 1),
             temperature=as_float("temperature", self.temperature, 1e-3, 1e3),
+            keys_exclude_query=as_bool("keys_exclude_query", self.keys_exclude_query),
             amp=as_bool("amp", self.amp),
             channels_last=as_bool("channels_last", self.channels_last),
             stream_data=as_bool("stream_data", self.stream_data),
@@ -157,6 +162,13 @@ class TrainConfig:
         except (TypeError, ValueError) as exc:
             raise ArgumentError("margin_m", f"{m!r} does not suit margin={margin!r}: {exc}") from None
         checked = replace(self, margin=margin, margin_m=m)
+        if self.head == "attfc" and self.images_per_identity == 1:
+            raise ArgumentError("images_per_identity", "is 1, and AttFC cannot learn from one image per identity: "
+                                                       "every key image is then the query image itself, so the "
+                                                       "positive class centre is the query's own embedding and the "
+                                                       "loss teaches nothing about the identity; give at least 2 "
+                                                       "images per identity (--images-per-identity 2), or use "
+                                                       "--head fc or partial_fc")
         if self.head == "attfc":
             try:
                 check_momentum(self.ema_momentum)
@@ -202,7 +214,10 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class TrainingOutOfMemory(MemoryError):
-    """A training step ran out of memory; the message gives the head's memory and what to change."""
+    """A training step ran out of memory; the message gives the head's memory and what to change,
+    and `requested_bytes` the size of the allocation that failed (None when the allocator said none)."""
+
+    requested_bytes: int | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -402,6 +417,11 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     if encoder_k is not None:
         train_labels = _labels_of(train_set)
         key_index = identity_index(train_labels)
+        if int(key_index[2].max()) < 2:
+            raise ArgumentError("train_set", f"has one image per identity, and AttFC cannot learn from that: every "
+                                             f"key image would be the query itself (see images_per_identity); give "
+                                             f"a training set with several images of its identities, or use head "
+                                             f"'fc' or 'partial_fc'")
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp else contextlib.nullcontext
@@ -411,6 +431,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     start_epoch, step, history, seconds, images = 0, 0, [], 0.0, 0
+    self_keys = [0, 0]  # AttFC: queries with a key that is the query image, and such keys
 
     if resume:
         try:
@@ -429,6 +450,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                                   f"{len(history)} epochs of history, which a run of {config.epochs} epochs and "
                                   f"{total_steps} steps cannot have: it was changed or damaged")
         images = int(state.get("images", step * config.batch_size))  # checkpoints before it was recorded
+        self_keys = [int(v) for v in state.get("self_keys", (0, 0))]
     saved_epoch = start_epoch if resume else None
     lock = _RunLock(out, final, has_run=(final / CHECKPOINT).exists() or (final / METRICS).exists()) \
         if out is not None else None
@@ -477,8 +499,12 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                             # EMA first, then the keys: K images of each query's identity, drawn with
                             # replacement from this epoch's generator (so a resumed run draws the same).
                             encoder_k.update(backbone)
-                            key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen,
-                                                  index=key_index).reshape(-1)
+                            key_idx = sample_keys(train_labels, idx, head.num_keys, generator=gen, index=key_index,
+                                                  exclude_query=config.keys_exclude_query)
+                            is_query = key_idx == idx[:, None]  # keys that are the query image itself
+                            self_keys[0] += int(is_query.any(1).sum())
+                            self_keys[1] += int(is_query.sum())
+                            key_idx = key_idx.reshape(-1)
                             key_images, _ = _load(train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
                             with autocast():
                                 keys = encoder_k(key_images.to(device, non_blocking=True)).float().view(
@@ -499,8 +525,11 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                     except (RuntimeError, MemoryError) as exc:
                         if not is_out_of_memory(exc):
                             raise
-                        raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
-                            from None
+                        from .memory.oom import requested_bytes
+
+                        error = TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".")
+                        error.requested_bytes = requested_bytes(str(exc))  # the allocation that failed
+                        raise error from None
                     losses.append(loss.item())
                     step += 1
                     images += idx.numel()
@@ -526,7 +555,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                         "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
                         "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
                         "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
-                        "seconds": seconds, "images": images,
+                        "seconds": seconds, "images": images, "self_keys": list(self_keys),
                     })
                     saved_epoch = epoch + 1
                 if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
@@ -550,8 +579,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             "backbone_parameters": count_parameters(backbone),
             "head_parameters": sum(p.numel() for p in head.parameters()),
             "head_settings": {**head_settings(config), **({"container_capacity": head.container.capacity,
-                                                             "ema_momentum": config.ema_momentum}
+                                                             "ema_momentum": config.ema_momentum,
+                                                             "keys_exclude_query": config.keys_exclude_query}
                                                             if config.head == "attfc" else {})},
+            **({"self_keys": _self_key_record(self_keys, images, head.num_keys)} if encoder_k is not None else {}),
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
             "config": asdict(config),
@@ -659,6 +690,13 @@ def _check_memory(config: TrainConfig, device: torch.device, stream: bool, eval_
                                   f"training images). Nothing was rendered or trained")
 
 
+def _self_key_record(counts: list[int], queries: int, k: int) -> dict:
+    """How many queries had a key that is the query image itself, and how many keys were."""
+    return {"queries": queries, "queries_with_self_key": counts[0], "keys": queries * k, "self_keys": counts[1],
+            "share_of_queries": counts[0] / queries if queries else 0.0,
+            "share_of_keys": counts[1] / (queries * k) if queries else 0.0}
+
+
 def _check_batch(batch_size: int, num_images: int) -> None:
     if batch_size > num_images:
         raise ArgumentError("batch_size", f"is {batch_size:,} but the training set holds {num_images:,} images, so "
@@ -677,7 +715,7 @@ def _check_eval_set(eval_set) -> None:
 
 
 def _out_of_memory_text(config: TrainConfig, step: int, epoch: int, exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    first = " ".join(str(exc).split()) or type(exc).__name__  # whole: it names the allocation that failed
     text = (f"out of memory in training step {step} (epoch {epoch + 1}) of head {config.head} with "
             f"{config.num_classes:,} identities, D = {config.embedding_dim}, B = {config.batch_size}: {first}")
     try:

@@ -44,8 +44,15 @@ RUNS = {  # lesson 08's stored comparison, on a tiny configuration
             "--out", "tmp_run/heads", *TINY_OPTIONS],
     # D = 128: with D = 16 FC's rows are so small that the data set's per-identity bookkeeping
     # (labels, order, key index: some 100 bytes an identity) decides instead
-    "run-large-n": ["run", "--variants", "fc", "--memory-classes", "300", "--large-n-mib", "48", "--large-n-steps", "5",
+    # full FC's limit, then full FC there and AttFC at 5x, and at 60x, where its container alone is past the cap
+    "run-large-n": ["run", "--large-n-only", "--large-n-mib", "48", "--large-n-heads", "fc", "attfc",
+                    "--large-n-factors", "5", "60", "--large-n-epochs", "2", "--large-n-steps", "3",
                     "--out", "tmp_run/big", *TINY_OPTIONS, "--embedding-dim", "128"],
+    "run-large-n-one-image": ["run", "--large-n-only", "--large-n-mib", "48", "--large-n-images-per-identity", "1",
+                              "--out", "tmp_run/one", *TINY_OPTIONS],
+    "run-large-n-option-alone": ["run", "--large-n-factors", "5", "--out", "tmp_run/alone", *TINY_OPTIONS],
+    "train-attfc-one-image": [*TINY_TRAIN[:-5], "--quiet", "--out", "tmp_one_image", "--device", "cpu", "--head",
+                              "attfc", "--images-per-identity", "1"],
     "run-bad-variant": ["run", "--variants", "fc", "arcface", "--out", "tmp_run/bad"],
 }
 MEMORY = {
@@ -269,18 +276,45 @@ def test_run_command_rejects_an_unknown_variant(runs):
     assert r["run-bad-variant"].returncode == 2 and "arcface" in r["run-bad-variant"].stderr
 
 
-def test_run_command_finds_where_full_fc_stops_and_trains_attfc_at_five_times_that(runs):
+def test_run_command_finds_where_full_fc_stops_and_trains_attfc_beyond_it(runs):
     cwd, r = runs
     assert r["run-large-n"].returncode == 0, r["run-large-n"].stderr
     big = json.loads((cwd / "tmp_run" / "big" / "large_n.json").read_text())
-    boundary = big["fc_boundary"]
+    assert (cwd / "tmp_run" / "big" / "large_n.png").exists() and not (cwd / "tmp_run" / "big" / "summary.json").exists()
+    boundary = big["boundaries"]["fc"]
     assert boundary["largest_fit"] < boundary["first_fail"] <= 1.05 * boundary["largest_fit"] + 1
     fits = {t["num_classes"]: t["fits"] for t in boundary["trials"]}
     assert fits[boundary["largest_fit"]] and not fits[boundary["first_fail"]]  # both really tried
-    assert big["attfc"]["num_classes"] == 5 * boundary["largest_fit"] and big["attfc"]["fits"], big["attfc"]
-    assert big["attfc"]["steps"] == 5
-    for head in ("fc", "attfc"):  # both heads trained and evaluated at a size where both fit
-        assert big["both"][head]["fits"] and big["both"][head]["num_classes"] == int(0.8 * boundary["largest_fit"])
-        assert 0 <= big["both"][head]["accuracy_mean"] <= 1
-    assert big["budget_bytes"] == 48 * 2 ** 20 and "RLIMIT_AS" in big["cap"]
-    assert "two FullFC training steps fit up to N =" in r["run-large-n"].stderr
+    n_fc = boundary["largest_fit"]
+    fc, att = big["runs"]["fc"], big["runs"]["attfc"]
+    assert fc["num_classes"] <= int(0.95 * n_fc) and att["num_classes"] == 5 * n_fc and fc["fits"] and att["fits"]
+    for run in (fc, att):  # the record the issue asks for, per head
+        assert run["epochs"] == 2 and run["steps"] == 3 and run["images_seen"] == 3 * 8
+        assert run["train_seconds"] > 0 and 0 < run["peak_bytes"] <= 48 * 2 ** 20
+        v = run["verification"]
+        assert 0 <= v["accuracy_mean"] <= 1 and set(v["tar_at_far"]) >= {"1e-3", "1e-4"}
+        assert v["num_impostor_all"] == 60 * 59 // 2 - 6 * 45  # all pairs of 6 x 10 images, less the genuine
+    assert att["self_keys"]["queries"] == 24 and 0 <= att["self_keys"]["share_of_queries"] <= 1
+    # 60x: out of memory, with the allocator's whole message and the size it asked for
+    huge = next(p for p in big["points"] if p["head"] == "attfc" and p["factor"] == 60)
+    assert not huge["fits"] and huge["num_classes"] == 60 * n_fc
+    assert "tried to allocate" in huge["error"] and huge["requested_bytes"] > 0
+    assert f"{huge['requested_bytes']} bytes" in huge["error"].replace(",", "")
+    assert [t["num_classes"] for t in big["tried"]] == [fc["num_classes"], 5 * n_fc, 60 * n_fc]
+    assert big["budget_mib"] == 48 and "RLIMIT_AS" in big["cap"]
+    assert big["command"].startswith("python -m attfc_lite run --large-n-only")
+    for key in ("date", "device", "torch"):
+        assert big[key]
+    assert "fit at N =" in r["run-large-n"].stderr and "out of memory" in r["run-large-n"].stderr
+
+
+def test_attfc_with_one_image_per_identity_is_refused_by_name(runs):
+    _, r = runs
+    for name in ("train-attfc-one-image", "run-large-n-one-image"):
+        result = r[name]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "images-per-identity" in result.stderr and "query" in result.stderr
+    alone = r["run-large-n-option-alone"]
+    assert alone.returncode == 2 and "--large-n-mib" in alone.stderr and "--large-n-factors" in alone.stderr
+
+

@@ -43,7 +43,7 @@ def leak_forms(expected: float) -> list[str]:
 def test_every_lesson_has_its_exercises():
     lessons = {k.split(".")[0] for k in ex.EXERCISES}
     assert lessons == {f"{i:02d}" for i in range(10)}
-    assert len(CHECKED) == 22 and len(OPEN) == 9  # lesson 02 has no open exercise
+    assert len(CHECKED) == 23 and len(OPEN) == 9  # lesson 02 has no open exercise
     for key in CHECKED:
         e = ex.EXERCISES[key]
         assert e.spec is not None and e.code and "answer =" in e.code
@@ -240,6 +240,14 @@ def test_lessons_03_to_09_slips_the_course_cares_about(capsys):
     assert "queries go through encoder_q" in out(ex.check_images_per_step, 512)
     text = out(ex.check_images_per_step, 600)
     assert "wrong" in text and "640" not in text
+    # 09.3, by hand: 3 images, K = 2; the right share is 1 - (2/3)^2 = 5/9
+    assert "right" in out(ex.check_self_key_share, 5 / 9)
+    assert "one key's chance" in out(ex.check_self_key_share, 1 / 3)
+    assert "counts twice" in out(ex.check_self_key_share, 2 / 3)
+    assert "NO key" in out(ex.check_self_key_share, 4 / 9)
+    assert "EVERY key" in out(ex.check_self_key_share, 1 / 9)
+    assert "itself included" in out(ex.check_self_key_share, 0.75)  # drawn among the 2 others: 1 - (1/2)^2
+    assert "right" in out(lambda a: ex.check_self_key_share(a, 2, 2), 0.75)  # the stored run: n = 2, K = 2
 
 
 def test_the_grader_can_fail():

@@ -21,15 +21,24 @@ def test_tiny_mode_runs_every_part_and_writes_into_out(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     log = (tmp_path / "gpu_check_every.log").read_text()
     assert "done: 0 step(s) failed" in log and "!! failed" not in log
-    for part in ("versions", "render speed", "memory of one AttFC head step", "the heads side by side", "sweep dcc-ratio"):
+    for part in ("versions", "render speed", "memory of one AttFC head step", "same budget, trained to the end",
+                 "the heads side by side", "sweep dcc-ratio"):
         assert part in log, part
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert list(summary["variants"]) == ["fc", "partial_fc", "attfc", "dcq"] and summary["device"].startswith("cpu")
     assert "profile cpu: 20 identities x 4 images of 16 px" in log  # the toy sizes beat the profile's
     assert "epoch 1/1, mean loss" in log  # progress per head and epoch with --quiet
     assert (tmp_path / "run" / "summary.png").exists() and (tmp_path / "run" / "attfc" / "step_memory.json").exists()
-    big = json.loads((tmp_path / "run" / "large_n.json").read_text())
-    assert big["attfc"]["fits"] and big["attfc"]["num_classes"] == 5 * big["fc_boundary"]["largest_fit"]
+    assert not (tmp_path / "run" / "large_n.json").exists()  # the heads' folder holds the heads only
+    big = json.loads((tmp_path / "large_n" / "large_n.json").read_text())
+    limit = big["boundaries"]["fc"]["largest_fit"]
+    assert big["runs"]["attfc"]["fits"] and big["runs"]["attfc"]["num_classes"] == 5 * limit
+    assert big["runs"]["fc"]["fits"] and big["runs"]["fc"]["num_classes"] <= int(0.95 * limit)
+    # AttFC at 5x and 10x with the keys of the profile, and at 5x with the other sampler
+    attfc = [(p["factor"], p["keys_exclude_query"]) for p in big["points"] if p["head"] == "attfc"]
+    assert attfc == [(5, False), (10, False), (5, True)]
+    assert big["world"]["images_per_identity"] == 3 and big["epochs"] == 1 and big["max_steps"] == 4
+    assert (tmp_path / "large_n" / "large_n.png").exists()
     sweep = json.loads((tmp_path / "sweeps" / "dcc_ratio.json").read_text())
     assert sweep["values"] == [0.1, 1.0]
 

@@ -75,11 +75,11 @@ def spy(monkeypatch):
 # --------------------------------------------------------------------------- what fits
 
 
-def test_check_fits_allows_half_the_cpu_and_nine_tenths_of_cuda(free_memory):
+def test_check_fits_allows_three_quarters_of_the_cpu_and_nine_tenths_of_cuda(free_memory):
     free_memory(200)
-    guard.check_fits(100, "cpu", "budget_bytes", "x", "")  # exactly half: measured
+    guard.check_fits(150, "cpu", "budget_bytes", "x", "")  # exactly three quarters: measured
     with pytest.raises(ArgumentError) as info:
-        guard.check_fits(101, "cpu", "budget_bytes", "x", "")
+        guard.check_fits(151, "cpu", "budget_bytes", "x", "")
     assert info.value.name == "budget_bytes"
     guard.check_fits(180, torch.device("cuda"), "budget_bytes", "x", "")  # 0.9 x 200
     with pytest.raises(ArgumentError):
@@ -90,9 +90,9 @@ def test_a_whole_step_too_large_blames_no_one_argument(free_memory):
     # None is what the head-step measurements pass: N, D and B together set the step
     name = None
     free_memory(200)
-    guard.check_fits(100, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
+    guard.check_fits(150, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
     with pytest.raises(ValueError) as info:
-        guard.check_fits(101, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
+        guard.check_fits(151, "cpu", name, "N = 5, D = 6, B = 7: one fc head step", "advice.")
     text = str(info.value)
     assert not isinstance(info.value, ArgumentError) and not text.startswith("num_classes")
     assert text.startswith("this step is too large to measure on cpu: N = 5, D = 6, B = 7") and text.endswith("advice.")
@@ -124,7 +124,7 @@ def test_memory_report_refuses_what_cannot_fit_and_allocates_nothing(free_memory
     assert text.startswith(f"this step is too large to measure on cpu: N = 1,000,000, D = {D}, B = {B}")
     # needed: 7 x 10^6 x 2048 + 2 x 128 x 2048 + 1024 = 14,336,525,312 bytes = 13.4 GiB
     assert fc_peak(n) == 14_336_525_312
-    assert "needs about 13.4 GiB" in text and "1.0 GiB available" in text and "512.0 MiB" in text
+    assert "needs about 13.4 GiB" in text and "1.0 GiB available" in text and "768.0 MiB" in text
     assert "measure=False" in text and "--no-measure" in text
     # the prediction alone is still given, the same machine
     assert memory_report("fc", n, D, B, measure=False)["predicted"]["peak"] == fc_peak(n)
@@ -160,7 +160,35 @@ def test_memory_command_does_not_blame_classes_for_a_huge_dim(free_memory, capsy
     assert "--classes" not in err and "--no-measure" in err
 
 
-def test_memory_report_measures_exactly_up_to_half_the_available_memory(free_memory, monkeypatch):
+def test_memory_command_max_share_is_checked_and_named(free_memory, capsys):
+    from attfc_lite.__main__ import main
+
+    free_memory(fc_peak(1000) * 2)  # the step fits in three quarters, not in a third
+    with pytest.raises(SystemExit) as exit_:
+        main(["memory", "--classes", "1000", "--dim", str(D), "--batch", str(B), "--device", "cpu",
+              "--max-share", "0.3"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "at most 30% of it" in err and "--max-share" in err
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["memory", "--classes", "1000", "--device", "cpu", "--max-share", bad])
+        assert exit_.value.code == 2 and "--max-share" in capsys.readouterr().err
+
+
+def test_max_share_sets_the_share_and_the_refusal_names_it(free_memory):
+    free_memory(200)
+    guard.check_fits(190, "cpu", "budget_bytes", "x", "", max_share=0.95)
+    with pytest.raises(ArgumentError, match="max_share, --max-share") as info:
+        guard.check_fits(101, "cpu", "budget_bytes", "x", "", max_share=0.5)
+    assert "at most 50% of it" in str(info.value)
+    with pytest.raises(ValueError, match="at most 75% of it .*max_share, --max-share"):
+        guard.check_fits(151, "cpu", None, "x", "")
+    for bad in (0, 1.5, float("nan"), "half"):
+        with pytest.raises(ArgumentError, match="^max_share"):
+            guard.check_fits(1, "cpu", None, "x", "", max_share=bad)
+
+
+def test_memory_report_measures_exactly_up_to_three_quarters_of_the_available_memory(free_memory, monkeypatch):
     n = 2000
     seen = []
 
@@ -170,13 +198,17 @@ def test_memory_report_measures_exactly_up_to_half_the_available_memory(free_mem
                                phase_peaks={}, step_seconds=0.1, timeline_ms=[], timeline_bytes=[], timeline_phase=[])
 
     monkeypatch.setattr(measure, "measure_head_step", fake_measure)
-    free_memory(2 * fc_peak(n))
+    free_memory(fc_peak(n) * 4 // 3 + 4)  # the peak is then just within three quarters
     memory_report("fc", n, D, B, device="cpu")
     assert seen == [(n, B)]
-    free_memory(2 * fc_peak(n) - 2)
+    free_memory(fc_peak(n) * 4 // 3 - 4)
     with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 2,000"):
         memory_report("fc", n, D, B, device="cpu")
     assert len(seen) == 1
+    memory_report("fc", n, D, B, device="cpu", max_share=1.0)  # the user's own share
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="at most 50% of it"):
+        memory_report("fc", n, D, B, device="cpu", max_share=0.5)
 
 
 def test_measure_head_step_refuses_before_its_first_tensor(free_memory, spy):
@@ -407,3 +439,35 @@ def test_explain_oom_with_the_device_says_how_many_identities_fit():
     # AttFC with a fixed container fits any N: no largest N, and no endless search for one
     fixed = explain_oom("attfc", N42, D, B, capacity_bytes=cap, container_size=1000, container_ratio=0.3, num_keys=2)
     assert "at most N" not in fixed and "smaller container" in fixed
+
+
+# --------------------------------------------------------------------------- the out-of-memory message, whole
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+           "allocate 31457280 bytes. Error code 12 (Cannot allocate memory)")
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 139.80 GiB of which "
+            "1.20 GiB is free. Including non-PyTorch memory, this process has 16.00 GiB memory in use.")
+
+
+@pytest.mark.parametrize("message, size", [
+    (CPU_OOM, 31_457_280), (CUDA_OOM, int(2.5 * 2 ** 30)), ("Tried to allocate 20.00 MiB", 20 * 2 ** 20),
+    ("tried to allocate 512 KiB", 512 * 1024), ("you tried to allocate 1,024 bytes", 1024),
+    ("out of memory", None), ("", None),
+])
+def test_requested_bytes_reads_the_allocators_words(message, size):
+    from attfc_lite.memory.oom import requested_bytes
+
+    assert requested_bytes(message) == size
+
+
+def test_oom_record_keeps_the_whole_message():
+    from attfc_lite.memory.oom import oom_record
+    from attfc_lite.train import TrainingOutOfMemory
+
+    long = "out of memory in training step 3 of head attfc: " + CPU_OOM + "\nfewer identities ..." + "x" * 300
+    record = oom_record(RuntimeError(long))
+    assert record["error"] == long and len(record["error"]) > 400  # never cut
+    assert record["requested_bytes"] == 31_457_280
+    error = TrainingOutOfMemory("no size in these words")
+    error.requested_bytes = 99  # what train() sets from the allocator's own exception
+    assert oom_record(error) == {"error": "no size in these words", "requested_bytes": 99}

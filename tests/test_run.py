@@ -77,11 +77,81 @@ def test_stored_results_record_where_they_came_from_and_are_written_whole(tmp_pa
     assert read_stored("r", tmp_path / "a", {"x"}, "cmd") == {"x": 1}  # a name is looked up in the folder
 
 
-def test_large_n_rejects_a_bad_factor():
-    from attfc_lite.run import large_n
+@pytest.mark.parametrize("kwargs, name", [
+    ({"factors": [0]}, "factors"), ({"factors": [5, 5]}, "factors"), ({"factors": []}, "factors"),
+    ({"heads": ["attfc"]}, "heads"), ({"heads": ["fc", "dcq"]}, "heads"), ({"epochs": 0}, "epochs"),
+    ({"images_per_identity": 1}, "images_per_identity"), ({"limit_share": 1.5}, "limit_share"),
+    ({"steps": 0.5}, "steps"),
+])
+def test_large_n_refuses_bad_options_by_name_before_any_search(kwargs, name, monkeypatch):
+    import attfc_lite.memory as memory
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.large_n import large_n
 
-    with pytest.raises(ValueError, match="factor"):
-        large_n(factor=0)
+    monkeypatch.setattr(memory, "find_oom_boundary", lambda *a, **k: pytest.fail("searched before checking"))
+    with pytest.raises(ArgumentError) as info:
+        large_n(**kwargs)
+    assert info.value.name == name
+
+
+def test_full_fc_alone_may_take_one_image_per_identity(monkeypatch):
+    import attfc_lite.memory as memory
+    from attfc_lite.large_n import large_n
+
+    class Searched(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Searched
+
+    monkeypatch.setattr(memory, "find_oom_boundary", stop)
+    with pytest.raises(Searched):  # past the checks: only AttFC needs two images of an identity
+        large_n(images_per_identity=1, heads=["fc"])
+
+
+def _point(head, n, factor, fits=True, acc=0.7, excl=False, **extra):
+    v = {"accuracy_mean": acc, "accuracy_std": 0.01, "tar_at_far": {"1e-3": 0.1, "1e-4": 0.02},
+         "num_impostor_all": 4_485_000, "num_genuine_all": 13_500, "roc": {"fpr": [0, 1], "tpr": [0, 1]}}
+    return {"head": head, "label": {"fc": "full FC", "partial_fc": "Partial FC", "attfc": "AttFC"}[head],
+            "num_classes": n, "factor": factor, "fits": fits, "images_per_identity": 2, "epochs": 3,
+            "steps": 30 if fits else 0, "images_seen": 3840 if fits else None, "train_seconds": 12.0 if fits else None,
+            "peak_bytes": 100 * 2 ** 20 if fits else None, "keys_exclude_query": excl,
+            "verification": v if fits else None, "loss_curve": {"every": 10, "loss": [9.0, 5.0, 4.0]} if fits else None,
+            **extra}
+
+
+def test_large_n_table_and_plot_by_hand():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from attfc_lite.large_n import large_n_table, plot_large_n
+
+    points = [_point("fc", 20_000, 1.0), _point("attfc", 100_000, 5.0, acc=0.8),
+              _point("attfc", 100_000, 5.0, acc=0.75, excl=True),
+              _point("attfc", 200_000, 10.0, fits=False, error="... you tried to allocate 31457280 bytes ...",
+                     requested_bytes=31_457_280)]
+    result = {"points": points, "boundaries": {"fc": {"largest_fit": 20_000}}, "epochs": 3, "budget_mib": 128,
+              "world": {"images_per_identity": 2, "image_size": 32, "batch_size": 128}, "device": "cpu", "date": "d"}
+    lines = large_n_table(result).splitlines()
+    assert lines[1].split()[:4] == ["full", "FC", "(1x)", "20,000"] and lines[1].split()[-3:] == ["0.700", "0.100",
+                                                                                              "0.020"]
+    assert "keys other than the query" in lines[3] and "0.750" in lines[3]
+    assert "out of memory: an allocation of 30.0 MiB failed" in lines[4]  # 31,457,280 bytes = 30 MiB
+    assert "4,485,000 impostor pairs" in lines[5] and "at most 448 of them" in lines[5]
+    fig = plot_large_n(result)
+    acc_ax, loss_ax = fig.axes
+    labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert labels == ["full FC's limit (20,000)", "full FC", "AttFC, keys with the query (official)",
+                      "AttFC, keys other than the query"]
+    notes = [t.get_text() for t in acc_ax.texts]
+    assert notes == ["AttFC (10x):\nout of memory"]  # at N = 200,000, on the axis
+    assert 200_000 in [line.get_xdata()[0] for line in acc_ax.get_lines()]
+    assert acc_ax.get_xscale() == "log" and acc_ax.get_xlabel() and acc_ax.get_ylabel() and acc_ax.get_title()
+    # the loss curves against epochs: 3 points every 10 steps of 20,000 x 2 / 128 = 312 steps an epoch
+    line = loss_ax.get_lines()[0]
+    assert list(line.get_xdata()) == pytest.approx([5 / 312, 15 / 312, 25 / 312])
+    assert len(loss_ax.get_legend().get_texts()) == 3  # the run that did not fit has no curve
+    assert "keys with the query (official)" in lines[2] and "keys other than the query" in lines[3]
 
 
 def test_ablation_plot_puts_accuracy_against_the_models_head_memory():

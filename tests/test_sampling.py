@@ -190,3 +190,72 @@ def test_kview_rejects_a_base_that_substitutes_items():
 
     with pytest.raises(ValueError, match="label"):
         KViewDataset(Substituting(LABELS))[0]
+
+
+# --------------------------------------------------------------------------- keys other than the query
+
+
+def test_exclude_query_never_gives_the_query_when_the_identity_has_others():
+    g = torch.Generator().manual_seed(3)
+    queries = torch.arange(len(LABELS)).repeat(50)
+    keys = sample_keys(LABELS, queries, k=6, generator=g, exclude_query=True)
+    for b, q in enumerate(queries.tolist()):
+        members = _naive_members(LABELS, int(LABELS[q]))
+        for key in keys[b].tolist():
+            assert int(LABELS[key]) == int(LABELS[q])  # still the query's identity
+            assert key != q or len(members) == 1  # the query only where it is the identity's one image
+
+
+def test_exclude_query_is_uniform_over_the_other_images():
+    g = torch.Generator().manual_seed(11)
+    others = [m for m in _naive_members(LABELS, 0) if m != 6]  # identity 0 is [1, 2, 6, 9]; query 6
+    keys = sample_keys(LABELS, torch.full((400,), 6), k=50, generator=g, exclude_query=True).flatten()
+    counts = torch.tensor([(keys == m).sum().item() for m in others], dtype=torch.float64)
+    assert counts.sum() == keys.numel()  # nothing else: neither the query nor another identity
+    expected = keys.numel() / len(others)
+    assert float(((counts - expected) ** 2 / expected).sum()) < 18.4  # 99.99 % quantile, 2 degrees of freedom
+
+
+def test_exclude_query_with_two_images_gives_the_other_one_and_one_image_gives_itself():
+    keys = sample_keys(LABELS, torch.tensor([4, 8, 3]), k=3, generator=torch.Generator().manual_seed(0),
+                       exclude_query=True)
+    assert keys.tolist() == [[8, 8, 8], [4, 4, 4], [3, 3, 3]]  # identity 5 is {4, 8}; identity 2 is {3}
+
+
+def test_the_default_draws_are_unchanged_by_the_option():
+    # the same generator state: drawn with the query by default, as before the option existed
+    q = torch.arange(len(LABELS))
+    a = sample_keys(LABELS, q, 4, generator=torch.Generator().manual_seed(5))
+    b = sample_keys(LABELS, q, 4, generator=torch.Generator().manual_seed(5), exclude_query=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (2, 2), (3, 2), (4, 4), (16, 4)])
+def test_self_key_share_matches_its_formula_and_a_simulation(n, k):
+    from attfc_lite.sampling import self_key_share
+
+    by_hand = {(1, 2): 1.0, (2, 2): 0.75, (3, 2): 5 / 9, (4, 4): 1 - (3 / 4) ** 4, (16, 4): 1 - (15 / 16) ** 4}
+    assert self_key_share(n, k) == pytest.approx(by_hand[(n, k)])
+    labels = torch.arange(2000).repeat_interleave(n)
+    queries = torch.arange(len(labels))
+    keys = sample_keys(labels, queries, k, generator=torch.Generator().manual_seed(0))
+    simulated = (keys == queries[:, None]).any(1).double().mean().item()
+    assert simulated == pytest.approx(by_hand[(n, k)], abs=0.03)
+
+
+def test_kview_dataset_excludes_the_query_when_asked():
+    class Base(Dataset):
+        labels = LABELS
+
+        def __len__(self):
+            return len(LABELS)
+
+        def __getitem__(self, i):
+            return torch.full((3, 2, 2), float(i)), int(LABELS[i]), 0.5
+
+    ds = KViewDataset(Base(), k=3, seed=0, exclude_query=True)
+    for i in range(len(LABELS)):
+        if len(_naive_members(LABELS, int(LABELS[i]))) > 1:
+            assert i not in ds.key_indices(i).tolist()
+    with pytest.raises(ValueError, match="exclude_query"):
+        KViewDataset(Base(), k=3, exclude_query="yes")

@@ -310,7 +310,7 @@ def test_attfc_run_records_its_settings_and_fills_the_container(tmp_path):
     m = result.metrics
     assert m["head"] == "attfc" and m["head_parameters"] == 0
     assert m["head_settings"] == {"num_keys": 2, "container_ratio": 0.3, "container_size": 12, "temperature": 1.0,
-                                  "container_capacity": 12, "ema_momentum": 0.9}
+                                  "container_capacity": 12, "ema_momentum": 0.9, "keys_exclude_query": False}
     written = json.loads((tmp_path / METRICS).read_text())
     assert written["config"]["head"] == "attfc" and written["config"]["ema_momentum"] == 0.9
     # 8 steps of 8 queries through a container of 12: full, and every label a training identity
@@ -335,8 +335,8 @@ def test_attfc_keys_come_from_the_query_identity_and_encoder_k_follows_by_ema(mo
     drawn = []
     real_sample = train_module.sample_keys
 
-    def spy_sample(labels, query_indices, k, generator=None, index=None):
-        keys = real_sample(labels, query_indices, k, generator=generator, index=index)
+    def spy_sample(labels, query_indices, k, generator=None, index=None, exclude_query=False):
+        keys = real_sample(labels, query_indices, k, generator=generator, index=index, exclude_query=exclude_query)
         drawn.append((labels[torch.as_tensor(query_indices)], labels[keys]))
         return keys
 
@@ -345,6 +345,48 @@ def test_attfc_keys_come_from_the_query_identity_and_encoder_k_follows_by_ema(mo
     assert seen == [torch.Size([8, 2, 16])] * 4
     for query_labels, key_labels in drawn:
         assert torch.equal(key_labels, query_labels[:, None].expand_as(key_labels))
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_attfc_counts_the_keys_that_are_the_query_image(exclude, monkeypatch):
+    import attfc_lite.train as train_module
+
+    naive = {"queries": 0, "with": 0, "keys": 0}
+    real_sample = train_module.sample_keys
+
+    def spy_sample(labels, query_indices, k, generator=None, index=None, exclude_query=False):
+        keys = real_sample(labels, query_indices, k, generator=generator, index=index, exclude_query=exclude_query)
+        for q, row in zip(torch.as_tensor(query_indices).tolist(), keys.tolist()):  # a plain loop, key by key
+            naive["queries"] += 1
+            naive["with"] += any(key == q for key in row)
+            naive["keys"] += sum(key == q for key in row)
+        return keys
+
+    monkeypatch.setattr(train_module, "sample_keys", spy_sample)
+    # 2 images per identity, K = 2: a query gets its own image as a key 3 times in 4
+    config = replace(ATT, images_per_identity=2, epochs=4, keys_exclude_query=exclude)
+    m = train(config, progress=False, evaluate=False).metrics
+    record = m["self_keys"]
+    assert record["queries"] == naive["queries"] == m["images"] == 4 * 2 * 8  # 4 epochs of 2 steps of 8 queries
+    assert record["queries_with_self_key"] == naive["with"] and record["self_keys"] == naive["keys"]
+    assert record["share_of_queries"] == pytest.approx(naive["with"] / naive["queries"])
+    assert record["keys"] == 2 * naive["queries"] and m["head_settings"]["keys_exclude_query"] is exclude
+    if exclude:
+        assert naive["keys"] == 0
+    else:
+        assert 0.5 < record["share_of_queries"] < 0.95  # 0.75 expected; 64 queries
+
+
+def test_attfc_with_one_image_per_identity_is_refused_by_name():
+    from attfc_lite.checks import ArgumentError
+
+    with pytest.raises(ArgumentError, match="^images_per_identity is 1, and AttFC cannot learn") as info:
+        replace(ATT, images_per_identity=1).validate()
+    assert "the query" in str(info.value)
+    replace(TINY, images_per_identity=1).validate()  # full FC may
+    one_each = SyntheticFaces(8, 1, "train", 32, 0)
+    with pytest.raises(ArgumentError, match="^train_set has one image per identity"):
+        train(ATT, train_set=one_each, progress=False, evaluate=False)
 
 
 def test_attfc_resume_restores_encoder_k_and_the_container(tmp_path):

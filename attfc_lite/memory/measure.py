@@ -531,8 +531,11 @@ def measure_head_step(
     warmup_steps: int = 1,
     time_step: bool = True,
     seed: int = 0,
+    max_share: float | None = None,
 ) -> StepMeasurement:
-    """Measure one steady-state training step of `head` (any `Head`).
+    """Measure one steady-state training step of `head` (any `Head`); refused before allocating
+    when the model's predicted peak exceeds `max_share` of what the device has available
+    (`guard.check_fits`).
 
     `warmup_steps` steps run first (the first creates the optimizer state), then one timed
     step when `time_step`, then the measured step. CUDA: peak from
@@ -561,7 +564,7 @@ def measure_head_step(
         # what the head already holds on that device is taken already; the rest is still to come
         there = _unique_bytes(t for t in head.held_tensors().values() if t.device.type == dev.type)
         guard.check_fits(pred.peak - there, dev, None, _sizes_text(pred, kind),
-                         "predict_memory(...) gives the prediction without allocating.")
+                         "predict_memory(...) gives the prediction without allocating.", max_share=max_share)
     head = head.to(dev)
     params = list(head.parameters())
     dtype = head_dtype(head)
@@ -656,6 +659,7 @@ def memory_report(
     optimizer: str = "sgd",
     device: str | None = None,
     measure: bool = True,
+    max_share: float | None = None,
     **head_kwargs: Any,
 ) -> dict[str, Any]:
     """Predicted and measured memory of one head step, as one JSON-serialisable dict.
@@ -671,12 +675,14 @@ def memory_report(
     backbone_params, momentum, weight_decay).
 
     Before measuring, the predicted peak is compared with the device's available memory
-    (`guard.check_fits`): past half of it on the CPU (nine tenths on CUDA) a ValueError says
-    how much is needed and available, and nothing is allocated.
+    (`guard.check_fits`): past `max_share` of it (by default `SAFE_SHARE`: three quarters on the
+    CPU, nine tenths on CUDA) a ValueError says how much is needed and available, and nothing
+    is allocated.
     """
     if num_classes is None:
         raise ArgumentError("num_classes", "is required: the number of identities N, e.g. num_classes=100000")
     measure = as_bool("measure", measure)
+    max_share = guard.check_share(max_share)
     model_kwargs = {k: v for k, v in head_kwargs.items() if k in _MODEL_KNOBS}
     pred = predict_memory(num_classes, embedding_dim, batch_size, dtype, optimizer, head, **model_kwargs)
     cfg = pred.config
@@ -691,16 +697,17 @@ def memory_report(
     if not measure:
         return _json_safe(report)
     advice = "Pass measure=False (--no-measure) for the prediction alone."
-    guard.check_fits(pred.peak, dev, None, _sizes_text(pred, cfg["head"]), advice)
+    guard.check_fits(pred.peak, dev, None, _sizes_text(pred, cfg["head"]), advice, max_share=max_share)
     if dev.type != "cpu":  # the head is built in fp32 on the CPU first, then moved
         sym = pred.symbols
         built_bytes = (sym["R"] + sym["Q"]) * sym["D"] * 4 + 8 * sym["Q"]
         guard.check_fits(built_bytes, "cpu", None,
-                         f"building the head on the CPU ({_sizes_text(pred, cfg['head'])})", advice)
+                         f"building the head on the CPU ({_sizes_text(pred, cfg['head'])})", advice,
+                         max_share=max_share)
     # the checked values (1e6 as 1000000), so the head is built with what was predicted
     built = build_head(head, cfg["num_classes"], cfg["embedding_dim"], dtype, **head_kwargs)
     opt_kwargs = {k: cfg[k] for k in ("momentum", "weight_decay")}
-    meas = measure_head_step(built, cfg["batch_size"], cfg["optimizer"], dev, **opt_kwargs)
+    meas = measure_head_step(built, cfg["batch_size"], cfg["optimizer"], dev, max_share=max_share, **opt_kwargs)
     del built
     gc.collect()
     report.update(

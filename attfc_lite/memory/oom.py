@@ -74,6 +74,29 @@ def _vm_size() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")  # pragma: no cover
 
 
+_UNIT_BYTES = {"bytes": 1, "b": 1, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def requested_bytes(message: str) -> int | None:
+    """The size of the allocation that failed, read from an out-of-memory message: the CPU
+    allocator's 'you tried to allocate 31457280 bytes' or CUDA's 'Tried to allocate 30.00 MiB'
+    (rounded to two decimals there). None when the message gives none."""
+    import re
+
+    found = re.search(r"tried to allocate\s+([0-9][0-9.,]*)\s*(bytes|b|kib|mib|gib|tib)\b", str(message), re.I)
+    if not found:
+        return None
+    return int(round(float(found.group(1).replace(",", "")) * _UNIT_BYTES[found.group(2).lower()]))
+
+
+def oom_record(exc: BaseException) -> dict[str, Any]:
+    """What an out-of-memory error says, whole: 'error' (the full message, never cut, so the
+    allocator's own words stay in it) and 'requested_bytes' (the failed allocation's size, or None)."""
+    text = str(exc).strip() or type(exc).__name__
+    requested = getattr(exc, "requested_bytes", None)
+    return {"error": text, "requested_bytes": requested if requested is not None else requested_bytes(text)}
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is an out-of-memory error: MemoryError, torch's OutOfMemoryError (CUDA) or an
     allocator's message (the CPU allocator raises a plain RuntimeError)."""
@@ -202,16 +225,16 @@ def _oom_child() -> None:
         # What earlier trials left behind eats into this one's budget: report it.
         left_over = in_use() - base
         start = time.perf_counter()
-        error = None
+        failure = {"error": None, "requested_bytes": None}
         try:
             attempt(n)
             fits = True
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            fits, error = False, str(exc).strip().splitlines()[0][:160]
+            fits, failure = False, oom_record(exc)
         cleanup()
-        _emit({"event": "trial", "num_classes": n, "fits": fits, "error": error, "left_over_bytes": left_over,
+        _emit({"event": "trial", "num_classes": n, "fits": fits, **failure, "left_over_bytes": left_over,
                "seconds": round(time.perf_counter() - start, 3)})
         return fits
 
@@ -358,7 +381,8 @@ def find_oom_boundary(
             state["trying"] = event["num_classes"]
         elif event["event"] == "trial":
             state["trying"] = None
-            trials.append({k: event[k] for k in ("num_classes", "fits", "error", "left_over_bytes", "seconds")})
+            trials.append({k: event[k] for k in ("num_classes", "fits", "error", "requested_bytes", "left_over_bytes",
+                                                 "seconds")})
         elif event["event"] == "done":
             state["done"] = event
 
@@ -371,8 +395,8 @@ def find_oom_boundary(
         tail = " | ".join(other[-3:])
         child_error = f"child ended without finishing (exit status {rc}): {tail}"
         if trying is not None:
-            trials.append({"num_classes": trying, "fits": False, "error": child_error, "left_over_bytes": None,
-                           "seconds": None})
+            trials.append({"num_classes": trying, "fits": False, "error": child_error, "requested_bytes": None,
+                           "left_over_bytes": None, "seconds": None})
     fits = [t["num_classes"] for t in trials if t["fits"]]
     fails = [t["num_classes"] for t in trials if not t["fits"]]
     largest_fit = max(fits) if fits else None
@@ -395,8 +419,18 @@ def find_oom_boundary(
 # --------------------------------------------------------------------------- a run under a cap
 
 
+def _vm_peak() -> int:
+    """The most address space this process has held (VmPeak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmPeak in /proc/self/status")  # pragma: no cover
+
+
 def _train_child() -> None:
     """Entry point of a capped training run: warm up outside the cap, cap, train, report."""
+    import statistics
     from dataclasses import replace
 
     from ..train import TrainConfig, evaluate_run, train
@@ -406,36 +440,65 @@ def _train_child() -> None:
     device = torch.device(spec["device"])
     # A few steps of the same kind of run at a small size set up threads, kernels and allocator
     # arenas once, so the cap counts only what the real run adds.
-    train(replace(config, num_classes=spec["warmup_classes"], max_steps=2), progress=False, evaluate=False,
+    train(replace(config, num_classes=spec["warmup_classes"], max_steps=2, epochs=1), progress=False, evaluate=False,
           check_memory=False)
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     base, cap = _apply_cap(device, spec["budget_bytes"])
     _emit({"event": "ready", "baseline_bytes": base, "cap": cap})
+    every = spec.get("loss_every", 50)
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    state = {"epoch": 0}
+
+    def watch(step: dict) -> None:  # one event per epoch, so the parent can show progress
+        if step["epoch"] != state["epoch"] and epoch_losses:
+            _emit({"event": "epoch", "epoch": state["epoch"] + 1, "loss": statistics.fmean(epoch_losses),
+                   "step": step["step"] - 1, "seconds": round(time.perf_counter() - start, 1)})
+            epoch_losses.clear()
+        state["epoch"] = step["epoch"]
+        losses.append(step["loss"])
+        epoch_losses.append(step["loss"])
+
     start = time.perf_counter()
     try:
-        result = train(config, progress=False, evaluate=False, check_memory=False)  # a real OOM is the point
+        result = train(config, progress=False, evaluate=False, check_memory=False, callback=watch)  # a real OOM is the point
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
-        _emit({"event": "done", "fits": False, "error": str(exc).strip().splitlines()[0][:160],
+        _emit({"event": "done", "fits": False, **oom_record(exc), "steps_done": len(losses),
                "seconds": round(time.perf_counter() - start, 3)})
         return
-    used = (torch.cuda.max_memory_reserved(device) if device.type == "cuda" else _vm_size()) - base
     seconds = round(time.perf_counter() - start, 3)
+    if device.type == "cuda":
+        used, peak = torch.cuda.memory_reserved(device) - base, torch.cuda.max_memory_reserved(device) - base
+    else:  # VmPeak also counts the warm-up, which at its few identities stays far below the run
+        used, peak = _vm_size() - base, _vm_peak() - base
+    _emit({"event": "epoch", "epoch": state["epoch"] + 1, "loss": statistics.fmean(epoch_losses or [float("nan")]),
+           "step": len(losses), "seconds": seconds})
     # Verification needs no head and is not training: it runs with the cap lifted.
     _lift_cap(device)
-    metrics = dict(result.metrics, verification=evaluate_run(result.backbone, config, device=device))
-    _emit({"event": "done", "fits": True, "metrics": metrics, "used_bytes": used, "seconds": seconds})
+    curve = [round(statistics.fmean(losses[i:i + every]), 4) for i in range(0, len(losses), every)]
+    metrics = dict(result.metrics, verification=evaluate_run(result.backbone, config, device=device),
+                   loss_curve={"every": every, "loss": curve})
+    _emit({"event": "done", "fits": True, "metrics": metrics, "used_bytes": used, "peak_bytes": peak,
+           "seconds": seconds})
 
 
 def train_under_budget(config, budget_bytes: int, device: str | torch.device | None = None,
-                       warmup_classes: int = 100, timeout_s: float = 900.0) -> dict[str, Any]:
+                       warmup_classes: int = 100, timeout_s: float = 900.0, loss_every: int = 50,
+                       on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train `config` (a `TrainConfig`) in a child process capped at its size after a warm-up +
     `budget_bytes` (RLIMIT_AS on the CPU, the memory fraction on CUDA), as `find_oom_boundary`
     caps its steps; verification on the unseen identities runs after training with the cap lifted
     (it needs no head). Returns 'fits' (the whole training stayed under the cap),
-    'metrics' (the run's, when it did), 'error', 'used_bytes' (the address space above the
-    baseline at the end on the CPU; the reserved peak on CUDA), 'cap', 'seconds', 'child_error'."""
+    'metrics' (the run's, when it did, with 'loss_curve': the mean loss of every `loss_every`
+    steps), 'error' (an out-of-memory message, whole) and 'requested_bytes' (the allocation that
+    failed), 'peak_bytes' (the most held above the baseline: VmPeak on the CPU, the reserved peak
+    on CUDA), 'used_bytes' (held at the end), 'cap', 'seconds', 'child_error'.
+    `on_epoch({epoch, loss, step, seconds})` is called as each epoch ends in the child."""
     from dataclasses import asdict
 
     from ..utils import default_device
@@ -447,22 +510,30 @@ def train_under_budget(config, budget_bytes: int, device: str | torch.device | N
         raise ValueError("the CPU memory cap needs Linux (RLIMIT_AS and /proc); run it on Linux or on CUDA")
     warmup_classes = as_int("warmup_classes", warmup_classes, 2)
     timeout_s = as_float("timeout_s", timeout_s, 0, low_open=True)
+    loss_every = as_int("loss_every", loss_every, 1)
     # the cap holds the run within the budget: the budget itself must fit in what the machine has free
     guard.check_fits(budget, dev, "budget_bytes", f"a run under a cap of {guard.format_bytes(budget)}",
                      "Choose a smaller budget.")
-    spec = {"config": asdict(config), "device": str(dev), "budget_bytes": budget, "warmup_classes": warmup_classes}
+    spec = {"config": asdict(config), "device": str(dev), "budget_bytes": budget, "warmup_classes": warmup_classes,
+            "loss_every": loss_every}
     events: list[dict] = []
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        if event["event"] == "epoch" and on_epoch is not None:
+            on_epoch({k: event[k] for k in ("epoch", "loss", "step", "seconds")})
+
     started = time.perf_counter()
-    rc, other = _run_child("from attfc_lite.memory.oom import _train_child; _train_child()", spec, timeout_s,
-                           events.append)
+    rc, other = _run_child("from attfc_lite.memory.oom import _train_child; _train_child()", spec, timeout_s, on_event)
     ready = next((e for e in events if e["event"] == "ready"), {})
     done = next((e for e in events if e["event"] == "done"), None)
     result = {"budget_bytes": budget, "device": str(dev), "cap": ready.get("cap"), "fits": False, "metrics": None,
-              "error": None, "used_bytes": None, "seconds": round(time.perf_counter() - started, 1),
-              "child_error": None}
+              "error": None, "requested_bytes": None, "peak_bytes": None, "used_bytes": None, "steps_done": None,
+              "seconds": round(time.perf_counter() - started, 1), "child_error": None}
     if done is None:
         result["child_error"] = f"child ended without finishing (exit status {rc}): {' | '.join(other[-3:])}"
         result["error"] = result["child_error"]
     else:
-        result.update({k: done[k] for k in ("fits", "metrics", "error", "used_bytes") if k in done})
+        result.update({k: done[k] for k in ("fits", "metrics", "error", "requested_bytes", "peak_bytes", "used_bytes",
+                                            "steps_done") if k in done})
     return result
