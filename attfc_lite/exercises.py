@@ -588,6 +588,7 @@ def _spec_images_per_step(batch_size: int = 128, num_keys: int = 4) -> Spec:
         (b, "Each query also has K key images, embedded by encoder_k."),
         (b * (2 + k), "The backward pass does not embed images again."),
         (b + k, "Each query has its own K key images: K per query, not K per batch."),
+        (b * 3, "That is with lesson 09's own K = 2: the exercise asks for K = 4."),
     ), hint="B queries through encoder_q, and K key images for each of them through encoder_k.")
 
 
@@ -605,8 +606,9 @@ def _spec_self_key_share(images_per_identity: int = 3, num_keys: int = 2) -> Spe
                 "complement, 1 - P(no key is the query)."),
         (none, "That is the share of queries with NO key equal to the query: the question asks for the rest."),
         ((1 / n) ** k, "That is the share where EVERY key is the query; at least one is asked."),
-        (1 - (1 - 1 / (n - 1)) ** k if n > 1 else 2.0, "The query is one of the identity's n images: each key "
-                                                         "is drawn among all n, itself included."),
+        (1 - (1 - 1 / (n - 1)) ** k if n > 1 else 2.0,
+         "That is the share for one image fewer (the lesson's stored run had 2): here the identity has "
+         f"{n} images, the query one of them, and each key is drawn among all {n}."),
     ), hint="Each key is the query with probability 1/n, independently; P(no key is) = (1 - 1/n)^K.")
 
 

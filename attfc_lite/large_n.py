@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .checks import ArgumentError, as_float, as_int
-from .run import RUN_OUTPUTS, STORED, VARIANTS, _round
+from .run import STORED, results_folder, stored_file, stored_roc, write_results
 from .train import TrainConfig
-from .utils import check_output, holds_results, provenance, read_stored, replace_folder, staging_path, write_json
+from .utils import provenance, read_stored
 
 __all__ = ["large_n", "write_large_n", "load_large_n", "large_n_table", "plot_large_n", "LARGE_N_LABELS"]
 
@@ -56,7 +56,7 @@ def _brief_run(head: str, r: dict, n_fc: int, config: TrainConfig) -> dict:
             "accuracy_mean": v["accuracy_mean"], "accuracy_std": v["accuracy_std"], "auc": v["auc"],
             "tar_at_far": v["tar_at_far"], "far_achieved": v["far_achieved"],
             "num_genuine_all": v.get("num_genuine_all"), "num_impostor_all": v.get("num_impostor_all"),
-            "roc": {"fpr": [float(f"{f:.4g}") for f in v["roc"]["fpr"]], "tpr": _round(v["roc"]["tpr"], 5)}}
+            "roc": stored_roc(v["roc"])}
     return record
 
 
@@ -113,11 +113,13 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
     base = replace(base, device=str(dev))
     started = time.perf_counter()
 
-    def say(text: str) -> None:
+    def say(text: str) -> None:  # progress on stderr, as the command line's other messages
         if progress:
+            import sys
+
             from tqdm.auto import tqdm
 
-            tqdm.write(text)
+            tqdm.write(text, file=sys.stderr)
 
     def search(head: str) -> dict:
         config = replace(base, head=head, epochs=1)
@@ -213,35 +215,22 @@ def write_large_n(out: str | os.PathLike, base: TrainConfig | None = None, budge
     large_n.png. A folder holding results is refused unless `overwrite` (the new files then
     replace it only once they are complete); `beside_run=True` writes into the folder that
     `run_heads` has just written (the command line's `run --large-n-mib` without --large-n-only)."""
-    import matplotlib.pyplot as plt
-
     final = out = Path(out)
     if out.suffix:
         raise ArgumentError("out", f"is a folder (it gets large_n.json and large_n.png), got {out}")
     if not beside_run:
-        check_output(out, "out", "folder", overwrite=overwrite, holds="results",
-                     own=lambda e: (e.name in VARIANTS and e.is_dir()) or e.name in RUN_OUTPUTS
-                     or e.name.endswith(".tmp"))
-        if holds_results(out):
-            out = staging_path(out, "out")
+        out = results_folder(out, overwrite)
     result = large_n(base, budget_bytes, **options)
     result["command"] = command
-    write_json(out / "large_n.json", result)
-    fig = plot_large_n(result)
-    fig.savefig(out / "large_n.png", dpi=100)
-    plt.close(fig)
-    if out != final:
-        replace_folder(out, final)
+    write_results(out, final, "large_n", result, plot_large_n)
     return result
 
 
 def load_large_n(path: str | os.PathLike) -> dict:
     """What `large_n` wrote: a folder holding large_n.json, the file, or a stored run's name
     ("large_n_cpu": data/runs/large_n_cpu/large_n.json)."""
-    path = Path(path)
-    if path.is_dir() or (not path.suffix and (STORED / path.name).is_dir()):
-        path = (path if path.is_dir() else STORED / path.name) / "large_n.json"
-    return read_stored(path, STORED, {"budget_mib", "boundaries", "runs", "points", "world", "device", "command"},
+    return read_stored(stored_file(path, "large_n.json"), STORED,
+                       {"budget_mib", "boundaries", "runs", "points", "world", "device", "command"},
                        "python -m attfc_lite run --large-n-mib ... --large-n-only")
 
 

@@ -165,11 +165,7 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         raise ArgumentError("out", f"is a folder (it gets summary.json, summary.png and one folder per head), "
                                    f"got {out}")
     if out is not None:
-        check_output(out, "out", "folder", overwrite=overwrite, holds="results",
-                     own=lambda e: (e.name in VARIANTS and e.is_dir()) or e.name in RUN_OUTPUTS
-                     or e.name.endswith(".tmp"))
-        if holds_results(out):  # overwrite: write beside it, replace it at the end
-            out = staging_path(out, "out")
+        out = results_folder(out, overwrite)
     from tqdm.auto import tqdm
 
     runs, steps, started = [], {}, time.perf_counter()
@@ -204,8 +200,7 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
                "head_settings": m["head_settings"],
                "loss_curve": {"every": LOSS_EVERY, "loss": _round(curve, 4)},
                "num_pairs_all": {"genuine": v.get("num_genuine_all"), "impostor": v.get("num_impostor_all")},
-               # FARs to 4 significant digits: with millions of impostor pairs they reach 1e-7
-               "roc": {"fpr": [float(f"{f:.4g}") for f in v["roc"]["fpr"]], "tpr": _round(v["roc"]["tpr"], 5)}}
+               "roc": stored_roc(v["roc"])}
         if seed == seeds[0]:  # memory does not depend on the seed
             run["head_memory"] = [head_memory(config)] + ([head_memory(config, memory_classes)]
                                                           if memory_classes else [])
@@ -223,15 +218,27 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         "summary": summarise(runs), "step_memory": steps,
     }
     if out is not None:
-        write_json(out / "summary.json", result)
-        import matplotlib.pyplot as plt
-
-        fig = plot_summary(result)
-        fig.savefig(out / "summary.png", dpi=100)
-        plt.close(fig)
-        if out != final:
-            replace_folder(out, final)
+        write_results(out, final, "summary", result, plot_summary)
     return result
+
+
+def write_results(out: Path, final: Path, stem: str, result: dict, plot: Callable[[dict], Any]) -> None:
+    """`result` as out/<stem>.json and its figure `plot(result)` as out/<stem>.png; then, if `out`
+    is a staging folder (`results_folder`), it takes the place of `final`."""
+    import matplotlib.pyplot as plt
+
+    write_json(out / f"{stem}.json", result)
+    fig = plot(result)
+    fig.savefig(out / f"{stem}.png", dpi=100)
+    plt.close(fig)
+    if out != final:
+        replace_folder(out, final)
+
+
+def stored_roc(roc: dict) -> dict:
+    """A ROC curve as the stored results keep it: FARs to 4 significant digits (with millions of
+    impostor pairs they reach 1e-7), TARs to 5 decimals."""
+    return {"fpr": [float(f"{f:.4g}") for f in roc["fpr"]], "tpr": _round(roc["tpr"], 5)}
 
 
 def summarise(runs: Sequence[dict]) -> list[dict]:
@@ -248,14 +255,29 @@ def summarise(runs: Sequence[dict]) -> list[dict]:
     return out
 
 
+def results_folder(out: Path, overwrite: bool) -> Path:
+    """Where to write the results of `run` into the folder `out`: `out` itself, or with
+    `overwrite` a staging folder beside it that replaces it once complete (`replace_folder`).
+    A folder holding results, or files `run` does not write, is refused (`utils.check_output`)."""
+    check_output(out, "out", "folder", overwrite=overwrite, holds="results",
+                 own=lambda e: (e.name in VARIANTS and e.is_dir()) or e.name in RUN_OUTPUTS or e.name.endswith(".tmp"))
+    return staging_path(out, "out") if holds_results(out) else out
+
+
+def stored_file(path: str | os.PathLike, name: str) -> Path:
+    """`path` if it is a file, `path/name` for a folder, or `data/runs/<path>/name` for the name of
+    a stored run ("heads_cpu")."""
+    path = Path(path)
+    if path.is_dir() or (not path.suffix and (STORED / path.name).is_dir()):
+        path = (path if path.is_dir() else STORED / path.name) / name
+    return path
+
+
 def load_run(path: str | os.PathLike) -> dict:
     """What `run_heads` wrote: its folder, its summary.json, or the name of a stored one
     ("heads_cpu": data/runs/heads_cpu/summary.json)."""
-    path = Path(path)
-    if path.is_dir() or (not path.suffix and (STORED / path.name).is_dir()):
-        path = (path if path.is_dir() else STORED / path.name) / "summary.json"
-    return read_stored(path, STORED, {"variants", "seeds", "runs", "summary", "config", "device", "command"},
-                       "python -m attfc_lite run")
+    return read_stored(stored_file(path, "summary.json"), STORED,
+                       {"variants", "seeds", "runs", "summary", "config", "device", "command"}, "python -m attfc_lite run")
 
 
 def summary_table(result: dict) -> str:

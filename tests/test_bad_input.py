@@ -153,6 +153,26 @@ CLI_CASES = [
         "--memory-classes"),
     cli("run-large-n-tiny-budget", "run --large-n-mib 0.001 --out {ws}/heads_new " + " ".join(TINY_CLI),
         "--large-n-mib"),
+    cli("run-large-n-factor-zero", "run --large-n-mib 64 --large-n-factors 0", "--large-n-factors"),
+    cli("run-large-n-factor-repeated", "run --large-n-mib 64 --large-n-factors 5 5 --out {ws}/heads_new "
+        + " ".join(TINY_CLI), "--large-n-factors"),
+    cli("run-large-n-one-image", "run --large-n-mib 64 --large-n-only --large-n-images-per-identity 1 "
+        "--out {ws}/heads_new " + " ".join(TINY_CLI), "--large-n-images-per-identity"),
+    cli("run-large-n-option-without-budget", "run --large-n-epochs 2 --out {ws}/heads_new " + " ".join(TINY_CLI),
+        "--large-n-mib"),
+    cli("run-large-n-without-fc", "run --large-n-mib 64 --large-n-heads attfc --out {ws}/heads_new "
+        + " ".join(TINY_CLI), "--large-n-heads"),
+    cli("run-large-n-only-with-variants", "run --large-n-mib 64 --large-n-only --variants fc --out {ws}/heads_new "
+        + " ".join(TINY_CLI), "--large-n-only"),
+    cli("run-large-n-limit-share-zero", "run --large-n-mib 64 --large-n-limit-share 0", "--large-n-limit-share"),
+    cli("run-large-n-occupied", "run --large-n-mib 64 --large-n-only --out {ws}/heads " + " ".join(TINY_CLI),
+        "--out"),
+    cli("train-attfc-one-image", "train --head attfc --images-per-identity 1 --out {ws}/new_run " + " ".join(
+        TINY_CLI).replace("--images-per-identity 4", ""), "--images-per-identity"),
+    cli("train-fc-keys-exclude-query", "train --head fc --keys-exclude-query --out {ws}/new_run " + " ".join(TINY_CLI),
+        "--keys-exclude-query"),
+    cli("memory-max-share-zero", "memory --classes 1000 --max-share 0", "--max-share"),
+    cli("memory-max-share-above-one", "memory --classes 1000 --max-share 1.5", "--max-share"),
     cli("train-option-of-other-head", "train --head fc --k 3", "--head"),
     cli("train-out-unwritable", "train --out /proc/attfc_run", "--out"),
     cli("train-out-empty", "train --out=", "--out"),
@@ -213,6 +233,10 @@ LIBRARY_CASES = [
     Case("config-backbone-typo", lambda ws: TrainConfig(backbone="resnet").validate(), "backbone"),
     Case("config-keys-bool", lambda ws: TrainConfig(head="attfc", num_keys=True).validate(), "num_keys"),
     Case("config-max-steps-zero", lambda ws: TrainConfig(max_steps=0).validate(), "max_steps"),
+    Case("config-attfc-one-image", lambda ws: TrainConfig(head="attfc", images_per_identity=1).validate(),
+         "images_per_identity"),
+    Case("config-keys-exclude-text", lambda ws: TrainConfig(head="attfc", keys_exclude_query="no").validate(),
+         "keys_exclude_query"),
     Case("config-momentum-one", lambda ws: TrainConfig(momentum=1.0).validate(), "momentum"),
     Case("config-device-typo", lambda ws: TrainConfig(device="cuda0").validate(), "device"),
     Case("train-into-a-run", lambda ws: train(TINY, ws / "run", progress=False), "out_dir"),

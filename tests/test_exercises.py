@@ -246,7 +246,8 @@ def test_lessons_03_to_09_slips_the_course_cares_about(capsys):
     assert "counts twice" in out(ex.check_self_key_share, 2 / 3)
     assert "NO key" in out(ex.check_self_key_share, 4 / 9)
     assert "EVERY key" in out(ex.check_self_key_share, 1 / 9)
-    assert "itself included" in out(ex.check_self_key_share, 0.75)  # drawn among the 2 others: 1 - (1/2)^2
+    assert "one image fewer" in out(ex.check_self_key_share, 0.75)  # n = 2: 1 - (1/2)^2
+    assert "K = 2" in out(ex.check_images_per_step, 384)  # this lesson's K instead of the exercise's
     assert "right" in out(lambda a: ex.check_self_key_share(a, 2, 2), 0.75)  # the stored run: n = 2, K = 2
 
 

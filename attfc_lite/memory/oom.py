@@ -65,13 +65,18 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _vm_size() -> int:
-    """Address space of this process (VmSize), the quantity RLIMIT_AS caps."""
+def _vm(field: str = "VmSize") -> int:
+    """Bytes of a /proc/self/status field: VmSize, the address space RLIMIT_AS caps, or VmPeak,
+    the most of it this process has held."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmSize:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")  # pragma: no cover
+    raise RuntimeError(f"no {field} in /proc/self/status")  # pragma: no cover
+
+
+def _vm_size() -> int:
+    return _vm("VmSize")
 
 
 _UNIT_BYTES = {"bytes": 1, "b": 1, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
@@ -419,15 +424,6 @@ def find_oom_boundary(
 # --------------------------------------------------------------------------- a run under a cap
 
 
-def _vm_peak() -> int:
-    """The most address space this process has held (VmPeak)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmPeak:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmPeak in /proc/self/status")  # pragma: no cover
-
-
 def _train_child() -> None:
     """Entry point of a capped training run: warm up outside the cap, cap, train, report."""
     import statistics
@@ -464,7 +460,8 @@ def _train_child() -> None:
 
     start = time.perf_counter()
     try:
-        result = train(config, progress=False, evaluate=False, check_memory=False, callback=watch)  # a real OOM is the point
+        # check_memory=False: a real out-of-memory under the cap is the point
+        result = train(config, progress=False, evaluate=False, check_memory=False, callback=watch)
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -474,10 +471,11 @@ def _train_child() -> None:
     seconds = round(time.perf_counter() - start, 3)
     if device.type == "cuda":
         used, peak = torch.cuda.memory_reserved(device) - base, torch.cuda.max_memory_reserved(device) - base
-    else:  # VmPeak also counts the warm-up, which at its few identities stays far below the run
-        used, peak = _vm_size() - base, _vm_peak() - base
-    _emit({"event": "epoch", "epoch": state["epoch"] + 1, "loss": statistics.fmean(epoch_losses or [float("nan")]),
-           "step": len(losses), "seconds": seconds})
+    else:  # VmPeak also counts the start-up and the warm-up, which at its few identities stay below the run
+        used, peak = _vm_size() - base, _vm("VmPeak") - base
+    if epoch_losses:  # the last epoch, which no later step announced
+        _emit({"event": "epoch", "epoch": state["epoch"] + 1, "loss": statistics.fmean(epoch_losses),
+               "step": len(losses), "seconds": seconds})
     # Verification needs no head and is not training: it runs with the cap lifted.
     _lift_cap(device)
     curve = [round(statistics.fmean(losses[i:i + every]), 4) for i in range(0, len(losses), every)]
