@@ -77,7 +77,8 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
        `factors` times full FC's limit (the first is the main one; 0.2 or 10 as well as 5), every
        run for `epochs` epochs with the same images per identity, backbone, schedule and unseen
        evaluation identities; a full FC or Partial FC run that runs out of memory is retried at
-       0.95 of its N (an AttFC factor that does not fit is a result), and every try is kept;
+       0.95 of its N, twice at most (an AttFC factor that does not fit is a result), and every try
+       is kept;
     3. with `compare_keys`, AttFC at the main factor again with its keys drawn the other way
        (`keys_exclude_query`), to see what keys equal to the query image do.
     Verification runs after each training, with the cap lifted (it needs no head). `steps` caps
@@ -145,39 +146,33 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
     tried: list[dict] = []
 
     def train_capped(head: str, n: int, retry: bool, **overrides) -> dict:
-        while True:
+        for _ in range(3 if retry else 1):  # at most two retries, each at 0.95 of the N before
+            config = replace(base, head=head, num_classes=max(2, int(n)), **overrides)
+            what = f"{LARGE_N_LABELS[head]} at N = {config.num_classes:,} ({config.num_classes / n_fc:.2f}x)" + \
+                _keys_text({"head": head, "keys_exclude_query": config.keys_exclude_query})
             try:
-                config = replace(base, head=head, num_classes=max(2, int(n)), **overrides).validate()
+                config = config.validate()
             except ArgumentError as exc:  # e.g. more identities than the synthetic world holds: a result, kept
-                say(f"{LARGE_N_LABELS[head]} at N = {int(n):,}: not trained ({exc})")
-                record = {"head": head, "label": LARGE_N_LABELS[head], "num_classes": int(n),
-                          "factor": round(int(n) / n_fc, 3), "images_per_identity": images_per_identity,
-                          "fits": False, "skipped": True, "error": f"not trained: {exc}", "requested_bytes": None,
-                          "epochs": epochs, "steps": 0, "verification": None, "loss_curve": None,
-                          **({"keys_exclude_query": overrides.get("keys_exclude_query", base.keys_exclude_query)}
-                             if head == "attfc" else {})}
-                tried.append({k: record[k] for k in ("head", "num_classes", "factor", "fits", "error", "steps")})
-                return record
-            what = f"{LARGE_N_LABELS[head]} at N = {config.num_classes:,} ({config.num_classes / n_fc:.2f}x)"
-            if head == "attfc":
-                what += ", keys " + ("other than the query" if config.keys_exclude_query else "drawn with the query")
-            say(f"training {what}, {epochs} epoch(s) ...")
+                r = {"fits": False, "error": f"not trained: {exc}", "metrics": None, "seconds": 0.0}
+                record = {**_brief_run(head, r, n_fc, config), "skipped": True}
+            else:
+                say(f"training {what}, {epochs} epoch(s) ...")
 
-            def epoch_done(e: dict, what=what) -> None:
-                say(f"  {what}: epoch {e['epoch']}/{epochs}, mean loss {e['loss']:.3f} ({e['seconds']:.0f} s)")
+                def epoch_done(e: dict) -> None:
+                    say(f"  {what}: epoch {e['epoch']}/{epochs}, mean loss {e['loss']:.3f} ({e['seconds']:.0f} s)")
 
-            r = train_under_budget(config, budget_bytes, dev, timeout_s=timeout_s, on_epoch=epoch_done)
-            record = _brief_run(head, r, n_fc, config)
+                r = train_under_budget(config, budget_bytes, dev, timeout_s=timeout_s, on_epoch=epoch_done)
+                record = _brief_run(head, r, n_fc, config)
             tried.append({k: record[k] for k in ("head", "num_classes", "factor", "fits", "error", "steps")}
                          | ({"keys_exclude_query": config.keys_exclude_query} if head == "attfc" else {}))
-            v = record["verification"]
-            req = record["requested_bytes"]
+            v, req = record["verification"], record["requested_bytes"]
             say(f"  {what}: " + (f"trained, 10-fold accuracy {v['accuracy_mean']:.3f}" if r["fits"] and v else
-                                 "out of memory" + (f" (an allocation of {req:,} bytes failed)" if req else "")
-                                 if not r["child_error"] else f"failed: {r['error']}"))
-            if r["fits"] or not retry or r["child_error"]:
-                return record
+                                 record["error"] if record.get("skipped") or r.get("child_error") else
+                                 "out of memory" + (f" (an allocation of {req:,} bytes failed)" if req else "")))
+            if r["fits"] or record.get("skipped") or r.get("child_error"):
+                break
             n = int(0.95 * config.num_classes)  # a long run can need a little more room than the search's steps
+        return record
 
     runs, points = {}, []
     runs["fc"] = train_capped("fc", limit_share * n_fc, retry=True)
@@ -202,7 +197,7 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
         "world": {"images_per_identity": images_per_identity, "image_size": base.image_size,
                   "eval_identities": base.eval_identities, "eval_images_per_identity": base.eval_images_per_identity,
                   "backbone": base.backbone, "embedding_dim": base.embedding_dim, "batch_size": base.batch_size},
-        "boundaries": boundaries, "fc_boundary": boundaries["fc"], "runs": runs, "points": points, "tried": tried,
+        "boundaries": boundaries, "runs": runs, "points": points, "tried": tried,
         "config": {k: v for k, v in asdict(base).items() if k not in ("head", "num_classes")},
         **provenance(dev), "seconds": round(time.perf_counter() - started, 1), "command": None,
     }
@@ -247,9 +242,9 @@ def _point_label(p: dict) -> str:
 
 def large_n_table(result: dict) -> str:
     """One line per capped run: N (and its multiple of full FC's limit), steps, images seen, time,
-    peak memory under the cap, 10-fold accuracy and TAR@FAR with its impostor pairs."""
+    peak memory under the cap, 10-fold accuracy (± its fold spread) and TAR@FAR with its impostor pairs."""
     fars = ("1e-3", "1e-4")
-    lines = [f"{'':<44}{'N':>9}{'steps':>7}{'images':>10}{'train s':>9}{'peak MiB':>10}{'accuracy':>10}"
+    lines = [f"{'':<44}{'N':>9}{'steps':>7}{'images':>10}{'train s':>9}{'peak MiB':>10}{'accuracy':>16}"
              + "".join(f"{'TAR@' + k:>10}" for k in fars)]
     for p in result["points"]:
         line = f"{_point_label(p):<44}{p['num_classes']:>9,}"
@@ -261,10 +256,10 @@ def large_n_table(result: dict) -> str:
             lines.append(line + f"{p['steps'] or 0:>7,}   out of memory"
                          + (f": an allocation of {req / 2 ** 20:,.1f} MiB failed" if req else ""))
             continue
-        v = p["verification"] or {}
+        v = p["verification"]
         line += (f"{p['steps']:>7,}{p['images_seen']:>10,}{p['train_seconds']:>9,.0f}"
-                 f"{(p['peak_bytes'] or 0) / 2 ** 20:>10,.1f}{v.get('accuracy_mean', float('nan')):>10.3f}")
-        line += "".join(f"{(v.get('tar_at_far') or {}).get(k) or 0:>10.3f}" for k in fars)
+                 f"{(p['peak_bytes'] or 0) / 2 ** 20:>10,.1f}{v['accuracy_mean']:>9.3f} ± {v['accuracy_std']:.3f}")
+        line += "".join(f"{v['tar_at_far'][k] or 0:>10.3f}" for k in fars)
         lines.append(line)
     impostors = next((p["verification"]["num_impostor_all"] for p in result["points"] if p.get("verification")), None)
     if impostors:

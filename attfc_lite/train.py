@@ -214,10 +214,9 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class TrainingOutOfMemory(MemoryError):
-    """A training step ran out of memory; the message gives the head's memory and what to change,
-    and `requested_bytes` the size of the allocation that failed (None when the allocator said none)."""
-
-    requested_bytes: int | None = None
+    """A training step ran out of memory; the message gives the allocator's own words, whole (so
+    `memory.oom.requested_bytes` reads the size that failed from it), the head's memory and what
+    to change."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -525,11 +524,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                     except (RuntimeError, MemoryError) as exc:
                         if not is_out_of_memory(exc):
                             raise
-                        from .memory.oom import requested_bytes
-
-                        error = TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".")
-                        error.requested_bytes = requested_bytes(str(exc))  # the allocation that failed
-                        raise error from None
+                        raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
+                            from None
                     losses.append(loss.item())
                     step += 1
                     images += idx.numel()

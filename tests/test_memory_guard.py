@@ -468,6 +468,8 @@ def test_oom_record_keeps_the_whole_message():
     record = oom_record(RuntimeError(long))
     assert record["error"] == long and len(record["error"]) > 400  # never cut
     assert record["requested_bytes"] == 31_457_280
-    error = TrainingOutOfMemory("no size in these words")
-    error.requested_bytes = 99  # what train() sets from the allocator's own exception
-    assert oom_record(error) == {"error": "no size in these words", "requested_bytes": 99}
+    # train() wraps the allocator's error, keeping its words whole: the size is still read from them
+    wrapped = TrainingOutOfMemory("out of memory in training step 0 (epoch 1) of head fc: " + CUDA_OOM
+                                  + "\nOut of memory. The FC head's step alone is predicted to need 2.0 GiB")
+    assert oom_record(wrapped)["requested_bytes"] == int(2.5 * 2 ** 30)
+    assert oom_record(MemoryError()) == {"error": "MemoryError", "requested_bytes": None}

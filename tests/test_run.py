@@ -133,8 +133,8 @@ def test_large_n_table_and_plot_by_hand():
     result = {"points": points, "boundaries": {"fc": {"largest_fit": 20_000}}, "epochs": 3, "budget_mib": 128,
               "world": {"images_per_identity": 2, "image_size": 32, "batch_size": 128}, "device": "cpu", "date": "d"}
     lines = large_n_table(result).splitlines()
-    assert lines[1].split()[:4] == ["full", "FC", "(1x)", "20,000"] and lines[1].split()[-3:] == ["0.700", "0.100",
-                                                                                              "0.020"]
+    assert lines[1].split()[:4] == ["full", "FC", "(1x)", "20,000"] and lines[1].split()[-5:] == ["0.700", "±", "0.010",
+                                                                                              "0.100", "0.020"]
     assert "keys other than the query" in lines[3] and "0.750" in lines[3]
     assert "out of memory: an allocation of 30.0 MiB failed" in lines[4]  # 31,457,280 bytes = 30 MiB
     assert "4,485,000 impostor pairs" in lines[5] and "at most 448 of them" in lines[5]
@@ -241,3 +241,31 @@ def test_plot_sweep_says_log_scale_once_and_labels_every_series():
     assert ax.get_xlabel() == "sample rate r (log scale)"
     assert plot_sweep(sweep).get_xlabel() == "dcc-ratio"  # a linear axis says nothing about scale
     plt.close("all")
+
+
+def test_large_n_keeps_an_n_beyond_the_world_as_a_result_without_training_it(monkeypatch):
+    import types
+
+    import attfc_lite.memory as memory
+    from attfc_lite.faces import MAX_IDENTITIES
+    from attfc_lite.large_n import large_n
+
+    limit = MAX_IDENTITIES // 4  # 10x that is more identities than the synthetic world holds
+    monkeypatch.setattr(memory, "find_oom_boundary", lambda *a, **k: types.SimpleNamespace(
+        largest_fit=limit, first_fail=limit + 1, trials=[], cap="test", seconds=0.0, child_error=None))
+    trained = []
+
+    def fake_train(config, *a, **k):
+        trained.append(config.num_classes)
+        return {"fits": False, "error": "out of memory: you tried to allocate 1024 bytes", "metrics": None,
+                "requested_bytes": 1024, "seconds": 0.0, "child_error": None}
+
+    monkeypatch.setattr(memory, "train_under_budget", fake_train)
+    result = large_n(heads=["fc", "attfc"], factors=[10], limit_share=1.0, progress=False)
+    # full FC out of memory every time: tried at its limit and twice more at 0.95 of the N before, then kept
+    assert trained == [limit, int(0.95 * limit), int(0.95 * int(0.95 * limit))]
+    assert [t["num_classes"] for t in result["tried"][:3]] == trained and not result["runs"]["fc"]["fits"]
+    beyond = result["points"][-1]
+    assert beyond["skipped"] and not beyond["fits"] and beyond["num_classes"] == 10 * limit
+    assert beyond["error"].startswith("not trained: num_classes must be at most")
+    assert 10 * limit not in trained and result["tried"][-1]["num_classes"] == 10 * limit

@@ -98,8 +98,7 @@ def oom_record(exc: BaseException) -> dict[str, Any]:
     """What an out-of-memory error says, whole: 'error' (the full message, never cut, so the
     allocator's own words stay in it) and 'requested_bytes' (the failed allocation's size, or None)."""
     text = str(exc).strip() or type(exc).__name__
-    requested = getattr(exc, "requested_bytes", None)
-    return {"error": text, "requested_bytes": requested if requested is not None else requested_bytes(text)}
+    return {"error": text, "requested_bytes": requested_bytes(text)}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
