@@ -318,15 +318,20 @@ def _sweep(args) -> int:
                  holds=f"a figure ({out.with_suffix('.png')}, written beside the JSON)")
     command = "python -m attfc_lite " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else None
 
+    def tar(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     def report(run: dict) -> None:
         print(f"{args.param}={run['value']:g} seed {run['seed']}: accuracy {run['accuracy_mean']:.3f} "
-              f"± {run['accuracy_std']:.3f} ({run['seconds']:.0f} s)", file=sys.stderr, flush=True)
+              f"± {run['accuracy_std']:.3f}, TAR@1e-3 {tar(run['tar_at_far'].get('1e-3'))} ({run['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
 
     result = run_sweep(args.param, args.values, args.seeds, base, out=out, progress=not args.quiet,
                        command=command, on_run=report, overwrite=args.overwrite)
     for row in result["summary"]:
-        print(f"{args.param}={row['value']:g}: {row['accuracy_mean']:.3f} (seed spread ±{row['accuracy_seed_std']:.3f})",
-              file=sys.stderr)
+        print(f"{args.param}={row['value']:g}: accuracy {row['accuracy_mean']:.3f} (seed spread "
+              f"±{row['accuracy_seed_std']:.3f}), TAR@1e-3 {tar(row['tar_at_far'].get('1e-3'))} "
+              f"(±{row['tar_at_far_seed_std'].get('1e-3', 0.0):.3f})", file=sys.stderr)
     import matplotlib
 
     matplotlib.use("Agg")

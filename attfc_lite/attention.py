@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .checks import as_float
 
 __all__ = ["attention_weights", "generative_class_centres", "quality_study", "plot_quality_study", "rank_correlation",
-           "DEGRADATIONS"]
+           "spearman_interval", "degradation_gaps", "DEGRADATIONS"]
 
 
 def _check(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> None:
@@ -77,6 +77,42 @@ def rank_correlation(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _z_se(n: int) -> float:
+    """Standard error of Fisher's z of a Spearman correlation from n pairs (Fieller, Hartley and
+    Pearson, 1957): sqrt(1.06 / (n - 3))."""
+    import math
+
+    return math.sqrt(1.06 / (n - 3)) if n > 3 else float("inf")
+
+
+def spearman_interval(r: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """An approximate 95 % interval (z = 1.96) of a Spearman correlation r measured on n pairs."""
+    import math
+
+    if not math.isfinite(r) or n <= 3:
+        return (float("nan"), float("nan"))
+    centre = math.atanh(max(-0.999999, min(0.999999, r)))
+    return (math.tanh(centre - z * _z_se(n)), math.tanh(centre + z * _z_se(n)))
+
+
+def degradation_gaps(study: dict, z: float = 1.96) -> list[dict]:
+    """Every pair of degradation types of a `quality_study`: the difference of their Spearman
+    correlations and whether it is beyond noise, i.e. the difference of their Fisher z exceeds
+    z standard errors of it (the two groups of keys taken as independent). Largest gap first."""
+    import math
+
+    rows = [(name, row) for name, row in study["by_degradation"].items() if math.isfinite(row["spearman"])]
+    gaps = []
+    for i, (a, ra) in enumerate(rows):
+        for b, rb in rows[i + 1:]:
+            za, zb = (math.atanh(max(-0.999999, min(0.999999, r["spearman"]))) for r in (ra, rb))
+            se = math.hypot(_z_se(ra["keys"]), _z_se(rb["keys"]))
+            hi, lo = ((a, ra), (b, rb)) if ra["spearman"] >= rb["spearman"] else ((b, rb), (a, ra))
+            gaps.append({"higher": hi[0], "lower": lo[0], "difference": hi[1]["spearman"] - lo[1]["spearman"],
+                         "z": abs(za - zb) / se, "beyond_noise": abs(za - zb) > z * se})
+    return sorted(gaps, key=lambda g: -g["difference"])
+
+
 @torch.no_grad()
 def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world, identities: torch.Tensor,
                   k: int = 4, temperature: float = 1.0, device=None) -> dict:
@@ -91,7 +127,8 @@ def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world,
     summaries: 'spearman' (all keys), 'top_is_best' (share of identities whose most-weighted
     key is their best one; chance: 1 / k) with 'top_is_best_ci' (its 95 % binomial interval),
     'by_degradation' (Spearman within each type, over keys whose degradation is visible:
-    severity > 0.05) and 'clean_keys' (the others).
+    severity > 0.05, with its approximate 95 % 'interval', `spearman_interval`) and
+    'clean_keys' (the others). `degradation_gaps` says which differences between types exceed noise.
     """
     import copy
 
@@ -119,8 +156,8 @@ def quality_study(encoder_q: torch.nn.Module, encoder_k: torch.nn.Module, world,
     by_type = {}
     for j, name in enumerate(DEGRADATIONS):
         mask = (kd == j) & (severity[:, 1:] > 0.05)  # a visible degradation of that type
-        by_type[name] = {"keys": int(mask.sum()),
-                         "spearman": rank_correlation(weights[mask], kq[mask]) if mask.sum() > 2 else float("nan")}
+        r = rank_correlation(weights[mask], kq[mask]) if mask.sum() > 2 else float("nan")
+        by_type[name] = {"keys": int(mask.sum()), "spearman": r, "interval": spearman_interval(r, int(mask.sum()))}
     return {
         "weights": weights, "quality": kq, "query_quality": quality[:, 0], "degradation": kd,
         "severity": severity[:, 1:], "k": k, "num_identities": n,
@@ -154,17 +191,22 @@ def plot_quality_study(study: dict, axes=None):
     ax = axes[1]
     names = list(study["by_degradation"])
     values = [study["by_degradation"][n]["spearman"] for n in names]
-    ax.bar(names, np.nan_to_num(values), color=colours)
+    intervals = [study["by_degradation"][n].get("interval", (np.nan, np.nan)) for n in names]
+    low = [v - lo if np.isfinite(lo) else 0.0 for v, (lo, _) in zip(np.nan_to_num(values), intervals)]
+    high = [hi - v if np.isfinite(hi) else 0.0 for v, (_, hi) in zip(np.nan_to_num(values), intervals)]
+    ax.bar(names, np.nan_to_num(values), color=colours, yerr=[low, high], capsize=4, ecolor="0.2",
+           label="bars: 95 % interval")
     for i, n in enumerate(names):
-        ax.text(i, np.nan_to_num(values[i]), f"{values[i]:+.2f}\n({study['by_degradation'][n]['keys']} keys)",
+        top_of = np.nan_to_num(values[i]) + (high[i] if np.nan_to_num(values[i]) >= 0 else -low[i])
+        ax.text(i, top_of, f"{values[i]:+.2f}\n({study['by_degradation'][n]['keys']} keys)",
                 ha="center", va="bottom" if np.nan_to_num(values[i]) >= 0 else "top", fontsize=7)
     ax.axhline(0, color="0.3", lw=0.8, label="0: no rank correlation")
     ax.set_ylabel("Spearman(weight, quality)")
     ax.set_xlabel("strongest degradation of the key image")
     ax.set_title("rank correlation within each type", fontsize=9)
-    finite = [v for v in values if np.isfinite(v)]
-    lo = min(finite) - 0.1 if finite and min(finite) < 0 else 0.0  # bars from 0; room below for negative labels
-    hi = max(0, max(finite) if finite else 0) + 0.15
+    ends = [e for v, (lo_, hi_) in zip(values, intervals) for e in (v, lo_, hi_) if np.isfinite(e)]
+    lo = min(ends) - 0.1 if ends and min(ends) < 0 else 0.0  # bars from 0; room below for negative labels
+    hi = max(0, max(ends) if ends else 0) + 0.15
     ax.set_ylim(lo, hi)
     ax.legend(fontsize=7)
     return axes

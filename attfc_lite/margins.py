@@ -6,11 +6,14 @@ returns scaled logits for cross-entropy. Only the positive logit gets the margin
 
 The margins here are autograd-native: the gradient is that of the function written down,
 s * cos(theta + m) for ArcFace. The official AttFC code (and insightface's arcface_torch)
-applies the ArcFace margin in place under no_grad, a straight-through margin: the forward
-value is the same but the backward pass treats the margin as if it were absent, so the
-gradient of the positive logit is s instead of s * dcos(theta + m)/dcos(theta). We use the
-autograd-native form because it is the function the loss claims to be, so gradient checks
-against finite differences hold; the straight-through form is shown in a lesson as a variant.
+applies the ArcFace margin in place under no_grad, a straight-through margin: the backward
+pass treats the margin as if it were absent, so the gradient of the positive logit is s
+instead of s * dcos(theta + m)/dcos(theta). The forward values agree for theta <= pi - m only:
+past it the official code keeps s * cos(theta + m), which rises again as theta grows, where
+this ArcFace follows the line s * (cos(theta) - m * sin(m)) (`angular_margin`); at
+cos(theta) = -0.9, s = 64, m = 0.5 that is -63.92 against -72.94. We use the autograd-native
+form because it is the function the loss claims to be, so gradient checks against finite
+differences hold; lesson 08 compares the two gradients.
 """
 from __future__ import annotations
 
@@ -45,8 +48,10 @@ def angular_margin(cos: torch.Tensor, m1: float, m2: float) -> torch.Tensor:
 
     Past theta_max = (pi - m2) / m1 the angle would wrap round and the logit rise again, so the
     fallback is the line cos(theta) - d * sin(theta_max), d = pi - theta_max (the extra angle at
-    theta_max): for ArcFace (m1 = 1) that is insightface's cos(theta) - m * sin(m). Its slope in
-    cos is 1 everywhere, -1 included (the input is clamped only where sqrt or acos need it).
+    theta_max): for ArcFace (m1 = 1) that is cos(theta) - m * sin(m), the rule of insightface's
+    earlier ArcFace (its `th` and `mm`; the official AttFC code has no fallback and keeps
+    cos(theta + m)). Its slope in cos is 1 everywhere, -1 included (the input is clamped only
+    where sqrt or acos need it).
     """
     theta_max = (math.pi - m2) / m1
     inside = cos > math.cos(theta_max)
@@ -85,7 +90,8 @@ class ArcFace(Margin):
     When theta + m > pi, cos(theta + m) would start to increase again as theta grows, which
     would reward moving away from the centre; the usual fallback replaces it there by the
     line cos(theta) - m * sin(m), which keeps the logit decreasing in theta (see
-    `angular_margin`). `CombinedMargin(m1=1, m2=m, m3=0)` is the same function, bit for bit.
+    `angular_margin`; the official AttFC code keeps cos(theta + m) there).
+    `CombinedMargin(m1=1, m2=m, m3=0)` is the same function, bit for bit.
     """
 
     def __init__(self, s: float = 64.0, m: float = 0.5) -> None:

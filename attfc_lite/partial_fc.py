@@ -4,7 +4,8 @@ An et al. (insightface's `arcface_torch`, `PartialFC_V2`): each step keeps the p
 centres of the batch (every identity in it) and fills up to S = max(ceil(sample_rate * N),
 number of positives) centres with others drawn uniformly at random; the logits are B x S
 instead of B x N, and the labels are renumbered into the sample. With sample_rate = 1 it is
-the full FC layer.
+the full FC layer. (insightface takes int(sample_rate * N), rounding down; the two differ by
+one centre where sample_rate * N is not whole.)
 
 What it saves and what it cannot: the logits, their gradients and the normalised copy of the
 centres shrink from N to S columns; W itself, its gradient and its optimizer state stay

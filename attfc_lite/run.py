@@ -242,15 +242,14 @@ def stored_roc(roc: dict) -> dict:
 
 
 def summarise(runs: Sequence[dict]) -> list[dict]:
-    """Per variant: means over seeds (accuracy with its seed spread, TAR@FAR, images/s) and the head memory."""
+    """Per variant: means over seeds with their spread (`verification.over_seeds`), images/s and the head memory."""
+    from .verification import over_seeds
+
     out = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         group = [r for r in runs if r["variant"] == variant]
-        accs = [r["accuracy_mean"] for r in group]
-        tars = {k: statistics.fmean(r["tar_at_far"][k] or 0.0 for r in group) for k in group[0]["tar_at_far"]}
-        out.append({"variant": variant, "seeds": [r["seed"] for r in group], "accuracy_mean": statistics.fmean(accs),
-                    "accuracy_seed_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-                    "tar_at_far": tars, "images_per_second": statistics.fmean(r["images_per_second"] for r in group),
+        out.append({"variant": variant, "seeds": [r["seed"] for r in group], **over_seeds(group),
+                    "images_per_second": statistics.fmean(r["images_per_second"] for r in group),
                     "head_memory": next((r["head_memory"] for r in group if "head_memory" in r), None)})
     return out
 

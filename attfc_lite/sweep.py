@@ -5,8 +5,10 @@
 `run_sweep` trains one run per (value, seed) with everything else from one `TrainConfig`,
 and writes a JSON file with the settings, the device, the torch version, the date and the
 command that regenerates it, every run's verification figures, and a summary per value
-(mean and spread over the seeds). The lessons read stored sweeps (`load_sweep`,
-`plot_sweep`) and say which command made them; the same command serves the ablations.
+(means over the seeds with their spread: accuracy, TAR@FAR, AUC). TAR@FAR and AUC rest on every
+pair of the evaluation set (`tar_protocol`; each run keeps its pair counts). The lessons read
+stored sweeps (`load_sweep`, `plot_sweep`) and say which command made them; the same command
+serves the ablations.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Callable, Sequence
 from .train import TrainConfig, train
 from .checks import ArgumentError, as_float, as_int
 from .utils import check_output, provenance, read_stored, write_json
+from .verification import ALL_PAIRS_PROTOCOL, over_seeds
 
 __all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise", "head_memory_of",
            "plot_accuracy_memory"]
@@ -63,14 +66,13 @@ def _cast(field: str, value: Any) -> Any:
 
 
 def summarise(runs: Sequence[dict]) -> list[dict]:
-    """Per value: the mean accuracy over seeds, its spread (std over seeds; 0 for one seed), the runs."""
+    """Per value: means over seeds and their spread (`verification.over_seeds`: accuracy, TAR@FAR,
+    AUC), the mean spread of the folds, images/s, and the container's size where there is one."""
     out = []
     for value in dict.fromkeys(r["value"] for r in runs):
         group = [r for r in runs if r["value"] == value]
-        accs = [r["accuracy_mean"] for r in group]
         out.append({
-            "value": value, "seeds": [r["seed"] for r in group], "accuracy_mean": statistics.fmean(accs),
-            "accuracy_seed_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "value": value, "seeds": [r["seed"] for r in group], **over_seeds(group),
             "accuracy_fold_std": statistics.fmean(r["accuracy_std"] for r in group),
             "images_per_second": statistics.fmean(r["images_per_second"] for r in group),
             **({"container_capacity": group[0]["head_settings"]["container_capacity"]}
@@ -117,8 +119,10 @@ def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] =
         v = m["verification"]
         run = {"value": _cast(field, value), "seed": seed, "accuracy_mean": v["accuracy_mean"],
                "accuracy_std": v["accuracy_std"], "tar_at_far": v["tar_at_far"], "far_achieved": v["far_achieved"],
-               "auc": v["auc"], "seconds": m["seconds"], "images_per_second": m["images_per_second"],
-               "final_loss": m["final_loss"], "head_settings": m["head_settings"]}
+               "auc": v["auc"], "num_pairs_all": {"genuine": v["num_genuine_all"], "impostor": v["num_impostor_all"]},
+               "impostors_accepted": v["impostors_accepted"], "seconds": m["seconds"],
+               "images_per_second": m["images_per_second"], "final_loss": m["final_loss"],
+               "head_settings": m["head_settings"]}
         runs.append(run)
         if on_run is not None:
             on_run(run)
@@ -126,7 +130,7 @@ def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] =
         "param": param, "field": field, "values": [_cast(field, v) for v in values], "seeds": seeds,
         "config": {k: v for k, v in asdict(base).items() if k not in ("seed", field)},
         **provenance(configs[0][2].device), "seconds": round(time.perf_counter() - started, 1),
-        "command": command, "runs": runs, "summary": summarise(runs),
+        "command": command, "tar_protocol": ALL_PAIRS_PROTOCOL, "runs": runs, "summary": summarise(runs),
     }
     if out is not None:
         write_json(out, result)
@@ -143,17 +147,33 @@ def load_sweep(path: str | os.PathLike) -> dict:
                        "python -m attfc_lite sweep ...")
 
 
+def _metric(metric: str, sweep: dict) -> tuple[Callable[[dict], float], Callable[[dict], float], str]:
+    """Readers of one figure from a run, and of its seed spread from a summary row, and its axis label."""
+    if metric == "accuracy":
+        return (lambda r: r["accuracy_mean"]), (lambda r: r["accuracy_seed_std"]), "10-fold verification accuracy"
+    fars = list(sweep["runs"][0]["tar_at_far"])
+    if metric not in fars:
+        raise ArgumentError("metric", f"is {metric!r}; give 'accuracy' or a FAR this sweep reports: {fars}")
+    if "tar_at_far_seed_std" not in sweep["summary"][0]:
+        raise ArgumentError("sweep", "was stored before sweeps kept TAR over seeds; re-run its command")
+    return ((lambda r: r["tar_at_far"][metric] or 0.0), (lambda r: r["tar_at_far_seed_std"][metric]),
+            f"TAR at FAR = {metric} (all pairs)")
+
+
 def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | None = None,
-               reference_label: str = "full FC", xlabel: str | None = None):
-    """Mean accuracy over seeds against the swept value; bars: the spread over seeds, dots: each run."""
+               reference_label: str = "full FC", xlabel: str | None = None, metric: str = "accuracy"):
+    """Mean over seeds against the swept value; bars: the spread over seeds, dots: each run.
+
+    `metric`: 'accuracy' (10-fold) or a FAR key of the sweep ('1e-2', ...) for the TAR there."""
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
+    of_run, of_spread, ylabel = _metric(metric, sweep)
     summary = sweep["summary"]
+    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
     xs = [s["value"] for s in summary]
-    ax.errorbar(xs, [s["accuracy_mean"] for s in summary], yerr=[s["accuracy_seed_std"] for s in summary],
+    ax.errorbar(xs, [of_run(s) for s in summary], yerr=[of_spread(s) for s in summary],
                 fmt="o-", capsize=3, label=f"mean over {len(sweep['seeds'])} seed(s) ± their std")
-    ax.plot([r["value"] for r in sweep["runs"]], [r["accuracy_mean"] for r in sweep["runs"]], ".", color="0.3",
+    ax.plot([r["value"] for r in sweep["runs"]], [of_run(r) for r in sweep["runs"]], ".", color="0.3",
             label="one run", zorder=4)  # above the error bars, whose caps sit on the runs with two seeds
     if reference is not None:
         ax.axhline(reference, color="0.3", ls="--", lw=1, label=f"{reference_label}: {reference:.3f}")
@@ -163,7 +183,7 @@ def plot_sweep(sweep: dict, ax=None, log_x: bool = False, reference: float | Non
         if "log scale" not in xlabel:  # say so once, also where the caller's label already does
             xlabel += " (log scale)"
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("10-fold verification accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"sweep of {sweep['param']} ({sweep['device']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

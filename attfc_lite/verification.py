@@ -44,6 +44,8 @@ __all__ = [
     "FAR_CONVENTION",
     "evaluate_verification",
     "verification_summary",
+    "over_seeds",
+    "ALL_PAIRS_PROTOCOL",
     "plot_roc",
 ]
 
@@ -946,6 +948,33 @@ def verification_summary(results: dict) -> str:
                 f"{name}-quality pairs ({group['num_pairs']}): accuracy {group['accuracy_mean']:.3f} ± {group['accuracy_std']:.3f}"
             )
     return "\n".join(lines)
+
+
+#: How the course's stored runs and sweeps read AUC and TAR@FAR (`all_pairs_verification`).
+ALL_PAIRS_PROTOCOL = ("all pairs: AUC and TAR@FAR from every genuine and every impostor pair of the evaluation set "
+                      "(all_pairs_verification); the 10-fold accuracy from the sampled LFW-style pair list")
+
+
+def over_seeds(runs: Sequence[dict]) -> dict:
+    """Means over the runs of one setting (one per seed) and their spread (population std over
+    seeds; 0 for one seed): 'accuracy_mean', 'accuracy_seed_std', 'tar_at_far' and
+    'tar_at_far_seed_std' ({"1e-2": ...}; a None TAR counts as 0), 'auc', 'auc_seed_std'."""
+    if not runs:
+        raise ValueError("runs is empty: give at least one run")
+
+    def spread(values: list[float]) -> float:
+        return float(np.std(values)) if len(values) > 1 else 0.0
+
+    accs = [r["accuracy_mean"] for r in runs]
+    keys = list(runs[0]["tar_at_far"])
+    tars = {k: [r["tar_at_far"].get(k) or 0.0 for r in runs] for k in keys}
+    out: dict[str, Any] = {"accuracy_mean": float(np.mean(accs)), "accuracy_seed_std": spread(accs),
+                           "tar_at_far": {k: float(np.mean(v)) for k, v in tars.items()},
+                           "tar_at_far_seed_std": {k: spread(v) for k, v in tars.items()}}
+    aucs = [r.get("auc") for r in runs]
+    if all(a is not None for a in aucs):
+        out.update(auc=float(np.mean(aucs)), auc_seed_std=spread(aucs))
+    return out
 
 
 _FAR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -513,10 +513,47 @@ def test_plot_quality_study_bars_start_at_zero_and_every_panel_is_labelled():
     for ax in (ax1, ax2):
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
     assert len(ax1.get_legend().get_texts()) == len(DEGRADATIONS) + 1  # each type and the uniform weight 1/K
-    assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["0: no rank correlation"]
+    assert {t.get_text() for t in ax2.get_legend().get_texts()} == {"0: no rank correlation", "bars: 95 % interval"}
     assert ax2.get_ylim()[0] == 0  # all correlations positive: the bars start at 0
     study["by_degradation"]["blur"]["spearman"] = -0.2
     assert plot_quality_study(study)[1].get_ylim()[0] == pytest.approx(-0.3)  # room for the negative bar's label
+    plt.close("all")
+
+
+def test_spearman_interval_and_gaps_follow_fishers_z_by_hand():
+    from attfc_lite.attention import degradation_gaps, spearman_interval
+
+    se = math.sqrt(1.06 / 100)  # n = 103 pairs
+    lo, hi = spearman_interval(0.0, 103)
+    assert lo == pytest.approx(-math.tanh(1.96 * se)) and hi == pytest.approx(math.tanh(1.96 * se))
+    lo, hi = spearman_interval(0.5, 103)
+    assert lo == pytest.approx(math.tanh(math.atanh(0.5) - 1.96 * se)) and hi < 0.7 and lo > 0.3
+    assert all(math.isnan(v) for v in spearman_interval(0.5, 3))  # too few pairs for an interval
+    study = {"by_degradation": {"blur": {"keys": 103, "spearman": 0.0}, "noise": {"keys": 103, "spearman": 0.5},
+                                "down": {"keys": 103, "spearman": 0.1}, "occ": {"keys": 2, "spearman": float("nan")}}}
+    gaps = degradation_gaps(study)
+    assert [(g["higher"], g["lower"]) for g in gaps] == [("noise", "blur"), ("noise", "down"), ("down", "blur")]
+    # noise - blur: |atanh(0.5) - 0| / (sqrt(2) se) = 3.77 standard errors; down - blur: 0.69
+    assert gaps[0]["z"] == pytest.approx(math.atanh(0.5) / (math.sqrt(2) * se)) and gaps[0]["beyond_noise"]
+    assert gaps[2]["difference"] == pytest.approx(0.1) and not gaps[2]["beyond_noise"]
+
+
+def test_plot_quality_study_draws_each_interval():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from attfc_lite.attention import DEGRADATIONS, plot_quality_study
+
+    rng = np.random.default_rng(0)
+    rows = {n: {"keys": 50, "spearman": v, "interval": (v - 0.1, v + 0.2)}
+            for n, v in zip(DEGRADATIONS, (0.4, 0.2, 0.1, 0.3))}
+    study = {"quality": rng.random((6, 2)), "weights": rng.random((6, 2)), "degradation": rng.integers(0, 4, (6, 2)),
+             "k": 2, "num_identities": 6, "spearman": 0.3, "by_degradation": rows}
+    ax2 = plot_quality_study(study)[1]
+    segments = ax2.collections[0].get_segments()
+    assert [(round(float(s[0][1]), 6), round(float(s[1][1]), 6)) for s in segments] == [
+        (round(r["interval"][0], 6), round(r["interval"][1], 6)) for r in rows.values()]
+    assert ax2.get_ylim()[1] == pytest.approx(0.6 + 0.15)  # room above the highest interval for its label
     plt.close("all")
 
 

@@ -204,6 +204,18 @@ def test_sweep_command_writes_a_complete_file(runs):
         assert row["accuracy_mean"] == pytest.approx(sum(group) / 2)
         assert row["accuracy_seed_std"] == pytest.approx(abs(group[0] - group[1]) / 2)
         assert row["container_capacity"] == 10
+        tars = [run["tar_at_far"]["1e-2"] or 0.0 for run in data["runs"] if run["value"] == row["value"]]
+        assert row["tar_at_far"]["1e-2"] == pytest.approx(sum(tars) / 2)
+        assert row["tar_at_far_seed_std"]["1e-2"] == pytest.approx(abs(tars[0] - tars[1]) / 2)
+    # TAR@FAR from every pair of the evaluation split, and the sweep says so
+    assert data["tar_protocol"].startswith("all pairs")
+    from collections import Counter
+
+    n_eval = data["config"]["eval_identities"] * data["config"]["eval_images_per_identity"]
+    per_id = Counter({i: data["config"]["eval_images_per_identity"] for i in range(data["config"]["eval_identities"])})
+    genuine = sum(c * (c - 1) // 2 for c in per_id.values())
+    for run in data["runs"]:
+        assert run["num_pairs_all"] == {"genuine": genuine, "impostor": n_eval * (n_eval - 1) // 2 - genuine}
 
 
 def test_sweep_rejects_a_bad_value_before_training(runs):

@@ -243,6 +243,63 @@ def test_plot_sweep_says_log_scale_once_and_labels_every_series():
     plt.close("all")
 
 
+def test_plot_sweep_draws_the_tar_of_each_run_and_its_spread_over_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attfc_lite.checks import ArgumentError
+    from attfc_lite.sweep import plot_sweep, summarise
+
+    runs = [{"value": v, "seed": s, "accuracy_mean": 0.8, "accuracy_std": 0.01, "tar_at_far": {"1e-2": t},
+             "auc": 0.9, "images_per_second": 10.0, "head_settings": {}}
+            for v, s, t in ((0.9, 0, 0.10), (0.9, 1, 0.20), (0.99, 0, 0.40), (0.99, 1, 0.40))]
+    sweep = {"param": "ema-momentum", "seeds": [0, 1], "device": "cpu", "runs": runs, "summary": summarise(runs)}
+    ax = plot_sweep(sweep, metric="1e-2")
+    mean_line, dots = ax.lines[0], ax.lines[-1]
+    assert list(mean_line.get_ydata()) == pytest.approx([0.15, 0.40])
+    assert list(dots.get_ydata()) == [0.10, 0.20, 0.40, 0.40]
+    bars = [seg for seg in ax.collections[0].get_segments()]
+    assert [round(float(b[1][1] - b[0][1]), 6) for b in bars] == [0.1, 0.0]  # two half-spreads of 0.05, and 0
+    assert "TAR" in ax.get_ylabel()
+    with pytest.raises(ArgumentError, match="metric"):
+        plot_sweep(sweep, metric="1e-5")
+    plt.close("all")
+
+
+def test_over_seeds_gives_means_and_population_spreads():
+    from attfc_lite.verification import over_seeds
+
+    runs = [{"accuracy_mean": 0.8, "tar_at_far": {"1e-3": 0.1, "1e-4": None}, "auc": 0.90},
+            {"accuracy_mean": 0.9, "tar_at_far": {"1e-3": 0.3, "1e-4": 0.2}, "auc": 0.94},
+            {"accuracy_mean": 1.0, "tar_at_far": {"1e-3": 0.2, "1e-4": 0.1}, "auc": 0.98}]
+    out = over_seeds(runs)
+    assert out["accuracy_mean"] == pytest.approx(0.9)
+    assert out["accuracy_seed_std"] == pytest.approx((0.02 / 3) ** 0.5)  # sqrt(((-.1)^2 + 0 + .1^2) / 3)
+    assert out["tar_at_far"] == pytest.approx({"1e-3": 0.2, "1e-4": 0.1})  # a missing TAR counts as 0
+    assert out["tar_at_far_seed_std"]["1e-3"] == pytest.approx((0.02 / 3) ** 0.5)
+    assert out["auc"] == pytest.approx(0.94) and out["auc_seed_std"] == pytest.approx((0.0032 / 3) ** 0.5)
+    assert over_seeds(runs[:1])["accuracy_seed_std"] == 0.0
+    with pytest.raises(ValueError, match="runs"):
+        over_seeds([])
+
+
+def test_stored_sweeps_read_tar_from_over_a_million_impostor_pairs():
+    from attfc_lite.sweep import STORED, load_sweep
+
+    files = sorted(STORED.glob("*.json"))
+    assert len(files) >= 4
+    for path in files:
+        sweep = load_sweep(path)
+        assert sweep["tar_protocol"].startswith("all pairs"), path.name
+        for run in sweep["runs"]:
+            assert run["num_pairs_all"]["impostor"] >= 1_000_000, path.name
+            assert run["far_achieved"]["1e-4"] <= 1e-4
+        for row in sweep["summary"]:
+            assert "tar_at_far_seed_std" in row, path.name
+
+
 def test_large_n_keeps_an_n_beyond_the_world_as_a_result_without_training_it(monkeypatch):
     import types
 
