@@ -12,9 +12,10 @@ many steps back, which must stay comparable with today's queries).
 
 - Momentum: the paper's 0.999 averages over ~1,000 steps, longer than a whole CPU lesson run
   (750 steps), so encoder_k still holds about half of its random initial weights at the end.
-  Measured anyway (lesson 04, `data/sweeps/ema_momentum.json`): 0.9 loses 9 points of
-  accuracy; 0.99 and 0.999 tie on accuracy, but 0.999 is clearly better at low false accept
-  rates (TAR@FAR=1e-2 0.46 against 0.37). So the course keeps the paper's 0.999.
+  Measured anyway (lesson 04, `data/sweeps/ema_momentum.json`, three seeds): 0.9 loses 8
+  points of accuracy; 0.99 and 0.999 are within the seeds' spread on accuracy, but 0.999 is
+  clearly better at low false accept rates (TAR@FAR=1e-3 0.170 against 0.100). So the course
+  keeps the paper's 0.999.
 - BatchNorm: only parameters are averaged, as in the official code. encoder_k runs in train
   mode, so its BatchNorm normalises each key batch by that batch's own statistics (K x B
   images: plenty); its running statistics are updated by its own forward passes but never

@@ -461,8 +461,8 @@ def _spec_mean_cosine(single: float = 0.6, k: int = 4) -> Spec:
 
 
 def check_mean_cosine(answer, single: float = 0.6, k: int = 4) -> None:
-    """Exercise 06.1: cosine to the centre of the mean of K keys, if one key has `single` and
-    the keys' errors are independent: 1 / sqrt(1 + x / K) with x = 1 / single^2 - 1."""
+    """Exercise 06.1: the cosine to the centre expected of the mean of K keys when one key has
+    `single` and the keys' errors are independent (the formula is in `solution("06.1")`)."""
     _grade(answer, _spec_mean_cosine(single, k))
 
 
@@ -478,7 +478,7 @@ def _spec_max_weight(k: int = 8, temperature: float = 1.0) -> Spec:
 
 
 def check_max_weight(answer, k: int = 8, temperature: float = 1.0) -> None:
-    """Exercise 06.2: the largest weight one of K keys can get: its cosine 1, all others -1."""
+    """Exercise 06.2: the largest attention weight one of K keys can get at `temperature`."""
     _grade(answer, _spec_max_weight(k, temperature))
 
 

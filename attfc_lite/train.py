@@ -78,7 +78,8 @@ class TrainConfig:
     # absolute count that overrides it), encoder_k's EMA momentum, the attention temperature.
     # K = 4 on the CPU (the official configuration has K = 2): with two keys the GCC is too
     # noisy a class centre for a 750-step run (10-fold accuracy 0.86 against FC's 0.89 on the
-    # default data), with four it is 0.89 (lesson 05; data/sweeps/k.json, `sweep k`).
+    # default data, TAR@FAR=1e-3 0.13), with four it is 0.89 (0.17; lesson 05;
+    # data/sweeps/k.json, `sweep k`).
     num_keys: int = 4
     dcc_ratio: float = DEFAULT_CONTAINER_RATIO
     container_size: int | None = None

@@ -54,6 +54,25 @@ def _colour(name: str) -> str:
     return _STEP_COLOURS.get(name) or _TERM_COLOURS.get(name, "#999")
 
 
+def figure_html(fig) -> str:
+    """`fig` (tight layout) as an <img> with an inline PNG, the one the inline backend would show; closes it.
+
+    The widgets show their plot in an HTML widget rather than an Output widget: a notebook
+    executor (nbclient, behind `make notebooks`) copies an Output widget's large PNG back to the
+    kernel and can hang doing so, while an HTML widget's value only travels to the page."""
+    import base64
+
+    import matplotlib.pyplot as plt
+    from IPython.core.pylabtools import print_figure
+
+    try:
+        fig.tight_layout()
+        png = print_figure(fig, "png", bbox_inches="tight")  # matplotlib_inline's PNG formatter
+    finally:
+        plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%" alt="plot">'
+
+
 def dataset_for(num_classes: int) -> str:
     """The dataset menu's entry for a typed N: the name in `DATASETS` with exactly N identities, else 'custom'."""
     return next((name for name, n in DATASETS.items() if n == num_classes), "custom")
@@ -434,7 +453,7 @@ def will_it_fit_widget(
         device_gib=w.Dropdown(options=[(f"{g:g} GB card ({g:g} GiB)", g) for g in DEVICE_CHOICES_GIB],
                               value=device_gib, description="device"),
     )
-    output, plot_output = w.HTML(), w.Output()
+    output, plot_output = w.HTML(), w.HTML()
     box = w.VBox([w.HBox([controls["preset"], controls["num_classes"], controls["device_gib"]]),
                   w.HBox([controls["embedding_dim"], controls["batch_size"], controls["precision"]]),
                   w.HBox([controls["optimizer"], controls["head"], controls["backbone"]]),
@@ -457,11 +476,8 @@ def will_it_fit_widget(
             import matplotlib.pyplot as plt
 
             box.curve = fit_curve(**c)
-            with plot_output:
-                plot_output.clear_output(wait=True)
-                plot_fit_curve(box.curve, box.result)
-                plt.tight_layout()
-                plt.show()
+            plot_fit_curve(box.curve, box.result)
+            plot_output.value = figure_html(plt.gcf())
 
     def on_preset(change: dict) -> None:
         if change["new"] in DATASETS:
@@ -667,18 +683,15 @@ def dcc_size_widget(ratio: float = 0.3, num_classes: int = DATASETS["WebFace42M"
         num_classes=w.FloatLogSlider(value=float(num_classes), base=10, min=3, max=math.log10(largest), step=0.05,
                                      description="identities N", readout_format=",.0f", continuous_update=False),
     )
-    text, output = w.HTML(), w.Output()
+    text, output = w.HTML(), w.HTML()
     box = w.VBox([w.HBox(list(controls.values())), text, output])
 
     def update(*_: Any) -> None:
         n = min(largest, int(round(controls["num_classes"].value)))
         box.result = dcc_size(float(controls["ratio"].value), n, sweep=sweep)
         text.value = "<pre style='font-size:11px'>" + html.escape(dcc_size_text(box.result)) + "</pre>"
-        with output:
-            output.clear_output(wait=True)
-            plot_dcc_size(box.result, sweep)
-            plt.tight_layout()
-            plt.show()
+        plot_dcc_size(box.result, sweep)
+        output.value = figure_html(plt.gcf())
 
     for control in controls.values():
         control.observe(update, names="value")

@@ -332,7 +332,7 @@ def _wait_shown(read, expected, what: str, timeout: float = UPDATE_TIMEOUT_S):
 
 
 def _plot_src(widget) -> str | None:
-    return widget.evaluate("w => { const img = w.querySelector('.widget-output img'); return img ? img.src : null; }")
+    return widget.evaluate("w => { const img = w.querySelector('.widget-html-content img'); return img ? img.src : null; }")
 
 
 def _pixels(png: bytes) -> tuple:
