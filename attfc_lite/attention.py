@@ -47,10 +47,14 @@ def attention_weights(q: torch.Tensor, keys: torch.Tensor, temperature: float = 
 
 def generative_class_centres(q: torch.Tensor, keys: torch.Tensor,
                              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights [B, K], GCC [B, D]): the attention weights and the unit-norm weighted sum of the raw keys."""
-    weights = attention_weights(q, keys, temperature)
-    centre = torch.einsum("bk,bkd->bd", weights, keys)
-    return weights, F.normalize(centre, dim=1)
+    """(weights [B, K], GCC [B, D]): the attention weights and the unit-norm weighted sum of the raw keys.
+
+    Both are constants, as in the official code: `q` enters detached and the keys carry no
+    gradient, so the query learns only from the logits the GCC takes part in."""
+    with torch.no_grad():
+        weights = attention_weights(q.detach(), keys.detach(), temperature)
+        centre = torch.einsum("bk,bkd->bd", weights, keys.detach())
+        return weights, F.normalize(centre, dim=1)
 
 
 DEGRADATIONS = ("blur", "noise", "down", "occ")

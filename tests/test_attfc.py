@@ -117,6 +117,18 @@ def test_one_key_is_the_key_itself_and_weights_sum_to_one():
     assert torch.allclose(weights.sum(1), torch.ones(4))
 
 
+def test_gcc_is_a_constant_even_from_a_query_and_keys_that_need_gradients():
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 6, generator=gen).requires_grad_(True)
+    keys = torch.randn(3, 2, 6, generator=gen).requires_grad_(True)
+    weights, gcc = generative_class_centres(q, keys)
+    assert not weights.requires_grad and not gcc.requires_grad
+    # the same numbers as from detached inputs, by the loop
+    for i in range(3):
+        _, g_ref = naive_gcc(q[i].tolist(), keys[i].tolist(), 1.0)
+        assert gcc[i].tolist() == pytest.approx(g_ref, abs=1e-6)
+
+
 def test_attention_prefers_the_key_closest_to_the_query():
     q = torch.tensor([[1.0, 0.0]])
     keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
