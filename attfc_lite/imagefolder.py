@@ -115,7 +115,22 @@ def _decode_rgb(path: str | os.PathLike) -> Image.Image:
                 f"Downscale the file, raise MAX_IMAGE_PIXELS if the image is genuine"
             )
         # convert() forces the full decode, so truncated files fail here and not later.
+        if img.mode in _WIDE_GREY:
+            return _scaled_grey(img).convert("RGB")
         return img.convert("RGB")
+
+
+# PIL opens 16-bit greyscale PNG and TIFF files in these modes; its convert("RGB") clips their
+# values at 255 (a 16-bit image becomes black and white), so they are scaled to 8 bits here.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _scaled_grey(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image ('I;16...' or 'I', values 0 to 65535) as 8-bit 'L', by scale, not clip."""
+    import numpy as np
+
+    wide = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
 
 
 def _check_image_size(image_size) -> int | None:

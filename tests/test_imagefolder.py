@@ -471,3 +471,26 @@ def test_index_kinds_and_range(two_people):
         with pytest.raises(IndexError, match=rf"index={bad} .*-3 <= index < 3"):
             ds[bad]
     assert [_value(x) for x, _, _ in ds] == values  # iteration stops at IndexError
+
+
+def _png_grey16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit greyscale PNG written by hand (big-endian samples, filter 0 per row), not by PIL."""
+    h, w = values.shape
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_grey_png_is_scaled_to_0_1_not_clipped(tmp_path):
+    values = (np.arange(256, dtype=np.int64) * 257).reshape(16, 16)  # 0 .. 65535, a gradient
+    _png_grey16(tmp_path / "g16.png", values)
+    image = load_image(tmp_path / "g16.png")
+    assert image.shape == (3, 16, 16)
+    want = torch.tensor(values / 65535.0, dtype=torch.float32)  # the formula: a sample over the largest one
+    for channel in image:
+        assert torch.allclose(channel, want, atol=0.5 / 255 + 1e-6)
+    assert len(torch.unique(image[0])) == 256  # a gradient, not black and white
