@@ -276,6 +276,23 @@ def _check_head_options(argv: list[str], head: str) -> None:
                                     f"{' / '.join(owners)}); drop them or choose that head")
 
 
+def _check_run_head_options(args, large: bool) -> None:
+    """`run` refuses a head's option when no head it trains reads it (it used to record them as used).
+
+    The DCQ-style variant is AttFC with K = 1: it reads AttFC's options except --k."""
+    trained = set() if large and args.large_n_only else set(args.variants)
+    if large:
+        trained |= set(args.large_n_heads)
+    readers = {o: set(heads) | ({"dcq"} if "attfc" in heads and o != "--k" else set())
+               for o, heads in _HEAD_OPTIONS.items()}
+    unread = [o for o, heads in readers.items() if _given(args.argv, o) and not heads & trained]
+    if unread:
+        owners = sorted({h for o in unread for h in readers[o]})
+        name = "large_n_heads" if large and args.large_n_only else "variants"
+        raise ArgumentError(name, f"are {' '.join(sorted(trained))}, and none of them reads {', '.join(unread)} "
+                                        f"(options of {' / '.join(owners)}): drop them or add such a variant")
+
+
 def _train(args) -> int:
     from .train import train
     from .verification import verification_summary
@@ -372,6 +389,7 @@ def _run(args) -> int:
         if given:
             raise ArgumentError("large_n_only", f"trains only the capped runs, so {', '.join(given)} (options of the "
                                                 f"side-by-side run) would do nothing: drop them or --large-n-only")
+    _check_run_head_options(args, large)
     base = config_from_args(args, head="fc")
     if large:  # checked now, not after the heads have trained
         from .memory.guard import available_bytes, format_bytes

@@ -162,6 +162,10 @@ CLI_CASES = [
         "--large-n-mib"),
     cli("run-large-n-without-fc", "run --large-n-mib 64 --large-n-heads attfc --out {ws}/heads_new "
         + " ".join(TINY_CLI), "--large-n-heads"),
+    cli("run-option-of-an-untrained-head", "run --variants fc --k 3 --sample-rate 0.5 --out {ws}/heads_new "
+        + " ".join(TINY_CLI), "none of them reads --sample-rate, --k"),
+    cli("run-k-for-the-dcq-variant", "run --variants dcq --k 3 --out {ws}/heads_new " + " ".join(TINY_CLI),
+        "are dcq, and none of them reads --k"),
     cli("run-large-n-only-with-variants", "run --large-n-mib 64 --large-n-only --variants fc --out {ws}/heads_new "
         + " ".join(TINY_CLI), "--large-n-only"),
     cli("run-large-n-limit-share-zero", "run --large-n-mib 64 --large-n-limit-share 0", "--large-n-limit-share"),
