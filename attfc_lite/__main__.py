@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -557,17 +558,39 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
     args.argv = typed
+    terminated = []
+    previous = _on_sigterm(terminated)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        parser.exit(130, f"{parser.prog} {args.command}: {_interrupted(args, exc)}\n")
+        # SIGTERM (a batch scheduler, docker stop, systemd) is handled as Ctrl-C, with its usual status
+        how = "stopped by SIGTERM, as by Ctrl-C: " if terminated else ""
+        parser.exit(143 if terminated else 130, f"{parser.prog} {args.command}: {how}{_interrupted(args, exc)}\n")
     except (ValueError, OSError, FloatingPointError, MemoryError) as exc:
         # A user error (bad input, a path, a diverging run, out of memory): a message, not a traceback.
         if debug:
             raise
         parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(received: list) -> object:
+    """Make SIGTERM raise KeyboardInterrupt (noted in `received`), so that a terminated command says
+    what it keeps and how to resume, as after Ctrl-C. Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

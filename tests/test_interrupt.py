@@ -179,8 +179,8 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     _assert_same_state(_load(run / CHECKPOINT), final_ref)
 
 
-def _cli_interrupted(tmp_path: Path, pause_at: int) -> tuple[subprocess.CompletedProcess, Path]:
-    """`python -m attfc_lite train` paused after step `pause_at`, then sent SIGINT (Ctrl-C)."""
+def _cli_interrupted(tmp_path: Path, pause_at: int, sig=signal.SIGINT) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python -m attfc_lite train` paused after step `pause_at`, then sent `sig` (SIGINT: Ctrl-C)."""
     out, marker = tmp_path / "run", tmp_path / "marker.json"
     argv = ["train", "--classes", "40", "--images-per-identity", "8", "--eval-identities", "20",
             "--eval-images-per-identity", "4", "--num-pairs", "100", "--epochs", "3", "--batch-size", "32",
@@ -195,7 +195,7 @@ def _cli_interrupted(tmp_path: Path, pause_at: int) -> tuple[subprocess.Complete
             proc.kill()
             pytest.fail(f"no marker after {TIMEOUT_S} s")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
 
@@ -212,5 +212,14 @@ def test_sigint_after_a_checkpoint_names_it_and_it_resumes(tmp_path):
     result, out = _cli_interrupted(tmp_path, pause_at=KILL_STEP)  # half-way through epoch 2
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
+    assert f"checkpoint of epoch 1/3 is kept in {out / CHECKPOINT}" in result.stderr, result.stderr
+    assert _load(out / CHECKPOINT)["epoch"] == 1  # what it said is true
+
+
+def test_sigterm_is_handled_as_ctrl_c_and_names_the_checkpoint_kept(tmp_path):
+    result, out = _cli_interrupted(tmp_path, pause_at=KILL_STEP, sig=signal.SIGTERM)  # what schedulers send
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "stopped by SIGTERM" in result.stderr, result.stderr
     assert f"checkpoint of epoch 1/3 is kept in {out / CHECKPOINT}" in result.stderr, result.stderr
     assert _load(out / CHECKPOINT)["epoch"] == 1  # what it said is true
