@@ -150,6 +150,15 @@ class AttFC(Head):
             raise ArgumentError("keys", f"must be [batch={embeddings.shape[0]}, K, "
                                         f"embedding_dim={self.embedding_dim}], got shape {tuple(keys.shape)}")
         labels = labels.long()
+        # A nan here would also enter the container and make every later batch's loss nan until its
+        # slot is overwritten. One host sync on two sums (nan and inf carry through a sum), with no
+        # B x D or B x K x D temporary: the step's memory is what the memory model of lesson 02 counts.
+        if not bool(torch.isfinite(embeddings.detach().sum() + keys.sum())):
+            for name, tensor in (("embeddings", embeddings.detach()), ("keys", keys)):
+                if not bool(torch.isfinite(tensor).all()):  # not just a sum that overflowed
+                    raise ArgumentError(name, "hold nan or inf; the container was left unchanged. Find where they "
+                                              "come from (a diverging encoder: lower --lr, check the images), or "
+                                              "resume from the last checkpoint")
         q = F.normalize(embeddings, dim=1)
         with torch.no_grad():
             weights, gcc = generative_class_centres(q.detach(), keys.to(q.dtype), self.temperature)

@@ -54,6 +54,11 @@ class DynamicClassContainer(nn.Module):
             return
         if int(labels.min()) < 0:  # -1 marks an empty slot: a negative label would be lost as one
             raise ArgumentError("labels", f"must be identity ids >= 0, got a minimum of {int(labels.min())}")
+        # a nan entry would make every later batch's loss nan; a sum carries nan and inf, with no n x D temporary
+        if not bool(torch.isfinite(centres.detach().sum())) and not bool(torch.isfinite(centres).all()):
+            raise ArgumentError("centres", f"hold {int((~torch.isfinite(centres)).any(1).sum())} of {n} rows with "
+                                           f"nan or inf; nothing was enqueued (find where the non-finite values come "
+                                           f"from: the key encoder's weights, or the images)")
         keep = min(n, self.capacity)
         # Entry j of the batch (j >= n - keep) lands in slot (pointer + j) mod capacity.
         slots = (self.pointer + torch.arange(n - keep, n, device=self.pointer.device)) % self.capacity

@@ -582,3 +582,28 @@ def test_drift_plot_says_its_axis_is_log_scale():
     assert "log scale" in ax.get_ylabel()
     assert len(ax.get_legend().get_texts()) == 2
     plt.close("all")
+
+
+@pytest.mark.parametrize("which", ["embeddings", "keys"])
+def test_non_finite_embeddings_or_keys_are_refused_and_the_container_kept(which):
+    head = AttFC(4, 10, container_size=6)
+    gen = torch.Generator().manual_seed(2)
+    emb, keys, labels = torch.randn(3, 4, generator=gen), torch.randn(3, 4, 4, generator=gen), torch.tensor([0, 1, 2])
+    head(emb, labels, keys)  # one clean batch in the container
+    before = head.container.state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    bad_emb, bad_keys = emb.clone(), keys.clone()
+    (bad_emb if which == "embeddings" else bad_keys).view(-1)[5] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{which} hold nan or inf"):
+        head(bad_emb, labels, bad_keys)
+    for name, value in head.container.state_dict().items():
+        assert torch.equal(value, before[name]), name  # nothing of the bad batch went in
+    assert torch.isfinite(head(emb, labels, keys))  # the next clean batch is unharmed
+
+
+def test_the_container_refuses_non_finite_centres():
+    dcc = DynamicClassContainer(capacity=4, embedding_dim=2)
+    centres = torch.tensor([[1.0, 0.0], [float("inf"), 0.0]])
+    with pytest.raises(ValueError, match=r"^centres hold 1 of 2 rows with nan or inf; nothing was enqueued"):
+        dcc.enqueue(centres, torch.tensor([0, 1]))
+    assert dcc.labels.tolist() == [-1, -1, -1, -1] and int(dcc.pointer) == 0
