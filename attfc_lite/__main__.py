@@ -5,6 +5,7 @@ import argparse
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -306,7 +307,8 @@ def _train(args) -> int:
     print(f"{m['head']}: {m['num_classes']} identities, {m['steps']} steps in {m['seconds']:.1f} s "
           f"({m['images_per_second']:.0f} images/s on {m['device']})", file=sys.stderr)
     print(verification_summary(m["verification"]), file=sys.stderr)
-    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    replaced = f" ({out}, resumed, took the place of the earlier run)" if result.out_dir != out else ""
+    print(f"wrote {result.out_dir / 'metrics.json'}{replaced}", file=sys.stderr)
     return 0
 
 
@@ -356,10 +358,11 @@ def _sweep(args) -> int:
     import matplotlib.pyplot as plt
 
     from .sweep import plot_accuracy_memory
+    from .utils import save_figure
 
     ax = plot_accuracy_memory(result)
     ax.figure.tight_layout()
-    ax.figure.savefig(out.with_suffix(".png"), dpi=100)
+    save_figure(ax.figure, out.with_suffix(".png"), kept=f"{out} is written", dpi=100)
     plt.close(ax.figure)
     print(f"wrote {out} and {out.with_suffix('.png')} (accuracy against head memory)", file=sys.stderr)
     return 0
@@ -460,7 +463,7 @@ def _data(args) -> int:
 
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
         raise ValueError(f"--out must end in .png, .jpg, .pdf or .svg, got {args.out}")
-    from .utils import check_output
+    from .utils import check_output, save_figure
 
     check_output(args.out, "out", "file", overwrite=args.overwrite, holds="a file")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +471,7 @@ def _data(args) -> int:
                         images_per_identity=args.images)
     fig = axes[0][0].figure
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    save_figure(fig, args.out, dpi=120)
     plt.close(fig)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
     args.argv = typed
+    shown = _say_warnings(f"{parser.prog} {args.command}")
     terminated = []
     previous = _on_sigterm(terminated)
     try:
@@ -572,10 +576,29 @@ def main(argv: list[str] | None = None) -> int:
         # A user error (bad input, a path, a diverging run, out of memory): a message, not a traceback.
         if debug:
             raise
+        if getattr(exc, "result", None) is not None:  # work done whose file could not be written
+            print(json.dumps(exc.result))
         parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = shown
+
+
+def _say_warnings(prefix: str):
+    """Print the library's warnings about a run (`train.LearnedNothingWarning`) as one line each.
+    Returns the previous `warnings.showwarning`, to put back."""
+    from .train import LearnedNothingWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, LearnedNothingWarning):
+            return previous(message, category, filename, lineno, file, line)
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    return previous
 
 
 def _on_sigterm(received: list) -> object:

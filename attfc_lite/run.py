@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 
 from .train import TrainConfig, train
 from .checks import ArgumentError, as_int
-from .utils import check_output, holds_results, provenance, read_stored, replace_folder, staging_path, write_json
+from .utils import (check_output, holds_results, provenance, read_stored, replace_folder, save_figure, staging_path,
+                    write_json)
 
 __all__ = ["VARIANTS", "PROFILES", "resolve_profile", "profile_config", "run_heads", "load_run", "summary_table",
            "plot_losses", "plot_rocs", "plot_summary", "STORED"]
@@ -212,7 +213,10 @@ def run_heads(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = 
         if on_run is not None:
             on_run(run)
     result = {
-        "variants": {v: {"label": VARIANTS[v][0], **VARIANTS[v][1]} for v in variants}, "seeds": seeds,
+        # what each head used: its own options (config below also lists the fields no head here reads)
+        "variants": {v: {"label": VARIANTS[v][0], **VARIANTS[v][1],
+                         "head_settings": {k: val for k, val in next(r for r in runs if r["variant"] == v)[
+                             "head_settings"].items() if k != "seed"}} for v in variants}, "seeds": seeds,
         "config": {k: val for k, val in asdict(base).items() if k != "seed"}, **provenance(configs[0][2].device),
         "seconds": round(time.perf_counter() - started, 1), "command": command, "runs": runs,
         "summary": summarise(runs), "step_memory": steps,
@@ -227,10 +231,14 @@ def write_results(out: Path, final: Path, stem: str, result: dict, plot: Callabl
     is a staging folder (`results_folder`), it takes the place of `final`."""
     import matplotlib.pyplot as plt
 
-    write_json(out / f"{stem}.json", result)
+    kept = "the runs' own files under it are kept" + (f"; the earlier results in {final} are unchanged"
+                                                      if out != final else "")
+    write_json(out / f"{stem}.json", result, kept)
     fig = plot(result)
-    fig.savefig(out / f"{stem}.png", dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, out / f"{stem}.png", kept, dpi=100)
+    finally:
+        plt.close(fig)
     if out != final:
         replace_folder(out, final)
 

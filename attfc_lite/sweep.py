@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from .train import TrainConfig, train
 from .checks import ArgumentError, as_float, as_int
-from .utils import check_output, provenance, read_stored, write_json
+from .utils import WriteFailed, check_output, provenance, read_stored, write_json
 from .verification import ALL_PAIRS_PROTOCOL, over_seeds
 
 __all__ = ["PARAMS", "DEFAULT_VALUES", "run_sweep", "load_sweep", "plot_sweep", "summarise", "head_memory_of",
@@ -133,7 +133,12 @@ def run_sweep(param: str, values: Sequence | None = None, seeds: Sequence[int] =
         "command": command, "tar_protocol": ALL_PAIRS_PROTOCOL, "runs": runs, "summary": summarise(runs),
     }
     if out is not None:
-        write_json(out, result)
+        try:
+            write_json(out, result, "the sweep's result is not lost: it is kept in the error's `result` (the "
+                                    "command line prints it on standard output; redirect it to a file)")
+        except WriteFailed as exc:
+            exc.result = result
+            raise
     return result
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -30,15 +31,17 @@ from .memory.oom import is_out_of_memory
 from .partial_fc import DEFAULT_SAMPLE_RATE
 from .sampling import identity_index, sample_keys
 from .checks import ArgumentError, as_bool, as_choice, as_device, as_float, as_int
-from .utils import (check_output, default_device, replace_folder, seed_everything, staging_path,
-                    write_json)
+from .utils import (check_free_space, check_output, default_device, replace_folder, seed_everything, staging_path,
+                    write_file, write_json)
 from .verification import evaluate_verification
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 # everything train writes in a run folder (the .tmp files exist for a moment, or after a crash)
 LOCK = ".lock"  # held while a run writes to its folder, so two runs never write to one
-RUN_FILES = (CHECKPOINT, METRICS, CHECKPOINT + ".tmp", METRICS + ".tmp", LOCK)
+# in `<out>.new`, an overwrite's staging folder: the name of the folder the finished run replaces
+REPLACES = ".replaces"
+RUN_FILES = (CHECKPOINT, METRICS, CHECKPOINT + ".tmp", METRICS + ".tmp", LOCK, REPLACES)
 MAX_KEYS = 64  # K key images per query: the paper uses 2; more only multiplies the key encoder's work
 
 
@@ -214,22 +217,22 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during `train`; the message says what of the run is saved."""
 
 
+class LearnedNothingWarning(UserWarning):
+    """A run that finished without learning: every loss exactly 0, or the same loss at every step."""
+
+
 class TrainingOutOfMemory(MemoryError):
     """A training step ran out of memory; the message gives the allocator's own words, whole (so
     `memory.oom.requested_bytes` reads the size that failed from it), the head's memory and what
     to change."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash or a kill at any moment
-    leaves either the previous checkpoint or the new one, never a broken one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save_checkpoint(path: str | os.PathLike, state: dict, kept: str | None = None) -> None:
+    """Write to a temporary file, flush it to disk, then rename (`utils.write_file`): a crash or a
+    kill at any moment leaves either the previous checkpoint or the new one, never a broken one. A
+    failed write (a full disk) removes its partial file and raises `WriteFailed` naming the file,
+    why, and `kept`."""
+    write_file(path, lambda f: torch.save(state, f), kept)
 
 
 _CHECKPOINT_KEYS = ("config", "backbone", "head", "optimizer", "epoch", "step", "history", "seconds")
@@ -282,6 +285,7 @@ class TrainResult:
     metrics: dict
     history: list = field(default_factory=list)
     encoder_k: KeyEncoder | None = None  # AttFC's key encoder at the end of the run
+    out_dir: Path | None = None  # where the run's files are at the end (the replaced folder after an overwrite)
 
 
 def head_settings(config: TrainConfig) -> dict:
@@ -302,6 +306,24 @@ def memory_knobs(config: TrainConfig) -> dict:
     if config.head == "attfc":
         knobs.update(num_keys=config.num_keys, container_ratio=config.dcc_ratio, container_size=config.container_size)
     return knobs
+
+
+def checkpoint_bytes(config: TrainConfig) -> int:
+    """About the size of one checkpoint of this run, from its model built on the meta device (no
+    memory): the backbone's and head's tensors, encoder_k's for AttFC, and SGD's momentum of each
+    trained parameter."""
+    config = config.validate()
+    meta = torch.device("meta")
+    with meta:
+        backbone, head = build(config, meta)
+
+    def size(tensors) -> int:  # the bytes of each, and about 512 for its record and alignment in the file
+        return sum(t.numel() * t.element_size() + 512 for t in tensors if isinstance(t, torch.Tensor))
+
+    states = size(backbone.state_dict().values()) + size(head.state_dict().values())
+    encoder_k = size(backbone.state_dict().values()) if head.num_keys else 0
+    params = [p for p in (*backbone.parameters(), *head.parameters()) if p.requires_grad]
+    return states + encoder_k + (size(params) if config.momentum else 0) + 2 ** 16  # + config, history, pickling
 
 
 def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
@@ -329,6 +351,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     loss, labels (of the batch), backbone, head, encoder_k (None but for AttFC) and keys (the
     key embeddings, or None). The lessons use it to watch a run; it must not change them.
 
+    Resuming `<out_dir>.new` (an overwrite that was interrupted) finishes that overwrite: the run
+    continues there and replaces `<out_dir>` when it ends.
+
     `stop_after_epoch` ends the run early as if interrupted (the checkpoint stays), which is
     how the tests and the lesson show that `resume=True` continues the same run.
     `check_memory=False` skips the check that the run's predicted memory fits the machine (for
@@ -355,13 +380,16 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     if final is not None:
         has_run = (final / CHECKPOINT).exists() or (final / METRICS).exists()
         check_output(final, "out_dir", "folder", overwrite=overwrite, resume=resume, holds="a run", occupied=has_run,
-                     own=lambda e: e.name in RUN_FILES)
+                     own=lambda e: e.name in RUN_FILES, need_bytes=0)  # the disk: `_check_disk`, below
         if overwrite and has_run:
             out = staging_path(final)  # the earlier run stays in `final` until this one finishes
             if out.exists() or out.is_symlink():
                 raise ArgumentError("out_dir", f"{final} is being replaced by an unfinished run in {out} (an earlier "
                                                f"overwrite that did not finish), left unchanged: continue that one "
-                                               f"with --resume --out {out} (resume=True), or delete {out} first")
+                                               f"with --resume --out {out} (resume=True), which finishes the "
+                                               f"overwrite ({out} replaces {final} when the run ends), or delete "
+                                               f"{out} first")
+    replaces = _replaced_by(final) if resume and final is not None else None  # an interrupted overwrite, finished here
     if resume and (final is None or not (final / CHECKPOINT).exists()):
         where = "no out_dir was given" if final is None else f"there is no {final / CHECKPOINT}"
         raise FileNotFoundError(f"resume=True (--resume) but {where}; start the run without resume first")
@@ -392,6 +420,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         if check_memory:
             _check_memory(config, default_device(config.device), stream=config.stream_data,
                           eval_images=config.eval_identities * config.eval_images_per_identity if evaluate else 0)
+    if final is not None:
+        _check_disk(config, final, resume)
     if train_set is None and config.stream_data:
         train_set = StreamedFaces(config.num_classes, config.images_per_identity, "train", config.image_size,
                                   config.seed, device=default_device(config.device))
@@ -432,6 +462,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     start_epoch, step, history, seconds, images = 0, 0, [], 0.0, 0
     self_keys = [0, 0]  # AttFC: queries with a key that is the query image, and such keys
+    seen = {"steps": 0, "zero": 0, "distinct": set()}  # this session's losses, to tell a run that learns nothing
 
     if resume:
         try:
@@ -467,6 +498,9 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                     f"it with resume=True (--resume --out {out})")
         if out is not None and out != final:
             text += f"; the earlier run in {final} is unchanged"
+        if out is not None and (out != final or replaces is not None):
+            text += (f" (resuming {out} finishes the overwrite: the run replaces "
+                     f"{final if replaces is None else replaces} when it ends)")
         return text
 
     epoch = start_epoch
@@ -528,6 +562,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                         raise TrainingOutOfMemory(_out_of_memory_text(config, step, epoch, exc) + "\n" + kept() + ".") \
                             from None
                     losses.append(loss.item())
+                    seen["steps"] += 1
+                    seen["zero"] += losses[-1] == 0.0
+                    if len(seen["distinct"]) < 2:
+                        seen["distinct"].add(losses[-1])
                     step += 1
                     images += idx.numel()
                     bar.update(1)
@@ -548,16 +586,18 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
                 if out is not None:
                     out.mkdir(parents=True, exist_ok=True)  # made here, so a run that fails before leaves no folder
-                    save_checkpoint(out / CHECKPOINT, {
+                    save_checkpoint(out / CHECKPOINT, kept=kept(), state={
                         "config": asdict(config), "backbone": backbone.state_dict(), "head": head.state_dict(),
                         "encoder_k": encoder_k.state_dict() if encoder_k is not None else None,
                         "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "history": history,
                         "seconds": seconds, "images": images, "self_keys": list(self_keys),
                     })
                     saved_epoch = epoch + 1
+                    if out != final and not (out / REPLACES).exists():  # so that resuming it finishes the overwrite
+                        write_file(out / REPLACES, lambda f: f.write(final.name.encode()), kept())
                 if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
                     bar.close()
-                    return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k)
+                    return TrainResult(backbone, head, {"stopped_after_epoch": epoch + 1}, history, encoder_k, out)
         except KeyboardInterrupt:
             bar.close()
             raise RunInterrupted(f"interrupted in epoch {epoch + 1}/{config.epochs} at step {step}: {kept()}.") from None
@@ -582,16 +622,22 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             **({"self_keys": _self_key_record(self_keys, images, head.num_keys)} if encoder_k is not None else {}),
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
+            "warnings": _learned_nothing(config, seen),
             "config": asdict(config),
         }
+        for text in metrics["warnings"]:
+            warnings.warn(text, LearnedNothingWarning, stacklevel=2)
         try:
             if evaluate:
                 metrics["verification"] = evaluate_run(backbone, config, eval_set, device, progress)
             if out is not None:
-                write_json(out / METRICS, metrics)  # refuses nan: a metric that is not a number is an error
-                if out != final:
-                    lock.release()  # its file must not move into the final folder
-                    replace_folder(out, final)
+                write_json(out / METRICS, metrics, kept=kept())  # refuses nan: a metric that is not a number is an error
+                target = final if out != final else replaces
+                if target is not None:
+                    lock.release()  # its file, and the staging marker, must not move into the final folder
+                    (out / REPLACES).unlink(missing_ok=True)
+                    replace_folder(out, target)
+                    out = target
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted during the evaluation after training: {kept()}.") from None
         except (RuntimeError, MemoryError) as exc:
@@ -600,7 +646,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             raise TrainingOutOfMemory(f"out of memory in the evaluation after training "
                                       f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else 'MemoryError'}); "
                                       f"fewer eval_identities or eval_images_per_identity need less: {kept()}.") from None
-        return TrainResult(backbone, head, metrics, history, encoder_k)
+        return TrainResult(backbone, head, metrics, history, encoder_k, out)
     finally:
         if lock is not None:
             lock.release()
@@ -645,6 +691,46 @@ class _RunLock:
         self.fd = None
         if self.created and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()  # a run that wrote nothing leaves no folder
+
+
+def _check_disk(config: TrainConfig, folder: Path, resume: bool) -> None:
+    """Before any rendering: the disk of `folder` must hold the run's checkpoints (a write probe
+    alone passes on a full disk, an empty file taking no space)."""
+    size = checkpoint_bytes(config)
+    # after the first epoch each checkpoint is written beside the previous one, then replaces it
+    copies = 1 if resume or config.epochs == 1 else 2
+    # a temporary file left by a killed run is removed before the next write: its space counts as free
+    stale = sum(p.stat().st_size for p in (folder / (CHECKPOINT + ".tmp"), folder / (METRICS + ".tmp"))
+                if resume and p.is_file())
+    check_free_space(folder, "out_dir", max(1, copies * size + 2 ** 20 - stale),
+                     f"this run's checkpoints ({size / 2 ** 20:,.1f} MiB each, written beside the previous one "
+                     f"before replacing it)" if copies == 2 else f"this run's checkpoint ({size / 2 ** 20:,.1f} MiB)")
+
+
+def _learned_nothing(config: TrainConfig, seen: dict) -> list[str]:
+    """What to say of a run whose losses show it learned nothing (`seen`: steps, zero losses, distinct values)."""
+    steps = seen["steps"]
+    if steps and seen["zero"] == steps:
+        why = (" For AttFC: the container held no other identity, or every key was the query image (one image per "
+               "identity)" if config.head == "attfc" else "")
+        return [f"every loss of this run was exactly 0 ({steps} steps): no gradient reached the backbone, so it "
+                f"learned nothing.{why} Check the data (identities, images per identity) and the head's settings"]
+    if steps >= 2 and len(seen["distinct"]) == 1:
+        return [f"the loss was {next(iter(seen['distinct'])):g} at every one of the {steps} steps: no step changed "
+                f"it, so the run learned nothing. Check the data and the head's settings"]
+    return []
+
+
+def _replaced_by(folder: Path) -> Path | None:
+    """The folder that `folder` will replace, if it is the staging folder of an interrupted overwrite."""
+    marker = folder / REPLACES
+    if not marker.is_file():
+        return None
+    name = marker.read_text().strip()
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise CheckpointError(f"{marker} should name the folder beside {folder} that this run replaces, but holds "
+                              f"{name!r}: it was changed; delete it to resume {folder} as a run of its own")
+    return folder.with_name(name)
 
 
 def _check_memory(config: TrainConfig, device: torch.device, stream: bool, eval_images: int) -> None:

@@ -71,20 +71,117 @@ def provenance(device: str | torch.device | None = None) -> dict:
             "date": datetime.date.today().isoformat()}
 
 
-def write_json(path, data) -> None:
-    """Write `data` as JSON to `path` through a temporary file, so a reader never sees half a file."""
+def write_json(path, data, kept: str | None = None) -> None:
+    """Write `data` as JSON to `path` through `write_file`, so a reader never sees half a file."""
     import json
-    from pathlib import Path
 
     path = Path(path)
     bad = _non_finite_at(data)
     if bad is not None:
         raise ValueError(f"{path.name} would hold {bad[1]} at {bad[0]}, which is not a number; nothing was written "
                          f"(a result that is nan or inf is a failed measurement, not a value to store)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, allow_nan=False).encode()
+    write_file(path, lambda f: f.write(text), kept)
+
+
+class WriteFailed(OSError):
+    """A result that could not be written. The message names the file, why (the disk is full, the
+    file system is read-only, permission) and what is kept; `errno` is the system's code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+_WHY = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is used up", "EROFS": "the file system is read-only",
+        "EACCES": "permission denied", "EPERM": "permission denied", "EFBIG": "the file is too large for this file "
+        "system", "EIO": "the disk reported an input/output error"}
+
+
+def temporary_path(path) -> Path:
+    """Where `write_file` writes `path` before renaming it into place."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+def write_file(path, write, kept: str | None = None) -> None:
+    """Write `path` atomically: `write(f)` fills a temporary file in the same folder, which is
+    flushed to disk (fsync) and renamed over `path`, so a reader, a crash or a kill sees the old
+    file or the new one, never half of one. A temporary file left by a killed process is removed
+    first (it may hold the space this write needs). On any failure the temporary file is removed
+    and `WriteFailed` says which file, why, and `kept` (what is kept, in words)."""
+    import contextlib
+    import errno as errnos
+
+    path = Path(path)
+    tmp = temporary_path(path)
+    recorder = _RecordingFile(None)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with open(tmp, "wb") as raw:
+            recorder.file = raw
+            write(recorder)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM, exit: only the temporary file is undone
+            raise
+        # torch.save reports a failed write as "unexpected pos ...": the file's own error says why
+        cause = recorder.error or (exc if isinstance(exc, OSError) else None)
+        if cause is None and isinstance(exc, RuntimeError) and _free_bytes(path.parent) < 2 ** 20:
+            cause = OSError(errnos.ENOSPC, os.strerror(errnos.ENOSPC))
+        if cause is None:
+            raise
+        name = errnos.errorcode.get(cause.errno, "")
+        why = _WHY.get(name) or (cause.strerror or str(cause)).lower()
+        if name == "ENOSPC":
+            why += f" ({_free_bytes(path.parent) / 2 ** 20:,.1f} MiB free in {_nearest_existing(path.parent)})"
+        raise WriteFailed(f"{path} could not be written: {why}. The partial file was removed; "
+                          f"{kept or ('an earlier ' + path.name + ' is unchanged' if path.exists() else 'nothing was written')}",
+                          cause.errno) from None
+
+
+class _RecordingFile:
+    """A binary file that keeps the first OSError of its writes, which torch.save would replace by
+    a message without the cause."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __getattr__(self, name):  # seek, tell, fileno ... of the file itself
+        return getattr(self.file, name)
+
+
+def _free_bytes(folder) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(_nearest_existing(Path(folder))).free
+    except OSError:
+        return 0
+
+
+def save_figure(fig, path, kept: str | None = None, **savefig_kwargs) -> None:
+    """`fig.savefig` to `path` through `write_file`: an earlier figure there stays whole until the
+    new one is complete."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    write_file(path, lambda f: fig.savefig(f, format="jpeg" if fmt == "jpg" else fmt, **savefig_kwargs), kept)
 
 
 def _non_finite_at(data, where: str = "") -> tuple[str, float] | None:
@@ -134,13 +231,16 @@ def holds_results(path) -> bool:
 
 
 def check_output(path, name: str, kind: str = "folder", overwrite: bool = False, resume: bool = False,
-                 holds: str = "results", occupied: bool | None = None, own=None):
+                 holds: str = "results", occupied: bool | None = None, own=None, need_bytes: int = 2 ** 20,
+                 need_for: str = "the results"):
     """Check, before any work, that results can be written to `path` (a folder or a file) without
     losing earlier ones: it must not be of the other kind, its parent must be a folder we can
     write, and if it already holds results (`occupied`, by default: is a file or a non-empty
     folder) the caller must say `resume` or `overwrite`. With `own(entry) -> bool`, a folder
     holding any entry the caller did not write is refused whatever is said: writing there would
-    mix two kinds of results, and replacing it would delete what it holds."""
+    mix two kinds of results, and replacing it would delete what it holds. `need_bytes` (what the
+    work will write, described by `need_for`; 1 MiB covers a JSON file and a figure) must be free on the disk: an empty probe file takes
+    no space, so a full disk would pass the write probe alone."""
     from pathlib import Path
 
     from .checks import ArgumentError
@@ -160,6 +260,7 @@ def check_output(path, name: str, kind: str = "folder", overwrite: bool = False,
             pass
     except OSError as exc:
         raise ArgumentError(name, f"cannot be written: {exc.strerror or exc} in {base}; choose another path") from None
+    check_free_space(base, name, need_bytes, need_for)
     if overwrite and path.is_symlink():
         raise ArgumentError(name, f"{path} is a symbolic link (to {os.readlink(path)}); to replace what it holds, "
                                   f"give the folder it points to")
@@ -175,6 +276,18 @@ def check_output(path, name: str, kind: str = "folder", overwrite: bool = False,
                                   + "or replace it with --overwrite (overwrite=True), which keeps it until the new "
                                     "work has finished")
     return path
+
+
+def check_free_space(path, name: str, need_bytes: int, need_for: str = "the results") -> None:
+    """Refuse (naming the argument `name`) when the disk of `path` has less than `need_bytes` free."""
+    from .checks import ArgumentError
+
+    base = _nearest_existing(Path(path))
+    free = _free_bytes(base)
+    if need_bytes and free < need_bytes:
+        raise ArgumentError(name, f"cannot hold {need_for}: about {need_bytes / 2 ** 20:,.1f} MiB are needed and "
+                                  f"{free / 2 ** 20:,.1f} MiB are free on the disk of {base}; free some space or "
+                                  f"choose a path on another disk. Nothing was written")
 
 
 def staging_path(path, name: str | None = None):

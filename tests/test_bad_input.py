@@ -5,8 +5,14 @@ on the command line) and that every file already written is unchanged (hashed be
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import json
+import os
+import re
 import hashlib
 import shutil
+import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +30,14 @@ TINY = TrainConfig(num_classes=8, images_per_identity=4, eval_identities=6, eval
 TINY_CLI = ["--classes", "8", "--images-per-identity", "4", "--eval-identities", "6", "--eval-images-per-identity",
             "3", "--epochs", "1", "--batch-size", "8", "--embedding-dim", "16", "--num-pairs", "30", "--device", "cpu",
             "--image-size", "16", "--quiet"]
+
+
+def _tiny_cli(**changes) -> list[str]:
+    """TINY_CLI with some options changed (epochs=2 -> --epochs 2)."""
+    argv = list(TINY_CLI)
+    for name, value in changes.items():
+        argv[argv.index("--" + name.replace("_", "-")) + 1] = str(value)
+    return argv
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +333,246 @@ TOO_MANY = ["train", "--classes", "9999900", "--eval-identities", "300"]
 def test_debug_shows_the_error_itself(argv):
     with pytest.raises(ArgumentError, match="^num_classes must be at most"):
         main(argv)
+
+
+# --- A full disk, a read-only folder: every result is written whole or not at all (issue 19) ---
+
+FULL_DISK = "/dev/full"  # every write to it fails with ENOSPC, as on a full disk
+
+
+def _writes_fail_for(monkeypatch, suffix: str, device: str = FULL_DISK) -> None:
+    """Make `utils.write_file`'s temporary files for names ending in `suffix` land on /dev/full."""
+    import builtins
+
+    from attfc_lite import utils
+
+    real_open = builtins.open
+
+    def open_(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(suffix + ".tmp"):
+            return real_open(device, mode, *args, **kwargs)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(utils, "open", open_, raising=False)
+
+
+@contextlib.contextmanager
+def _small_disk(tmp_path: Path, size: str):
+    """A tmpfs of `size` mounted under tmp_path (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the /dev/full tests cover the writes without it")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the disk of `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    return filler
+
+
+def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_partial_file(ws, tmp_path, monkeypatch):
+    shutil.copytree(ws / "run", tmp_path / "run")
+    before = _hashes(tmp_path)
+    _writes_fail_for(monkeypatch, CHECKPOINT)
+    with pytest.raises(OSError) as info:  # the real torch.save, its writes failing with ENOSPC
+        train(TINY, tmp_path / "run", progress=False, resume=False, overwrite=True)
+    text = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert f"{tmp_path / 'run.new' / CHECKPOINT} could not be written: the disk is full" in text
+    assert f"the earlier run in {tmp_path / 'run'} is unchanged" in text
+    assert "unexpected pos" not in text  # torch's own words hide the cause
+    assert _hashes(tmp_path) == before and not (tmp_path / "run.new").exists()
+
+
+def test_metrics_on_a_full_disk_say_what_is_kept(tmp_path, monkeypatch):
+    _writes_fail_for(monkeypatch, "metrics.json")
+    with pytest.raises(OSError, match="metrics.json could not be written: the disk is full") as info:
+        train(TINY, tmp_path / "run", progress=False)
+    assert f"checkpoint of epoch 1/1 is kept in {tmp_path / 'run' / CHECKPOINT}" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT]
+
+
+def test_a_read_only_file_system_is_named(tmp_path, monkeypatch):
+    from attfc_lite import utils
+
+    def read_only(path, mode="r", *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(utils, "open", read_only, raising=False)
+    with pytest.raises(utils.WriteFailed, match=r"x\.json could not be written: the file system is read-only\. "
+                                                r"The partial file was removed; nothing was written"):
+        utils.write_json(tmp_path / "x.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_temporary_file_is_removed_before_the_next_write(tmp_path):
+    from attfc_lite.utils import write_json
+
+    (tmp_path / "x.json.tmp").write_bytes(b"\0" * 100_000)  # left by a process killed while writing
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+@pytest.mark.parametrize("command", ["preview", "sweep"])
+def test_a_figure_on_a_full_disk_keeps_the_earlier_one(command, ws, tmp_path, monkeypatch, capsys):
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG the earlier figure")
+    if command == "sweep":
+        (tmp_path / "fig.json").write_text("{}\n")
+    before = _hashes(tmp_path)
+    _writes_fail_for(monkeypatch, ".png")
+    argv = (["data", "preview", "--out", str(tmp_path / "fig.png"), "--overwrite"] if command == "preview" else
+            ["sweep", "k", "--values", "2", "--seeds", "0", "--out", str(tmp_path / "fig.json"), "--overwrite", *TINY_CLI])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"{tmp_path / 'fig.png'} could not be written: the disk is full" in err
+    assert (tmp_path / "fig.png").read_bytes() == b"\x89PNG the earlier figure"
+    assert not (tmp_path / "fig.png.tmp").exists()
+    if command == "preview":
+        assert _hashes(tmp_path) == before
+
+
+def test_a_sweep_whose_file_cannot_be_written_prints_its_result(tmp_path, monkeypatch, capsys):
+    _writes_fail_for(monkeypatch, ".json")
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "k", "--values", "2", "--seeds", "0", "--out", str(tmp_path / "k.json"), *TINY_CLI])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and "k.json could not be written: the disk is full" in err
+    assert "standard output" in err
+    printed = json.loads(out)  # the hours of a real sweep are not lost
+    assert printed["param"] == "k" and len(printed["runs"]) == 1
+    assert not (tmp_path / "k.json").exists() and not (tmp_path / "k.json.tmp").exists()
+
+
+def test_the_write_probe_checks_free_space_against_the_checkpoint(tmp_path, monkeypatch, capsys):
+    from attfc_lite import utils
+    from attfc_lite.train import checkpoint_bytes
+
+    # the estimate against the real file: a finished one-epoch run of each head
+    for head in ("fc", "attfc"):
+        config = replace(TINY, head=head)
+        train(config, tmp_path / head, progress=False, evaluate=False)
+        real = (tmp_path / head / CHECKPOINT).stat().st_size
+        assert real <= checkpoint_bytes(config) <= 1.2 * real + 2 ** 16, (head, real, checkpoint_bytes(config))
+    monkeypatch.setattr(utils, "_free_bytes", lambda folder: 1000)
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "new"), *TINY_CLI])
+    err = capsys.readouterr().err
+    assert "--out cannot hold this run's checkpoint" in err and "0.0 MiB are free" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_resume_finishes(tmp_path, capsys):
+    with _small_disk(tmp_path, "7m") as disk:
+        two_epochs = replace(TINY, epochs=2)
+        seen = {}
+
+        def fill_in_epoch_2(state):
+            if state["epoch"] == 1 and "filler" not in seen:
+                seen["checkpoint"] = (disk / "run" / CHECKPOINT).read_bytes()
+                seen["filler"] = _fill(disk)
+
+        with pytest.raises(OSError) as info:
+            train(two_epochs, disk / "run", progress=False, callback=fill_in_epoch_2)
+        text = str(info.value)
+        assert f"{disk / 'run' / CHECKPOINT} could not be written: the disk is full" in text
+        assert "the checkpoint of epoch 1/2 is kept" in text and "--resume" in text
+        assert sorted(p.name for p in (disk / "run").iterdir()) == [CHECKPOINT]  # no partial file holds space
+        assert (disk / "run" / CHECKPOINT).read_bytes() == seen["checkpoint"]
+        seen["filler"].unlink()
+        # a temporary file of a killed process holds most of the space: resume removes it first
+        (disk / "run" / (CHECKPOINT + ".tmp")).write_bytes(b"\0" * (3 * 2 ** 20))
+        assert main(["train", "--resume", "--out", str(disk / "run"), *_tiny_cli(epochs=2)]) == 0
+        assert sorted(p.name for p in (disk / "run").iterdir()) == [CHECKPOINT, "metrics.json"]
+
+
+def test_a_full_disk_is_refused_before_anything_is_rendered(tmp_path, capsys):
+    with _small_disk(tmp_path, "1m") as disk:
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--out", str(disk / "run"), *TINY_CLI])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "--out cannot hold this run's checkpoint" in err and "free" in err
+        assert list(disk.iterdir()) == []
+
+
+# --- An interrupted --overwrite, finished by resuming <out>.new (issue 19) ---
+
+def test_resuming_an_interrupted_overwrite_finishes_it(ws, tmp_path, capsys):
+    shutil.copytree(ws / "run", tmp_path / "run")
+    earlier = _hashes(tmp_path)
+    two_epochs = replace(TINY, epochs=2, lr=0.05)
+    train(two_epochs, tmp_path / "run", progress=False, overwrite=True, stop_after_epoch=1)  # as if interrupted
+    assert {k: v for k, v in _hashes(tmp_path).items() if k.startswith("run/")} == earlier
+    # a second overwrite refuses, and says what resuming the staging folder does
+    with pytest.raises(ArgumentError, match=r"finishes the overwrite \(.*run\.new replaces .*run when the run ends\)"):
+        train(two_epochs, tmp_path / "run", progress=False, overwrite=True)
+    result = train(two_epochs, tmp_path / "run.new", progress=False, resume=True)
+    assert result.out_dir == tmp_path / "run" and not (tmp_path / "run.new").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, "metrics.json"]  # no marker, no lock
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["config"]["lr"] == 0.05
+    # the same as the overwrite done in one go
+    straight = train(two_epochs, tmp_path / "straight", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(result.backbone.state_dict().values(),
+                                                  straight.backbone.state_dict().values()))
+    # with no earlier folder left (deleted meanwhile), the run still ends in its place
+    train(two_epochs, tmp_path / "run", progress=False, overwrite=True, stop_after_epoch=1)
+    shutil.rmtree(tmp_path / "run")
+    assert main(["train", "--resume", "--out", str(tmp_path / "run.new"), "--lr", "0.05",
+                 *_tiny_cli(epochs=2)]) == 0
+    assert "took the place of the earlier run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run.new").exists()
+
+
+def test_the_message_of_an_interrupted_overwrite_says_resuming_finishes_it(ws, tmp_path):
+    shutil.copytree(ws / "run", tmp_path / "run")
+
+    def stop(state):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(replace(TINY, epochs=2), tmp_path / "run", progress=False, overwrite=True,
+              callback=lambda s: stop(s) if s["epoch"] == 1 else None)
+    assert (f"continue it with resume=True (--resume --out {tmp_path / 'run.new'}); the earlier run in "
+            f"{tmp_path / 'run'} is unchanged (resuming {tmp_path / 'run.new'} finishes the overwrite: the run "
+            f"replaces {tmp_path / 'run'} when it ends)") in str(info.value)
+
+
+# --- A run that learns nothing says so (issue 19) ---
+
+@pytest.mark.parametrize("loss, words", [(0.0, "every loss of this run was exactly 0 (4 steps)"),
+                                         (1.5, "the loss was 1.5 at every one of the 4 steps")])
+def test_a_run_that_learns_nothing_says_so(loss, words, tmp_path, monkeypatch, capsys):
+    from attfc_lite.heads import FullFC
+    from attfc_lite.train import LearnedNothingWarning
+
+    monkeypatch.setattr(FullFC, "forward", lambda self, e, labels: (e * 0).sum() + loss)  # no gradient
+    with pytest.warns(LearnedNothingWarning, match=re.escape(words)):
+        result = train(TINY, None, progress=False, evaluate=False)
+    assert len(result.metrics["warnings"]) == 1 and words in result.metrics["warnings"][0]
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY_CLI]) == 0
+    err = capsys.readouterr().err
+    assert f"python -m attfc_lite train: warning: {words}" in err and "LearnedNothingWarning" not in err
+    assert words in json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"][0]
+
+
+def test_a_run_that_learns_says_nothing(recwarn):
+    from attfc_lite.train import LearnedNothingWarning
+
+    assert train(TINY, None, progress=False, evaluate=False).metrics["warnings"] == []
+    assert not [w for w in recwarn if issubclass(w.category, LearnedNothingWarning)]

@@ -253,6 +253,11 @@ def test_run_command_trains_every_variant_on_the_same_data(runs):
     data = load_run(cwd / "tmp_run" / "heads")
     folder = cwd / "tmp_run" / "heads"
     assert (folder / "summary.png").stat().st_size > 10_000 and load_run(folder / "summary.json") == data
+    # what each head used: only its own options (the DCQ-style variant's K is 1 whatever --k says)
+    used = {v: data["variants"][v]["head_settings"] for v in data["variants"]}
+    assert used["fc"] == {} and used["partial_fc"] == {"sample_rate": 0.1}
+    assert used["attfc"]["num_keys"] == 2 and used["dcq"]["num_keys"] == 1
+    assert set(used["attfc"]) >= {"container_ratio", "temperature", "ema_momentum"}
     for variant in ("fc", "partial_fc", "attfc", "dcq"):
         for seed in (0, 1):
             metrics = json.loads((folder / variant / f"seed_{seed}" / "metrics.json").read_text())
