@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -20,12 +21,23 @@ _finite = cli_type(as_float)
 _seed = cli_type(as_int, minimum=0, maximum=2 ** 32 - 1)
 _device = cli_type(as_device)
 _at_least_2 = cli_type(as_int, minimum=2)
+_image_size = cli_type(as_int, minimum=8, maximum=512,
+                       why="the face world draws faces of 8 to 512 pixels")
 
 
 def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty one (write . for the current folder)")
     return Path(text)
+
+
+def _file_path(text: str) -> Path:
+    """A path that names a file: a trailing separator (a folder) is refused, not silently dropped."""
+    path = _path(text)
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file, got {text!r}, which ends in '/' and so names a "
+                                         f"folder; drop the trailing '/' (e.g. {text.rstrip('/' + os.sep)!r})")
+    return path
 
 
 def _margin_m(text: str) -> float | tuple[float, ...]:
@@ -55,7 +67,11 @@ def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args
     TrainConfig fields without an option go to args.profile_extra."""
     from .run import PROFILE_MEMORY_CLASSES, PROFILE_VARIANTS, PROFILES, resolve_profile
 
-    name = resolve_profile(args.profile, amp=args.amp)
+    typed = list(sys.argv[1:] if argv is None else argv)
+    # only an --amp or --no-amp the user typed counts: the default (False) must not let --profile gpu
+    # pass on a CPU, to fail later as if --amp had been asked for
+    amp_typed = any(a.split("=")[0] in ("--amp", "--no-amp") for a in typed)
+    name = resolve_profile(args.profile, amp=args.amp if amp_typed else None)
     sub = parser.train_parsers[args.command]
     dests = {a.dest for a in sub._actions}
     values = {_DEST_OF.get(k, k): v for k, v in PROFILES[name].items()}
@@ -70,6 +86,7 @@ def _apply_profile(parser: argparse.ArgumentParser, argv: list[str] | None, args
 
 def _add_train_options(t: argparse.ArgumentParser, d) -> None:
     """The options of one training run, shared by `train` and `sweep`."""
+    from .attention import TEMPERATURE_RANGE
     from .margins import DEFAULT_M, MARGINS
     from .train import MAX_KEYS
 
@@ -81,7 +98,7 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="verification pairs (half genuine); capped at what the evaluation split holds")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs)
     t.add_argument("--batch-size", type=_at_least_2, default=d.batch_size)
-    t.add_argument("--image-size", type=_positive_int, default=d.image_size)
+    t.add_argument("--image-size", type=_image_size, default=d.image_size, help="pixels, 8 to 512")
     t.add_argument("--backbone", default=d.backbone, choices=["small", "resnet18", "resnet34", "resnet50"])
     t.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim)
     t.add_argument("--margin", default=d.margin, choices=sorted(MARGINS))
@@ -101,8 +118,11 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
                    help="attfc: container size in entries (overrides --dcc-ratio)")
     g.add_argument("--ema-momentum", type=_unit, default=d.ema_momentum,
                    help="attfc: encoder_k's EMA momentum, in [0, 1] (the paper's 0.999)")
-    g.add_argument("--temperature", type=_positive_float, default=d.temperature,
-                   help="attfc: temperature of the attention softmax")
+    low, high = TEMPERATURE_RANGE
+    g.add_argument("--temperature", type=cli_type(as_float, minimum=low, maximum=high, why="past these the attention "
+                                                  "over the keys is one-hot or uniform, and exp overflows"),
+                   default=d.temperature,
+                   help="attfc: temperature of the attention softmax, 0.001 to 1000")
     g.add_argument("--keys-exclude-query", action=argparse.BooleanOptionalAction, default=d.keys_exclude_query,
                    help="attfc: draw the key images among the identity's images other than the query (default: "
                         "with replacement among all of them, the query included, as the official sampler)")
@@ -121,7 +141,7 @@ def _add_train_options(t: argparse.ArgumentParser, d) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .heads import HEADS
     from .sweep import DEFAULT_VALUES, PARAMS
-    from .train import TrainConfig
+    from .train import MAX_KEYS, TrainConfig
 
     d = TrainConfig()
     # No abbreviations: a shortened option that silently meant another one would be a silent mistake.
@@ -148,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1])
     sw.add_argument("--head", choices=sorted(HEADS), default=None,
                     help="default: the head the setting belongs to (attfc; partial_fc for sample-rate)")
-    sw.add_argument("--out", type=_path, default=None, help="JSON file; default data/sweeps/<setting>.json")
+    sw.add_argument("--out", type=_file_path, default=None, help="JSON file; default data/sweeps/<setting>.json")
     sw.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out file (it stays as it was until the sweep finishes)")
     _add_train_options(sw, d)
@@ -169,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="replace the results already in --out (they stay as they were until the new ones are complete)")
     g = r.add_argument_group("same budget, trained to the end (large_n.json, large_n.png)")
-    g.add_argument("--large-n-mib", type=_positive_float, default=None,
+    g.add_argument("--large-n-mib", type=cli_type(as_float, minimum=16, why="the backbone's step alone needs a few MiB"),
+                   default=None,
                    help="under this memory budget (MiB): find the largest N whose whole full FC (and Partial FC) "
                         "training step fits, then train full FC and Partial FC at their limits and AttFC at "
                         "--large-n-factors times full FC's, each for --large-n-epochs epochs under the same cap, "
@@ -200,21 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     b = dsub.add_parser("bench", help="batched rendering speed, printed as one JSON object",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     b.add_argument("--num-images", type=cli_type(as_int, minimum=1, maximum=10_000_000), default=16384)
-    b.add_argument("--image-size", type=_positive_int, default=32)
+    b.add_argument("--image-size", type=_image_size, default=32, help="pixels, 8 to 512")
     b.add_argument("--device", type=_device, default="auto")
     p = dsub.add_parser("preview", help="save a grid of identities x images with their quality",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    p.add_argument("--out", type=_path, required=True, help="image file to write, e.g. preview.png")
+    p.add_argument("--out", type=_file_path, required=True, help="image file to write, e.g. preview.png")
     p.add_argument("--identities", type=cli_type(as_int, minimum=1, maximum=100), default=6)
     p.add_argument("--images", type=cli_type(as_int, minimum=1, maximum=100), default=8, help="images per identity")
-    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("--image-size", type=_image_size, default=32, help="pixels, 8 to 512")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     m = sub.add_parser("memory", help="predicted vs measured memory of one head step, printed as JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     m.add_argument("--head", choices=sorted(HEADS), default="fc")
-    m.add_argument("--classes", type=_positive_int, required=True, help="number of identities N (1e6 is accepted)")
+    m.add_argument("--classes", type=cli_type(as_int, minimum=2, why="a softmax over one identity has nothing "
+                                                                         "to tell apart"), required=True, help="number of identities N, at least 2 (1e6 is "
+                                                                      "accepted)")
     m.add_argument("--dim", type=_positive_int, default=512, help="embedding dimension D")
     m.add_argument("--batch", type=_positive_int, default=128, help="batch size B")
     m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -226,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dcc-ratio", type=_share, default=None,
                    help="attfc: container size as a share of the identities (default 0.3)")
     m.add_argument("--container-size", type=_positive_int, default=None, help="attfc: container size in entries")
-    m.add_argument("--k", type=_positive_int, default=None, help="attfc: key embeddings per query (default 2)")
+    m.add_argument("--k", type=cli_type(as_int, minimum=1, maximum=MAX_KEYS, why="train's limit: more keys only "
+                                                                                  "multiply the key encoder's work"),
+                   default=None,
+                   help=f"attfc: key embeddings per query (default 2), at most {MAX_KEYS} as in train")
     m.add_argument("--no-measure", action="store_true", help="prediction only (for sizes that would not fit)")
     m.add_argument("--max-share", type=_share, default=None,
                    help="measure only if the predicted peak is at most this share of the memory available now, in "
@@ -510,6 +536,15 @@ def _option_of(name: str, parser: argparse.ArgumentParser, command: str) -> str 
     return None
 
 
+def _typed(value) -> str:
+    """A value as it is typed on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def _user_message(exc: BaseException, parser: argparse.ArgumentParser, command: str) -> str:
     """The error's message, with the library's argument name replaced by its option."""
     text = str(exc) or type(exc).__name__
@@ -518,6 +553,14 @@ def _user_message(exc: BaseException, parser: argparse.ArgumentParser, command: 
         option = _option_of(base, parser, command)
         if option is not None and text.startswith(base):
             text = option + text[len(base):]
+    elif type(exc).__name__ == "ConfigMismatch":  # name the options, not TrainConfig's fields
+        shown = []
+        for name, (was, now) in exc.diff.items():
+            option = _option_of(name, parser, command)
+            shown.append(f"{option} {_typed(now)} (the checkpoint has {_typed(was)})" if option
+                         else f"{name}={now!r} (the checkpoint has {was!r}; not an option: set in the library)")
+        text = (f"--resume with options that differ from the checkpoint's: {', '.join(shown)}; give the "
+                f"checkpoint's values, or start a new run with another --out")
     elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         text = f"{exc.strerror}: {exc.filename}"
     return text

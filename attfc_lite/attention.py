@@ -18,9 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import as_float
+from .checks import ArgumentError, as_float
 
-__all__ = ["attention_weights", "generative_class_centres", "quality_study", "plot_quality_study", "rank_correlation",
+#: The temperatures the attention takes: past them the weights are one-hot or uniform to float32
+#: precision, and cos / T overflows (inf - inf is nan).
+TEMPERATURE_RANGE = (1e-3, 1e3)
+
+__all__ = ["TEMPERATURE_RANGE", "attention_weights", "generative_class_centres", "quality_study", "plot_quality_study", "rank_correlation",
            "spearman_interval", "degradation_gaps", "DEGRADATIONS"]
 
 
@@ -32,7 +36,18 @@ def _check(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> None:
                          f"{tuple(keys.shape)}; the key encoder's output for K key images per query")
     if keys.shape[1] < 1:
         raise ValueError("keys must hold at least one key image per query (K >= 1)")
-    as_float("temperature", temperature, 0, low_open=True)
+    check_temperature(temperature)
+
+
+def check_temperature(temperature) -> float:
+    """`temperature` as a float within TEMPERATURE_RANGE, refused with the cause otherwise."""
+    low, high = TEMPERATURE_RANGE
+    value = as_float("temperature", temperature)
+    if not low <= value <= high:
+        raise ArgumentError("temperature", f"must be between {low:g} and {high:g}, got {value!r}: past these the "
+                                           f"attention over the keys is one-hot or uniform, and cos / temperature "
+                                           f"overflows to a nan softmax")
+    return value
 
 
 def attention_weights(q: torch.Tensor, keys: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import ArgumentError, as_bool, as_float, as_int
-from .attention import generative_class_centres
+from .attention import check_temperature, generative_class_centres
 from .container import EMPTY, DynamicClassContainer
 from .heads import Head
 from .margins import Margin, make_margin
@@ -126,7 +126,7 @@ class AttFC(Head):
         super().__init__()
         embedding_dim, num_classes = as_int("embedding_dim", embedding_dim, 1), as_int("num_classes", num_classes, 2)
         num_keys = as_int("num_keys", num_keys, 1)  # K, key images per query
-        temperature = as_float("temperature", temperature, 0, low_open=True)
+        temperature = check_temperature(temperature)
         if isinstance(margin, Margin) and margin_kwargs:
             raise ValueError(f"margin is already a built {type(margin).__name__}, so {sorted(margin_kwargs)} would be "
                              "ignored: pass them to the margin, or pass margin by name")
@@ -149,6 +149,10 @@ class AttFC(Head):
         if keys.dim() != 3 or keys.shape[0] != embeddings.shape[0] or keys.shape[2] != self.embedding_dim:
             raise ArgumentError("keys", f"must be [batch={embeddings.shape[0]}, K, "
                                         f"embedding_dim={self.embedding_dim}], got shape {tuple(keys.shape)}")
+        if keys.shape[1] != self.num_keys:
+            raise ArgumentError("keys", f"hold {keys.shape[1]} key embeddings per query but this head was built with "
+                                        f"num_keys={self.num_keys}: sample num_keys key images per query (or build "
+                                        f"the head with num_keys={keys.shape[1]})")
         labels = labels.long()
         # A nan here would also enter the container and make every later batch's loss nan until its
         # slot is overwritten. One host sync on two sums (nan and inf carry through a sum), with no

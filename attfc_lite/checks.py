@@ -23,7 +23,11 @@ class ArgumentError(ValueError):
 
 
 def _shown(value) -> str:
-    return repr(value) if not isinstance(value, float) else f"{value:g}"
+    """The value as given: short for floats, unless that would round it (1.0000001 is not "1")."""
+    if not isinstance(value, float):
+        return repr(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _scalar(value):
@@ -159,15 +163,16 @@ def check_finite_tensor(name: str, tensor) -> None:
                                   f"(the first at index {first})")
 
 
-def cli_type(check, **limits):
-    """An argparse `type` from a check above: argparse names the option in the error."""
+def cli_type(check, why: str | None = None, **limits):
+    """An argparse `type` from a check above: argparse names the option in the error, and `why`
+    (the cause of the limits) follows the rule."""
     import argparse
 
     def parse(text: str):
         try:
             return check("value", text, **limits)
         except ArgumentError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ") + (f" ({why})" if why else "")) from None
 
     parse.__name__ = check.__name__.removeprefix("as_")
     return parse

@@ -23,13 +23,27 @@ __all__ = ["DynamicClassContainer", "EMPTY", "TurnoverWatch", "plot_turnover"]
 EMPTY = -1  #: the label of a slot that holds no centre yet
 
 
+class ContainerTooLarge(ArgumentError, MemoryError):
+    """The container's centres do not fit in memory: a bad capacity (ValueError) and an out-of-memory
+    error (MemoryError) alike, so the memory searches see it as the latter."""
+
+
 class DynamicClassContainer(nn.Module):
     """A FIFO of `capacity` centres of `embedding_dim` floats, with int64 labels (-1: empty)."""
 
     def __init__(self, capacity: int, embedding_dim: int) -> None:
         super().__init__()
         self.capacity, self.embedding_dim = as_int("capacity", capacity, 1), as_int("embedding_dim", embedding_dim, 1)
-        self.register_buffer("centres", torch.zeros(self.capacity, self.embedding_dim))
+        try:
+            centres = torch.zeros(self.capacity, self.embedding_dim)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            need = self.capacity * self.embedding_dim * torch.get_default_dtype().itemsize
+            raise ContainerTooLarge("capacity", f"is {self.capacity:,}, and its centres (capacity x embedding_dim "
+                                                f"= {self.capacity:,} x {self.embedding_dim:,} floats, "
+                                                f"{need / 2**30:,.1f} GiB) could not be allocated; give a smaller "
+                                                f"capacity (a container holds a share of the identities, e.g. 0.1 "
+                                                f"of num_classes). The allocator said: {exc}") from None
+        self.register_buffer("centres", centres)
         self.register_buffer("labels", torch.full((self.capacity,), EMPTY, dtype=torch.int64))
         # The next slot to write; a tensor so that enqueue never waits for the device.
         self.register_buffer("pointer", torch.zeros((), dtype=torch.int64))

@@ -28,6 +28,7 @@ Messy folders are handled as follows.
 """
 from __future__ import annotations
 
+import errno
 import math
 import operator
 import os
@@ -104,7 +105,14 @@ def _decode_rgb(path: str | os.PathLike) -> Image.Image:
     with warnings.catch_warnings():
         # PIL warns about large images at open; the check below replaces that warning.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(path)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:  # PIL refuses twice its own limit at open
+            raise ImageTooLargeError(
+                f"image file {str(path)!r} is too large for PIL to open ({exc}), far over the limit of "
+                f"{MAX_IMAGE_PIXELS:,} pixels (attfc_lite.imagefolder.MAX_IMAGE_PIXELS), so it was not decoded. "
+                f"Downscale the file"
+            ) from None
     with img:
         width, height = img.size  # from the header: open() decodes no pixel yet
         limit = MAX_IMAGE_PIXELS
@@ -162,6 +170,16 @@ def load_image(path: str | os.PathLike, image_size: int | None = None) -> torch.
 
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _dangling(link: str) -> str:
+    """Why a link leads to nothing: a cycle of links, or a missing target."""
+    try:
+        os.stat(link)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "link cycle: following it leads back to a link already followed (too many levels of links)"
+    return "broken link: its target does not exist"
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -239,7 +257,7 @@ class _Scan:
             target = os.path.realpath(entry.path)
             if not os.path.isdir(target):
                 if not os.path.exists(target):
-                    self._skip(entry.path, "broken link: its target does not exist")
+                    self._skip(entry.path, _dangling(entry.path))
                 continue  # a file in root: not an identity, as before
             problem = self._folder_problem(target, self.real_root, None)
             if problem is None:
@@ -298,7 +316,7 @@ class _Scan:
             return
         other = self._owner_of(target)
         if not os.path.exists(target):
-            self._skip(link, "broken link: its target does not exist")
+            self._skip(link, _dangling(link))
         elif not _inside(target, self.real_root):
             self._skip(link, f"points outside root, to {target!r}")
         elif other is not None and other != identity:
@@ -352,7 +370,8 @@ class ImageFolderFaces(Dataset):
         root: the dataset folder; identities are its sub-folders, labelled in sorted order.
             Symlinks, oversized images and Unicode names are handled as the module says.
         image_size: resize every image to image_size x image_size, a whole number from 1 to
-            sqrt(MAX_IMAGE_PIXELS) (None keeps the file's size).
+            sqrt(MAX_IMAGE_PIXELS) (None keeps the file's size; the files must then share one
+            size, or ArgumentError names two that differ).
         on_error: "skip" (warn, record in ``skipped``, carry on) or "raise" (CorruptImageError).
         verify: decode every file once now, so bad files are found before training.
             With verify=False they are found in ``__getitem__``, which then returns the next
@@ -407,8 +426,11 @@ class ImageFolderFaces(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()  # indices found unreadable in __getitem__ (verify=False)
 
+        sizes: dict[tuple[int, int], str] = {}  # each image size met, with one file of it
         if verify:
-            samples = self._verify(samples, progress)
+            samples = self._verify(samples, progress, sizes)
+        if image_size is None:
+            self._check_one_size(samples, sizes)
         self.samples: list[tuple[str, int]] = samples
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self._warn_empty_identities()
@@ -438,12 +460,34 @@ class ImageFolderFaces(Dataset):
                 stacklevel=3,
             )
 
-    def _verify(self, samples: list[tuple[str, int]], progress: bool) -> list[tuple[str, int]]:
+    def _check_one_size(self, samples: list[tuple[str, int]], sizes: dict[tuple[int, int], str]) -> None:
+        """Refuse files of different sizes when they are not resized: a batch of them cannot be stacked."""
+        if not sizes:  # not verified: the sizes from the files' headers (no pixel is decoded)
+            for path, _ in samples:
+                try:
+                    with Image.open(path) as img:
+                        size = img.size
+                except Exception:  # an unreadable file is for __getitem__ to report or skip
+                    continue
+                if size[0] * size[1] <= MAX_IMAGE_PIXELS:  # one too large is refused when read
+                    sizes.setdefault(size, path)
+                if len(sizes) > 1:
+                    break
+        if len(sizes) > 1:
+            (a, path_a), (b, path_b) = list(sizes.items())[:2]
+            raise ArgumentError("image_size", f"is None (keep each file's size), but the images under "
+                                              f"root={str(self.root)!r} differ in size ({path_a!r} is "
+                                              f"{a[0]}x{a[1]}, {path_b!r} is {b[0]}x{b[1]}), so a batch of them "
+                                              f"cannot be stacked; pass image_size=<side> (e.g. "
+                                              f"image_size={min(a[0], a[1], b[0], b[1])}) to resize every image")
+
+    def _verify(self, samples: list[tuple[str, int]], progress: bool,
+                sizes: dict[tuple[int, int], str]) -> list[tuple[str, int]]:
         kept: list[tuple[str, int]] = []
         bad: list[tuple[str, str]] = []
         for path, label in tqdm(samples, desc="verifying images", unit="img", disable=not progress):
             try:
-                _decode_rgb(path)
+                sizes.setdefault(_decode_rgb(path).size, path)
             except Exception as exc:  # PIL signals bad data with many exception types
                 if self.on_error == "raise":
                     raise _error_for(path, exc) from exc

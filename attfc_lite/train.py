@@ -23,6 +23,7 @@ from torch import nn
 
 from .backbones import BACKBONES, count_parameters, make_backbone
 from .faces import MAX_IDENTITIES, FaceWorld, StreamedFaces, SyntheticFaces, check_disjoint_splits
+from .attention import check_temperature
 from .attfc import DEFAULT_CONTAINER_RATIO
 from .encoders import DEFAULT_MOMENTUM, KeyEncoder, check_momentum
 from .heads import HEADS, Head, make_head
@@ -137,7 +138,7 @@ class TrainConfig:
             dcc_ratio=as_float("dcc_ratio", self.dcc_ratio, 0, 1, low_open=True),
             container_size=None if self.container_size is None else as_int("container_size", self.container_size, 1),
             ema_momentum=as_float("ema_momentum", self.ema_momentum, 0, 1),
-            temperature=as_float("temperature", self.temperature, 1e-3, 1e3),
+            temperature=check_temperature(self.temperature),
             keys_exclude_query=as_bool("keys_exclude_query", self.keys_exclude_query),
             amp=as_bool("amp", self.amp),
             channels_last=as_bool("channels_last", self.channels_last),
@@ -173,6 +174,13 @@ class TrainConfig:
                                                        "loss teaches nothing about the identity; give at least 2 "
                                                        "images per identity (--images-per-identity 2), or use "
                                                        "--head fc or partial_fc")
+        if self.head == "attfc" and self.container_size is not None and self.container_size > self.num_classes:
+            raise ArgumentError("container_size", f"must be at most the number of training identities "
+                                                  f"({self.num_classes:,}), got {self.container_size:,}: the "
+                                                  f"container holds one centre per identity, so slots past that "
+                                                  f"stay empty; give {self.num_classes} or less, or leave it out "
+                                                  f"and set the container's share of the identities instead "
+                                                  f"(dcc_ratio, --dcc-ratio, at most 1)")
         if self.head == "attfc":
             try:
                 check_momentum(self.ema_momentum)
@@ -211,6 +219,17 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: truncated, not written by attfc_lite, or of another run."""
+
+
+class ConfigMismatch(ValueError):
+    """resume=True with a config other than the checkpoint's; `diff` maps each field that differs to
+    (the checkpoint's value, the value given), so the command line can name its options."""
+
+    def __init__(self, diff: dict[str, tuple]):
+        self.diff = diff
+        given = ", ".join(f"{k}={now!r} (the checkpoint has {was!r})" for k, (was, now) in diff.items())
+        super().__init__(f"resume=True with a config that differs from the checkpoint's: {given}; give the "
+                         f"checkpoint's values, or start a new run in another folder")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -402,9 +421,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{final / CHECKPOINT} records a config this version cannot use: {exc}") from None
         if asdict(saved) != asdict(config):
-            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v}
-            raise ValueError(f"resume=True with a different config than the checkpoint's: {diff} (checkpoint, now); "
-                             f"give the checkpoint's values, or start a new run in another folder")
+            raise ConfigMismatch({k: (v, getattr(config, k)) for k, v in asdict(saved).items()
+                                  if getattr(config, k) != v})
     # Before any rendering or training: verification must be on identities never trained on.
     train_ids = getattr(train_set, "identity_ids", None) if train_set is not None else \
         FaceWorld.train_identities(config.num_classes)
@@ -498,7 +516,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                     f"it with resume=True (--resume --out {out})")
         if out is not None and out != final:
             text += f"; the earlier run in {final} is unchanged"
-        if out is not None and (out != final or replaces is not None):
+        if out is not None and saved_epoch is not None and (out != final or replaces is not None):
             text += (f" (resuming {out} finishes the overwrite: the run replaces "
                      f"{final if replaces is None else replaces} when it ends)")
         return text

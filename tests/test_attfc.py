@@ -588,7 +588,7 @@ def test_drift_plot_says_its_axis_is_log_scale():
 def test_non_finite_embeddings_or_keys_are_refused_and_the_container_kept(which):
     head = AttFC(4, 10, container_size=6)
     gen = torch.Generator().manual_seed(2)
-    emb, keys, labels = torch.randn(3, 4, generator=gen), torch.randn(3, 4, 4, generator=gen), torch.tensor([0, 1, 2])
+    emb, keys, labels = torch.randn(3, 4, generator=gen), torch.randn(3, 2, 4, generator=gen), torch.tensor([0, 1, 2])
     head(emb, labels, keys)  # one clean batch in the container
     before = head.container.state_dict()
     before = {k: v.clone() for k, v in before.items()}

@@ -395,6 +395,7 @@ def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_partial_file(ws, tmp
     assert f"{tmp_path / 'run.new' / CHECKPOINT} could not be written: the disk is full" in text
     assert f"the earlier run in {tmp_path / 'run'} is unchanged" in text
     assert "unexpected pos" not in text  # torch's own words hide the cause
+    assert "--resume" not in text  # nothing of the new run is saved, so there is nothing to resume
     assert _hashes(tmp_path) == before and not (tmp_path / "run.new").exists()
 
 
@@ -576,3 +577,115 @@ def test_a_run_that_learns_says_nothing(recwarn):
 
     assert train(TINY, None, progress=False, evaluate=False).metrics["warnings"] == []
     assert not [w for w in recwarn if issubclass(w.category, LearnedNothingWarning)]
+
+
+# The messages that were vague: each names the option (or argument) as typed, the real limit and
+# the cause. (argv or call, what the message must hold)
+VAGUE_CLI = {
+    "temperature-zero": ("train --head attfc --temperature 0", ["--temperature", "0.001", "1000", "got 0"]),
+    "large-n-mib-zero": ("run --large-n-mib 0", ["--large-n-mib", ">= 16", "got 0", "backbone"]),
+    "memory-classes-zero": ("memory --classes 0", ["--classes", ">= 2", "got 0", "one identity"]),
+    "bench-image-size-zero": ("data bench --image-size 0", ["--image-size", ">= 8", "<= 512"]),
+    "preview-image-size-zero": ("data preview --image-size 0 --out {ws}/p.png", ["--image-size", ">= 8", "<= 512"]),
+    "ema-momentum-just-above-one": ("train --head attfc --ema-momentum 1.0000001", ["--ema-momentum", "<= 1",
+                                                                                    "got 1.0000001"]),
+    "memory-k-beyond-train": ("memory --head attfc --classes 1000 --k 100000", ["--k", "<= 64", "train"]),
+    "container-above-classes": ("train --head attfc --classes 8 --container-size 9 --out {ws}/new_run",
+                                ["--container-size", "at most", "(8)", "got 9"]),
+    "profile-gpu-on-cpu": ("train --profile gpu --device cpu --out {ws}/new_run", ["--profile", "CUDA", "--no-amp"]),
+    "preview-out-trailing-slash": ("data preview --out {ws}/x.png/", ["--out", "x.png/", "folder"]),
+    "resume-other-classes": ("train --resume --out {ws}/run " + " ".join(_tiny_cli(classes=9)),
+                             ["--resume", "--classes 9", "the checkpoint has 8"]),
+}
+
+
+@pytest.mark.parametrize("id_", sorted(VAGUE_CLI))
+def test_vague_command_line_messages_name_the_real_limit(id_, ws, capsys):
+    argv, words = VAGUE_CLI[id_]
+    before = _hashes(ws)
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(ws=ws) for a in argv.split()])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "Traceback" not in message
+    for word in words:
+        assert word in message, (word, message)
+    assert "num_classes" not in message and "amp (bfloat16" not in message  # fields and the wrong cause
+    assert _hashes(ws) == before
+
+
+def test_a_resume_mismatch_in_the_library_names_the_fields(ws):
+    from attfc_lite.train import ConfigMismatch
+
+    with pytest.raises(ConfigMismatch) as info:
+        train(replace(TINY, num_classes=9, lr=0.2), ws / "run", progress=False, resume=True)
+    assert info.value.diff == {"num_classes": (8, 9), "lr": (TINY.lr, 0.2)}
+    assert "num_classes=9 (the checkpoint has 8)" in str(info.value)
+
+
+def _png(path: Path, size, mode="RGB") -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size).save(path)
+
+
+def test_a_symlink_cycle_is_called_a_cycle(tmp_path):
+    from attfc_lite.imagefolder import ImageFolderFaces, LayoutWarning
+
+    _png(tmp_path / "a" / "x.png", (16, 16))
+    (tmp_path / "a" / "one.png").symlink_to("two.png")
+    (tmp_path / "a" / "two.png").symlink_to("one.png")
+    (tmp_path / "a" / "gone.png").symlink_to("missing.png")
+    with pytest.warns(LayoutWarning):
+        ds = ImageFolderFaces(tmp_path)
+    reasons = {Path(p).name: r for p, r in ds.skipped_links}
+    assert reasons["one.png"].startswith("link cycle") and reasons["two.png"].startswith("link cycle")
+    assert reasons["gone.png"].startswith("broken link")
+    assert len(ds) == 1
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_images_of_different_sizes_are_refused_before_training(tmp_path, verify):
+    from attfc_lite.imagefolder import ImageFolderFaces
+
+    _png(tmp_path / "a" / "x.png", (32, 32))
+    _png(tmp_path / "b" / "y.png", (40, 24))
+    with pytest.raises(ArgumentError) as info:
+        ImageFolderFaces(tmp_path, verify=verify)
+    text = str(info.value)
+    assert text.startswith("image_size") and "32x32" in text and "40x24" in text and "image_size=24" in text
+    assert len(ImageFolderFaces(tmp_path, image_size=16, verify=verify)) == 2  # resized: accepted
+
+
+def test_a_huge_image_is_too_large_not_unreadable(tmp_path):
+    from attfc_lite.imagefolder import ImageFolderFaces, ImageTooLargeError, load_image
+
+    _png(tmp_path / "a" / "huge.png", (20000, 20000), mode="1")  # 4e8 pixels, past PIL's own refusal
+    _png(tmp_path / "b" / "small.png", (16, 16))
+    with pytest.raises(ImageTooLargeError, match="MAX_IMAGE_PIXELS"):
+        load_image(tmp_path / "a" / "huge.png")
+    with pytest.raises(ImageTooLargeError, match="huge.png"):
+        ImageFolderFaces(tmp_path, on_error="raise")
+
+
+def test_a_container_past_the_memory_names_capacity():
+    from attfc_lite.container import DynamicClassContainer
+
+    with pytest.raises(ArgumentError, match=r"^capacity is 1,000,000,000,000.*GiB.*smaller capacity"):
+        DynamicClassContainer(10 ** 12, 8)
+
+
+def test_keys_that_do_not_match_num_keys_are_refused():
+    from attfc_lite.attfc import AttFC
+
+    head = AttFC(4, 10, container_size=6, num_keys=2)
+    with pytest.raises(ValueError, match="num_keys"):
+        head(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(3, 3, 4))
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 0.0, 1e300])
+def test_a_temperature_past_the_range_is_refused_by_the_library(temperature):
+    from attfc_lite.attfc import AttFC
+
+    with pytest.raises(ArgumentError, match=r"^temperature.*0\.001.*1000"):
+        AttFC(4, 10, container_size=6, temperature=temperature)

@@ -379,11 +379,12 @@ def test_pixel_limit_boundary(tmp_path, monkeypatch):
     _write(tmp_path / "a" / "ok.png", np.zeros((10, 10, 3), np.uint8))     # 100 pixels: at the limit
     _write(tmp_path / "a" / "big.png", np.zeros((11, 10, 3), np.uint8))    # 110 pixels: over
     _write(tmp_path / "b" / "ok.png", np.zeros((5, 20, 3), np.uint8))      # 100 pixels
+    # image_size=10: files of two shapes are refused unless resized (a batch must stack)
     with pytest.warns(SkippedImageWarning, match=r"big\.png.*10x11.*110.*100"):
-        ds = ImageFolderFaces(tmp_path)
+        ds = ImageFolderFaces(tmp_path, image_size=10)
     assert sorted(Path(p).relative_to(tmp_path).as_posix() for p, _ in ds.samples) == ["a/ok.png", "b/ok.png"]
     assert [Path(p).name for p, _ in ds.skipped] == ["big.png"]
-    lazy = ImageFolderFaces(tmp_path, verify=False)
+    lazy = ImageFolderFaces(tmp_path, verify=False, image_size=10)
     names = [Path(p).name for p, _ in lazy.samples]
     assert names[:2] == ["big.png", "ok.png"]
     with pytest.warns(SkippedImageWarning, match=r"big\.png"):

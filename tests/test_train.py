@@ -302,19 +302,19 @@ def test_validate_returns_a_copy_and_leaves_the_config_alone():
 
 # -- Partial FC and AttFC through the same loop ---------------------------------------------
 
-ATT = replace(TINY, head="attfc", num_keys=2, container_size=12, ema_momentum=0.9)
+ATT = replace(TINY, head="attfc", num_keys=2, container_size=6, ema_momentum=0.9)
 
 
 def test_attfc_run_records_its_settings_and_fills_the_container(tmp_path):
     result = train(ATT, tmp_path, progress=False)
     m = result.metrics
     assert m["head"] == "attfc" and m["head_parameters"] == 0
-    assert m["head_settings"] == {"num_keys": 2, "container_ratio": 0.3, "container_size": 12, "temperature": 1.0,
-                                  "container_capacity": 12, "ema_momentum": 0.9, "keys_exclude_query": False}
+    assert m["head_settings"] == {"num_keys": 2, "container_ratio": 0.3, "container_size": 6, "temperature": 1.0,
+                                  "container_capacity": 6, "ema_momentum": 0.9, "keys_exclude_query": False}
     written = json.loads((tmp_path / METRICS).read_text())
     assert written["config"]["head"] == "attfc" and written["config"]["ema_momentum"] == 0.9
-    # 8 steps of 8 queries through a container of 12: full, and every label a training identity
-    assert int(result.head.container.filled()) == 12
+    # 8 steps of 8 queries through a container of 6: full, and every label a training identity
+    assert int(result.head.container.filled()) == 6
     assert 0 <= int(result.head.container.labels.min()) and int(result.head.container.labels.max()) < 8
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert 0 <= m["verification"]["accuracy_mean"] <= 1
