@@ -1,4 +1,4 @@
-"""The attention loader: attention weights over an identity's K key images, and the GCC.
+"""The attention loader: attention weights over an identity's K key images, and the GCC (lesson 05).
 
 For each query (its normalised embedding q, with gradient) and the K raw key embeddings
 k_1..k_K of the same identity from the key encoder:

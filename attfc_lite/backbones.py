@@ -1,4 +1,4 @@
-"""Backbones: image [B, 3, H, W] in [0, 1] -> raw embedding [B, embedding_dim].
+"""Backbones: image [B, 3, H, W] in [0, 1] -> raw embedding [B, embedding_dim] (lesson 01).
 
 `SmallResNet` trains in minutes on two CPU cores at the course's default 32x32 faces;
 `embedding_resnet` adapts a torchvision ResNet (random init, never downloaded) for GPU

@@ -1,5 +1,5 @@
 """Validation of arguments where they enter: one helper per kind of value, used by the library,
-the command line and the widgets alike.
+the command line and the widgets alike (every lesson).
 
 Each raises `ArgumentError` (a ValueError) whose message starts with the argument's name, says
 what is allowed and shows what was given, e.g. ``num_classes must be a whole number >= 2, got 10.7``.

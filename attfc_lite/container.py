@@ -1,4 +1,4 @@
-"""The dynamic class container (DCC): a FIFO queue of generative class centres and their labels.
+"""The dynamic class container (DCC): a FIFO queue of generative class centres and their labels (lesson 07).
 
 AttFC has no weight matrix. Its negatives are the GCCs of earlier batches, kept in a queue
 of fixed capacity Q: each step's B new GCCs (and their identity labels) overwrite the oldest

@@ -1,4 +1,4 @@
-"""The key encoder: encoder_k follows encoder_q by an exponential moving average (EMA).
+"""The key encoder: encoder_k follows encoder_q by an exponential moving average (EMA) (lesson 04).
 
 AttFC embeds its key images with a second copy of the backbone, `encoder_k`, that takes no
 gradient. It starts as a copy of `encoder_q` (the trained, evaluated backbone) and, at the

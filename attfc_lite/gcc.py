@@ -1,4 +1,4 @@
-"""Generative class centres, measured: how close a GCC is to a true class centre, and how it moves.
+"""Generative class centres, measured: how close a GCC is to a true class centre, and how it moves (lesson 06).
 
 `attention.generative_class_centres` makes a GCC from a query and its K key embeddings.
 This module asks two questions of it (lesson 06):

@@ -1,4 +1,4 @@
-"""Real face datasets stored as one folder per identity (the layout ImageFolder reads).
+"""Real face datasets stored as one folder per identity (the layout ImageFolder reads) (lesson 00).
 
     root/<identity>/<image files>      e.g. aligned 112x112 face crops
 

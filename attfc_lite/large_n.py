@@ -70,7 +70,7 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
     Under one memory cap (`budget_bytes` above a child process's size after a warm-up: address
     space on the CPU, the process's share of the device on CUDA):
     1. the largest N whose whole full FC training step fits (two steps, found by running out of
-       memory: `find_oom_boundary` with `memory.step.WholeStep`), and the same for Partial FC
+       memory: `find_oom_boundary` with `capped.WholeStep`), and the same for Partial FC
        (its W, gradient and momentum still grow with N) when it is in `heads`;
     2. full FC and Partial FC trained at `limit_share` of their limits (a run of many steps needs a
        little more room than the search's two: the allocator's free lists fragment), and AttFC at each of
@@ -87,8 +87,8 @@ def large_n(base: TrainConfig | None = None, budget_bytes: int = 128 * 2 ** 20, 
     finished or ran out of memory, for accuracy against N), `tried`, `boundaries`, the world, the
     device, the torch version and the date.
     """
-    from .memory import find_oom_boundary, predicted_boundary, train_under_budget
-    from .memory.step import WholeStep
+    from .capped import WholeStep, train_under_budget
+    from .memory import find_oom_boundary, predicted_boundary
     from .utils import default_device
 
     factors = [as_float("factors", f, 0, 1000, low_open=True) for f in factors]  # multiples of full FC's limit

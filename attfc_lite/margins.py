@@ -1,4 +1,4 @@
-"""Margin softmax logits: ArcFace, CosFace and the combined form.
+"""Margin softmax logits: ArcFace, CosFace and the combined form (lesson 01).
 
 Every margin takes the cosines between embeddings and class centres, shape [B, C], and the
 column of each row's positive class (`target`, -1 for a row with no positive column), and

@@ -1,4 +1,4 @@
-"""Heads side by side: the same data, backbone and steps for each head, one after the other.
+"""Heads side by side: the same data, backbone and steps for each head, one after the other (lessons 08-09).
 
     python -m attfc_lite run --variants fc partial_fc attfc dcq --seeds 0 1 --out data/runs/heads_cpu
 

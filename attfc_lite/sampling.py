@@ -1,4 +1,4 @@
-"""K-view identity sampling for AttFC.
+"""K-view identity sampling for AttFC (lessons 04, 09).
 
 Each batch element is a query image of identity y plus K key images of the same identity,
 drawn uniformly WITH replacement among y's images: a key may repeat or equal the query, and

@@ -1,4 +1,4 @@
-"""Sweeps: one training setting over several values and seeds, stored as JSON with what made it.
+"""Sweeps: one training setting over several values and seeds, stored as JSON with what made it (lessons 03-05, 07, 09).
 
     python -m attfc_lite sweep ema-momentum --values 0.9 0.99 0.999 --seeds 0 1 --out data/sweeps/ema_momentum.json
 

@@ -1,4 +1,4 @@
-"""Seeding, device choice, what stored results record, and the self-check helper used by the exercises."""
+"""Seeding, device choice, what stored results record, and the self-check helper used by the exercises (every lesson)."""
 from __future__ import annotations
 
 import os

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attfc_lite.attention import attention_weights, generative_class_centres
-from attfc_lite.attfc import AttFC, attfc_loss, container_capacity
+from attfc_lite.heads.attfc import AttFC, attfc_loss, container_capacity
 from attfc_lite.container import EMPTY, DynamicClassContainer
 from attfc_lite.encoders import KeyEncoder
 from attfc_lite.heads import make_head

@@ -676,7 +676,7 @@ def test_a_container_past_the_memory_names_capacity():
 
 
 def test_keys_that_do_not_match_num_keys_are_refused():
-    from attfc_lite.attfc import AttFC
+    from attfc_lite.heads.attfc import AttFC
 
     head = AttFC(4, 10, container_size=6, num_keys=2)
     with pytest.raises(ValueError, match="num_keys"):
@@ -685,7 +685,7 @@ def test_keys_that_do_not_match_num_keys_are_refused():
 
 @pytest.mark.parametrize("temperature", [1e-300, 0.0, 1e300])
 def test_a_temperature_past_the_range_is_refused_by_the_library(temperature):
-    from attfc_lite.attfc import AttFC
+    from attfc_lite.heads.attfc import AttFC
 
     with pytest.raises(ArgumentError, match=r"^temperature.*0\.001.*1000"):
         AttFC(4, 10, container_size=6, temperature=temperature)

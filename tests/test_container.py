@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attfc_lite.attfc import AttFC
+from attfc_lite.heads.attfc import AttFC
 from attfc_lite.container import TurnoverWatch, plot_turnover
 
 

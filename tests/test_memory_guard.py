@@ -34,9 +34,9 @@ from attfc_lite.memory import (
     predict_training_step,
     predicted_boundary,
     training_step_boundary,
-    train_under_budget,
 )
-from attfc_lite.memory import guard, measure, oom
+from attfc_lite.capped import train_under_budget
+from attfc_lite.memory import agreement, allocations, guard, head_measure, oom
 from attfc_lite.memory.step import measure_model_step, thin_timeline
 from attfc_lite.train import TrainConfig, memory_knobs
 
@@ -113,8 +113,8 @@ def test_format_bytes_by_hand():
 
 def test_memory_report_refuses_what_cannot_fit_and_allocates_nothing(free_memory, spy):
     free_memory(GiB)
-    calls = spy(measure, "build_head")
-    spy(measure, "measure_head_step")
+    calls = spy(agreement, "build_head")  # memory_report's callees, looked up in agreement
+    spy(agreement, "measure_head_step")
     n = 10 ** 6
     with pytest.raises(ValueError) as info:
         memory_report("fc", n, D, B)
@@ -137,7 +137,7 @@ def test_memory_report_refuses_what_cannot_fit_and_allocates_nothing(free_memory
 ])
 def test_memory_report_does_not_blame_num_classes_for_another_size(free_memory, spy, head, sizes, shown):
     free_memory(GiB)
-    calls = spy(measure, "build_head")
+    calls = spy(agreement, "build_head")
     with pytest.raises(ValueError) as info:
         memory_report(head, 1000, device="cpu", **sizes)
     text = str(info.value)
@@ -197,7 +197,7 @@ def test_memory_report_measures_exactly_up_to_three_quarters_of_the_available_me
         return StepMeasurement(device="cpu", method="fake", config={}, held_bytes=1, step_peak_bytes=1, peak_bytes=2,
                                phase_peaks={}, step_seconds=0.1, timeline_ms=[], timeline_bytes=[], timeline_phase=[])
 
-    monkeypatch.setattr(measure, "measure_head_step", fake_measure)
+    monkeypatch.setattr(agreement, "measure_head_step", fake_measure)  # what memory_report calls
     free_memory(fc_peak(n) * 4 // 3 + 4)  # the peak is then just within three quarters
     memory_report("fc", n, D, B, device="cpu")
     assert seen == [(n, B)]
@@ -214,7 +214,7 @@ def test_memory_report_measures_exactly_up_to_three_quarters_of_the_available_me
 def test_measure_head_step_refuses_before_its_first_tensor(free_memory, spy):
     head = FullFC(D, 1000)
     free_memory(1)
-    calls = spy(measure, "step_inputs")
+    calls = spy(head_measure, "step_inputs")
     with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 1,000"):
         measure_head_step(head, B, device="cpu")
     assert calls == []
@@ -222,7 +222,7 @@ def test_measure_head_step_refuses_before_its_first_tensor(free_memory, spy):
 
 def test_agreement_table_checks_every_size_before_measuring_the_first(free_memory, spy):
     free_memory(2 * fc_peak(1000))
-    calls = spy(measure, "measure_head_step")
+    calls = spy(agreement, "measure_head_step")
     with pytest.raises(ValueError, match=r"^this step is too large to measure on cpu: N = 1,000,000"):
         agreement_table((1000, 10 ** 6), D, B)
     assert calls == []
@@ -230,7 +230,7 @@ def test_agreement_table_checks_every_size_before_measuring_the_first(free_memor
 
 def test_allocation_table_refuses_what_cannot_fit(free_memory, spy):
     free_memory(MiB)
-    calls = spy(measure, "build_head")
+    calls = spy(allocations, "build_head")
     with pytest.raises(ValueError, match="^this step is too large to measure on cpu: N = 100,000, D = 64, B = 32"):
         allocation_table("fc", 10 ** 5, 64, 32)
     assert calls == []
@@ -389,7 +389,7 @@ def test_a_measurement_that_saw_nothing_gives_null_not_nan(monkeypatch):
                                phase_peaks={"forward": 0}, step_seconds=float("nan"), timeline_ms=[],
                                timeline_bytes=[], timeline_phase=[])
 
-    monkeypatch.setattr(measure, "measure_head_step", nothing)
+    monkeypatch.setattr(agreement, "measure_head_step", nothing)
     r = memory_report("fc", 100, 16, 8, device="cpu")
     text = json.dumps(r, allow_nan=False)  # raises on nan or inf
     assert r["relative_error"] is None and r["step_seconds"] is None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attfc_lite.heads import FullFC, make_head
-from attfc_lite.partial_fc import PartialFC
+from attfc_lite.heads.partial_fc import PartialFC
 
 
 def test_sample_rate_one_is_the_full_fc():
@@ -130,7 +130,7 @@ def test_eval_mode_uses_every_centre_and_bad_rate_is_named():
 def test_plot_sample_has_a_title_axis_labels_and_a_legend_entry_per_colour():
     import matplotlib.pyplot as plt
 
-    from attfc_lite.partial_fc import plot_sample
+    from attfc_lite.heads.partial_fc import plot_sample
 
     head = PartialFC(8, 200, sample_rate=0.1)
     ax = plot_sample(head, torch.tensor([3, 7, 7, 50]))

@@ -15,12 +15,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attfc_lite.attfc import AttFC, attfc_loss
+from attfc_lite.heads.attfc import AttFC, attfc_loss
 from attfc_lite.container import EMPTY, DynamicClassContainer
 from attfc_lite.heads import FullFC
 from attfc_lite.margins import make_margin
 from attfc_lite.memory.model import predict_memory
-from attfc_lite.partial_fc import PartialFC
+from attfc_lite.heads.partial_fc import PartialFC
 from attfc_lite.sampling import identity_index, sample_keys
 
 

@@ -303,6 +303,7 @@ def test_stored_sweeps_read_tar_from_over_a_million_impostor_pairs():
 def test_large_n_keeps_an_n_beyond_the_world_as_a_result_without_training_it(monkeypatch):
     import types
 
+    import attfc_lite.capped as capped
     import attfc_lite.memory as memory
     from attfc_lite.faces import MAX_IDENTITIES
     from attfc_lite.large_n import large_n
@@ -317,7 +318,7 @@ def test_large_n_keeps_an_n_beyond_the_world_as_a_result_without_training_it(mon
         return {"fits": False, "error": "out of memory: you tried to allocate 1024 bytes", "metrics": None,
                 "requested_bytes": 1024, "seconds": 0.0, "child_error": None}
 
-    monkeypatch.setattr(memory, "train_under_budget", fake_train)
+    monkeypatch.setattr(capped, "train_under_budget", fake_train)
     result = large_n(heads=["fc", "attfc"], factors=[10], limit_share=1.0, progress=False)
     # full FC out of memory every time: tried at its limit and twice more at 0.95 of the N before, then kept
     assert trained == [limit, int(0.95 * limit), int(0.95 * int(0.95 * limit))]

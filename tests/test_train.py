@@ -322,7 +322,7 @@ def test_attfc_run_records_its_settings_and_fills_the_container(tmp_path):
 
 def test_attfc_keys_come_from_the_query_identity_and_encoder_k_follows_by_ema(monkeypatch):
     import attfc_lite.train as train_module
-    from attfc_lite.attfc import AttFC
+    from attfc_lite.heads.attfc import AttFC
 
     seen = []
     real_forward = AttFC.forward

@@ -718,7 +718,7 @@ def test_all_pairs_matches_a_naive_double_loop(chunk_elements, tile, monkeypatch
     # 9 identities of uneven sizes (one singleton), shuffled: 46 images, float64 embeddings.
     # With tiny chunks and tiles, the identities of 8 and 10 images take the path for an
     # identity too big for one block, and the impostor rows come 4 at a time.
-    import attfc_lite.verification as ver
+    import attfc_lite.verification.all_pairs as ver  # the module whose globals all_pairs_verification reads
 
     if chunk_elements is not None:
         monkeypatch.setattr(ver, "_CHUNK_ELEMENTS", chunk_elements)
@@ -800,7 +800,7 @@ def test_all_pairs_chunking_gives_identical_results(dtype):
 
 
 def test_all_pairs_holds_one_chunk_of_rows_at_a_time(monkeypatch):
-    import attfc_lite.verification as ver
+    import attfc_lite.verification.all_pairs as ver  # the module whose globals all_pairs_verification reads
 
     seen = []
     original = ver._impostor_scores

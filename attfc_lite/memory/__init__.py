@@ -1,4 +1,4 @@
-"""Memory of one training step of a classification head: predicted, measured, and the real limit.
+"""Memory of one training step of a classification head: predicted, measured, and the real limit (lessons 02, 03, 05, 09).
 
 Three views of the same step (fixed input embeddings [B, D] with requires_grad, as if from
 a backbone, and labels; head forward, `loss.backward()`, `optimizer.step()`,
@@ -75,7 +75,7 @@ from .model import (
     training_step_boundary,
 )
 from .guard import SAFE_SHARE, available_bytes, format_bytes
-from .oom import OOMBoundary, _oom_child, find_oom_boundary, train_under_budget
+from .oom import OOMBoundary, _oom_child, find_oom_boundary
 from .plots import _TERM_COLOURS, plot_breakdown, plot_memory_vs_classes, plot_timeline
 from .measure import AllocationRow, AllocationTable, allocation_table, symbolic_shape
 
@@ -84,7 +84,7 @@ __all__ = [
     "OOMBoundary", "OPTIMIZERS", "PHASES", "StepMeasurement", "TERMS", "agreement_table", "build_head",
     "canonical_head", "dtype_name", "find_oom_boundary", "format_agreement", "head_step", "make_optimizer",
     "measure_head_step", "memory_report", "optimizer_copies", "plot_breakdown", "plot_memory_vs_classes",
-    "plot_timeline", "predict_memory", "predicted_boundary", "train_under_budget", "_TERM_COLOURS", "_oom_child",
+    "plot_timeline", "predict_memory", "predicted_boundary", "_TERM_COLOURS", "_oom_child",
     "AllocationRow", "AllocationTable", "allocation_table", "symbolic_shape",
     "BACKBONES", "BackboneSpec", "MIXED_HEAD_PHASES", "MIXED_TERMS", "PRECISIONS", "STEP_PHASES", "STEP_TERMS",
     "TrainingStepBreakdown", "backbone_spec", "measure_backbone", "precision_config", "predict_training_step",

@@ -1,4 +1,4 @@
-"""Before measuring: does the predicted peak fit in what the device has free?
+"""Before measuring: does the predicted peak fit in what the device has free? (lesson 02)
 
 A measurement really allocates what it is asked for. On the CPU nothing stops a process from
 asking for far more than the machine holds (the allocator overcommits; the system then swaps or
@@ -73,8 +73,6 @@ def _cpu_available() -> int:
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
-            from .oom import _vm_size
-
             found.append(max(0, soft - _vm_size()))
     except (ImportError, OSError, RuntimeError):
         pass
@@ -128,3 +126,17 @@ def check_fits(need_bytes: int, device: str | torch.device, name: str | None, su
     if name is None:
         raise ValueError(f"this step is {why}")
     raise ArgumentError(name, f"is {why}")
+
+
+def _vm(field: str = "VmSize") -> int:
+    """Bytes of a /proc/self/status field: VmSize, the address space RLIMIT_AS caps, or VmPeak,
+    the most of it this process has held."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")  # pragma: no cover
+
+
+def _vm_size() -> int:
+    return _vm("VmSize")

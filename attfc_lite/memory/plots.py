@@ -1,4 +1,4 @@
-"""Plots of the memory model and of a measured step."""
+"""Plots of the memory model and of a measured step (lessons 02-03, 08)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence

@@ -1,15 +1,16 @@
-"""The memory of a whole training step: backbone, head, optimizer and, for AttFC, the key encoder.
+"""The memory of a whole training step: backbone, head, optimizer and, for AttFC, the key encoder (lesson 09).
 
 `measure_head_step` (lesson 02) measures the head alone, with embeddings handed to it. A real
 step also keeps the backbone's weights, gradients and optimizer state and its activations from
 forward to backward; AttFC adds encoder_k (a copy of the backbone with no gradient and no
 optimizer state) and the activations of K key images per query while they are embedded.
 `measure_model_step` builds a run's model exactly as `train` does, runs steady-state steps on
-random images of the run's size, and measures one, in four phases:
+random images of the run's size, and measures one: the very step `train` runs
+(`attfc_lite.step.training_step`), in its four phases:
 
     keys       AttFC only: the EMA update of encoder_k and the key images' forward (no grad)
     forward    the backbone on the batch and the head's loss
-    backward   gradients of the backbone and the head
+    backward   gradients of the backbone and the head, the backbone's clipped to the recipe's norm
     optimizer  SGD's update, then the gradients are freed
 
 Same instruments as the head step: the CUDA allocator's history on a GPU (mixed precision
@@ -17,46 +18,16 @@ with `amp=True`), the profiler's allocation records on the CPU.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..checks import ArgumentError, as_bool, as_device, as_int
+from ..step import training_step
 from .measure import _profile_cpu_step, _running, _trace_cuda_step, _unique_bytes, timed
 
-__all__ = ["model_step", "measure_model_step", "plot_step_timelines", "thin_timeline", "WholeStep"]
-
-PHASES = ("keys", "forward", "backward", "optimizer")
-
-
-def model_step(backbone: torch.nn.Module, head, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, encoder_k=None, key_images: torch.Tensor | None = None,
-               mark: Callable[[str], contextlib.AbstractContextManager] | None = None, amp: bool = False) -> float:
-    """One training step of the whole model, in `train`'s order; `mark(phase)` wraps each phase.
-
-    `amp`: the backbones run under CUDA autocast in bfloat16 (the head stays in fp32). Returns the loss.
-    """
-    mark = mark or (lambda name: contextlib.nullcontext())
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    keys = None
-    if encoder_k is not None:
-        with mark("keys"):
-            encoder_k.update(backbone)
-            with autocast():
-                keys = encoder_k(key_images).float().view(images.shape[0], head.num_keys, -1)
-    with mark("forward"):
-        with autocast():
-            embeddings = backbone(images)
-        embeddings = embeddings.float()
-        loss = head(embeddings, labels) if keys is None else head(embeddings, labels, keys)
-    with mark("backward"):
-        loss.backward()
-    with mark("optimizer"):
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+__all__ = ["measure_model_step", "plot_step_timelines", "thin_timeline"]
 
 
 def measure_model_step(config, device: str | torch.device | None = None, warmup_steps: int = 2, amp: bool = False,
@@ -70,8 +41,8 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
     and 'parts' (bytes of the backbone's parameters, encoder_k's, the head's held tensors and
     the optimizer state).
     """
+    from ..config import build, memory_knobs
     from ..encoders import KeyEncoder
-    from ..train import build, memory_knobs
     from ..utils import default_device
     from . import guard
     from .model import predict_memory
@@ -108,8 +79,9 @@ def measure_model_step(config, device: str | torch.device | None = None, warmup_
     labels = torch.randint(0, config.num_classes, (b,), generator=gen).to(dev)
     key_images = torch.rand(b * head.num_keys, 3, size, size, generator=gen).to(dev) if encoder_k is not None else None
 
-    def run(mark=None) -> None:
-        model_step(backbone, head, optimizer, images, labels, encoder_k, key_images, mark, amp)
+    def run(mark=None) -> None:  # the step train runs, the backbone's gradient clipped as there
+        training_step(backbone, head, optimizer, images, labels, encoder_k, key_images,
+                      clip_grad_norm=config.clip_grad_norm, amp=amp, mark=mark)
 
     for _ in range(warmup_steps):
         run()
@@ -186,30 +158,3 @@ def plot_step_timelines(steps: dict[str, dict[str, Any]], unit: str = "MiB", ax=
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the peaks stay visible
     return ax
-
-
-class WholeStep:
-    """Training steps of a `TrainConfig`'s whole run at any number of identities, as a picklable
-    callable `(num_classes, device, steps)`: `train` itself for `steps` steps, with the batches
-    rendered on demand (`faces.StreamedFaces`), so data loading counts as it does in training.
-    What `find_oom_boundary(whole_step=...)` runs in its capped child process."""
-
-    def __init__(self, config) -> None:
-        from dataclasses import asdict
-
-        self.config = asdict(config.validate())
-
-    def __call__(self, num_classes: int, device: torch.device, steps: int = 2) -> None:
-        from dataclasses import replace
-
-        from ..train import TrainConfig, train
-
-        # two steps: the second holds the momentum buffers, the steady state
-        config = replace(TrainConfig.from_dict(self.config), num_classes=int(num_classes), max_steps=int(steps),
-                         stream_data=True, device=str(device))
-        train(config, progress=False, evaluate=False, check_memory=False)  # a real OOM is the point
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def __repr__(self) -> str:
-        return f"WholeStep(head={self.config['head']!r}, backbone={self.config['backbone']!r})"

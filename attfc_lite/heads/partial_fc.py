@@ -1,4 +1,4 @@
-"""Partial FC: the full weight matrix, but only a sample of its class centres in each step's logits.
+"""Partial FC: the full weight matrix, but only a sample of its class centres in each step's logits (lesson 03).
 
 An et al. (insightface's `arcface_torch`, `PartialFC_V2`): each step keeps the positive class
 centres of the batch (every identity in it) and fills up to S = max(ceil(sample_rate * N),
@@ -28,9 +28,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import as_float, as_int
-from .heads import FullFC
-from .margins import Margin
+from ..checks import as_float, as_int
+from .base import FullFC
+from ..margins import Margin
 
 __all__ = ["PartialFC", "DEFAULT_SAMPLE_RATE"]
 

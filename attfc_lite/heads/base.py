@@ -1,12 +1,12 @@
-"""Classification heads behind one interface.
+"""The interface every head shares (`Head`) and the full FC layer (`FullFC`) (lessons 01-02).
 
 A head maps (embeddings, labels) to a scalar loss and says what it holds in memory between
 steps (`held_tensors`), so that the memory model and the benchmarks can take any head. A head
 that needs key embeddings (AttFC) says how many per query in `num_keys` and takes them as a
 third argument `keys` [B, K, D]; the others ignore it.
 
-`make_head` builds any of them by name: 'fc' (`FullFC`, here), 'partial_fc'
-(`partial_fc.PartialFC`) and 'attfc' (`attfc.AttFC`).
+This room imports no head built on it; `attfc_lite.heads` (the package) is the registry above
+them all.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import ArgumentError, as_int
-from .margins import Margin, make_margin
+from ..checks import ArgumentError, as_int
+from ..margins import Margin, make_margin
 
 
 class Head(nn.Module):
@@ -109,17 +109,3 @@ class FullFC(Head):
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}"
 
-
-# The other heads build on Head and FullFC above.
-from .partial_fc import PartialFC  # noqa: E402
-from .attfc import AttFC  # noqa: E402
-
-HEADS = {"fc": FullFC, "partial_fc": PartialFC, "attfc": AttFC}
-
-
-def make_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> Head:
-    """Build a head by its CLI name: 'fc', 'partial_fc' or 'attfc'."""
-    key = str(name).lower()
-    if key not in HEADS:
-        raise ValueError(f"head must be one of {sorted(HEADS)}, got {name!r}")
-    return HEADS[key](embedding_dim, num_classes, **kwargs)

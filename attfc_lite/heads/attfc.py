@@ -1,4 +1,4 @@
-"""The AttFC head: attention loader + generative class centres + dynamic class container.
+"""The AttFC head: attention loader + generative class centres + dynamic class container (lessons 05, 08).
 
 One step, for a batch of B query embeddings (from encoder_q, with gradient), their labels,
 and K key embeddings per query ([B, K, D], from encoder_k under no_grad):
@@ -30,11 +30,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import ArgumentError, as_bool, as_float, as_int
-from .attention import check_temperature, generative_class_centres
-from .container import EMPTY, DynamicClassContainer
-from .heads import Head
-from .margins import Margin, make_margin
+from ..checks import ArgumentError, as_bool, as_float, as_int
+from ..attention import check_temperature, generative_class_centres
+from ..container import EMPTY, DynamicClassContainer
+from .base import Head
+from ..margins import Margin, make_margin
 
 __all__ = ["AttFC", "attfc_loss", "container_capacity", "DEFAULT_CONTAINER_RATIO", "DEFAULT_NUM_KEYS"]
 
