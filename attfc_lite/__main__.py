@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -27,8 +28,16 @@ def _train(args) -> int:
     _check_head_options(args.argv, args.head)
     config = config_from_args(args)
     out = args.out if args.out is not None else Path("runs") / args.head
-    result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    try:
+        result = train(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    finally:  # under torchrun (lesson 10): leave the process group as every process started it
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     m = result.metrics
+    if "verification" not in m:  # a rank other than 0 under torchrun: rank 0 reports the run
+        return 0
     print(f"{m['head']}: {m['num_classes']} identities, {m['steps']} steps in {m['seconds']:.1f} s "
           f"({m['images_per_second']:.0f} images/s on {m['device']})", file=sys.stderr)
     print(verification_summary(m["verification"]), file=sys.stderr)
@@ -302,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             parser.exit(2, f"{parser.prog} {args.command}: error: {_user_message(exc, sub, args.command)}\n")
     handlers = {"train": _train, "sweep": _sweep, "run": _run, "data": _data, "memory": _memory}
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.command != "train":
+        parser.exit(2, f"{parser.prog} {args.command}: error: only train runs over several processes (torchrun "
+                       f"started {os.environ['WORLD_SIZE']}); run {args.command} without torchrun\n")
     args.argv = typed
     shown = _say_warnings(f"{parser.prog} {args.command}")
     terminated = []

@@ -206,10 +206,16 @@ def memory_knobs(config: TrainConfig) -> dict:
     return knobs
 
 
-def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, Head]:
+def build(config: TrainConfig, device: torch.device, world=None) -> tuple[nn.Module, Head]:
+    """encoder_q and the head; with a `distributed.World` of several processes, this rank's head."""
     backbone = make_backbone(config.backbone, config.embedding_dim, config.image_size).to(device)
     if config.channels_last:  # conv outputs follow their weights' format, so the inputs need no change
         backbone = backbone.to(memory_format=torch.channels_last)
-    head = make_head(config.head, config.embedding_dim, config.num_classes, margin=config.margin,
-                     s=config.scale, m=config.margin_m, **head_settings(config), **config.head_kwargs).to(device)
-    return backbone, head
+    kwargs = dict(margin=config.margin, s=config.scale, m=config.margin_m, **head_settings(config),
+                  **config.head_kwargs)
+    if world is not None and world.size > 1:
+        from .distributed.parallel import parallel_head
+
+        return backbone, parallel_head(config.head, config.embedding_dim, config.num_classes, world,
+                                       **kwargs).to(device)
+    return backbone, make_head(config.head, config.embedding_dim, config.num_classes, **kwargs).to(device)

@@ -25,10 +25,13 @@ from .checkpoints import (CHECKPOINT, LOCK, METRICS, REPLACES, RUN_FILES, Checkp
                           save_checkpoint)
 from .checks import ArgumentError, as_bool, as_int
 from .config import MAX_KEYS, TrainConfig, build, head_settings, memory_knobs
+from .distributed import ShardedFC, World
+from .distributed.parallel import check_world_size, gathered_states, sharded_states, wrap_backbone
 from .encoders import KeyEncoder
 from .faces import FaceWorld, StreamedFaces, SyntheticFaces, check_disjoint_splits
 from .heads import Head
 from .memory.oom import is_out_of_memory
+from .preflight import check_run_memory, out_of_memory_text
 from .sampling import identity_index, sample_keys
 from .step import NonFiniteLoss, training_step
 from .utils import check_output, default_device, replace_folder, seed_everything, staging_path, write_file, write_json
@@ -79,7 +82,8 @@ class TrainResult:
 
 def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, train_set=None, eval_set=None, stop_after_epoch: int | None = None,
-          evaluate: bool = True, callback=None, overwrite: bool = False, check_memory: bool = True) -> TrainResult:
+          evaluate: bool = True, callback=None, overwrite: bool = False, check_memory: bool = True,
+          world: World | None = None) -> TrainResult:
     """Train backbone + head on the synthetic world (or the given datasets), then evaluate.
 
     `out_dir` gets a checkpoint after every epoch and metrics.json at the end. A folder that
@@ -100,6 +104,10 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
     how the tests and the lesson show that `resume=True` continues the same run.
     `check_memory=False` skips the check that the run's predicted memory fits the machine (for
     the runs that are meant to run out of memory under a cap: `memory.oom`).
+
+    Under torchrun (lesson 10) `world` is the processes of the run (read from the environment
+    when None): each rank trains its share of every step's batches and its shard of the head,
+    rank 0 alone shows progress, writes the files and evaluates.
     """
     from tqdm.auto import tqdm
 
@@ -112,6 +120,8 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         raise ArgumentError("callback", f"must be a function of one argument (the step's state), got "
                                         f"{type(callback).__name__}")
     config = (config or TrainConfig()).validate()
+    world = world if world is not None else World.from_env(default_device(config.device))
+    progress = progress and world.main
     resume, overwrite = as_bool("resume", resume), as_bool("overwrite", overwrite)
     if stop_after_epoch is not None:
         stop_after_epoch = as_int("stop_after_epoch", stop_after_epoch, 1)
@@ -120,10 +130,12 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                                          "overwrite replaces it; choose one")
     final = Path(out_dir) if out_dir is not None else None
     out, replaces, state = _prepare_folder(config, final, resume, overwrite)
+    if state is not None:
+        check_world_size(state.get("world_size", 1), world, final / CHECKPOINT)
     train_set = _prepare_data(config, train_set, eval_set, evaluate, check_memory, progress)
     if final is not None:  # after the memory checks, so a run too large is named for its memory first
         _check_disk(config, final, resume)
-    run = _Run(config, train_set, out, final, replaces, state)
+    run = _Run(config, train_set, out, final, replaces, state, world)
     if run.lock is not None:
         run.lock.acquire()
     try:
@@ -135,6 +147,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
                 if not run.train_epoch(epoch, bar, callback):  # max_steps ended the run before this epoch
                     break
                 if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+                    world.barrier()  # every process returns once rank 0's checkpoint is written
                     return run.result({"stopped_after_epoch": epoch + 1})
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted in epoch {epoch + 1}/{config.epochs} at step {run.step}: "
@@ -145,7 +158,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
         for text in metrics["warnings"]:
             warnings.warn(text, LearnedNothingWarning, stacklevel=2)
         try:
-            if evaluate:
+            if evaluate and world.main:
                 metrics["verification"] = evaluate_run(run.backbone, config, eval_set, run.device, progress)
             run.finish(metrics)
         except KeyboardInterrupt:
@@ -156,6 +169,7 @@ def train(config: TrainConfig | None = None, out_dir: str | os.PathLike | None =
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "MemoryError"
             raise TrainingOutOfMemory(f"out of memory in the evaluation after training ({first}); fewer "
                                       f"eval_identities or eval_images_per_identity need less: {run.kept()}.") from None
+        world.barrier()  # the others wait for rank 0's evaluation and files
         return run.result(metrics)
     finally:
         if run.lock is not None:
@@ -211,11 +225,11 @@ def _prepare_data(config: TrainConfig, train_set, eval_set, evaluate: bool, chec
     if train_set is not None:
         _check_size(config, train_set)
         if check_memory:  # its images are loaded: the head and the evaluation must fit beside
-            _check_memory(config, device, stream=True, eval_images=0 if eval_set is not None else eval_images)
+            check_run_memory(config, device, stream=True, eval_images=0 if eval_set is not None else eval_images)
         return train_set
     _check_batch(config.batch_size, config.num_classes * config.images_per_identity)
     if check_memory:
-        _check_memory(config, device, stream=config.stream_data, eval_images=eval_images)
+        check_run_memory(config, device, stream=config.stream_data, eval_images=eval_images)
     return _Deferred(config, progress)
 
 
@@ -245,15 +259,17 @@ class _Run:
     """One run's model, optimizer, counters and files: what `train` steps through epoch by epoch."""
 
     def __init__(self, config: TrainConfig, train_set, out: Path | None, final: Path | None, replaces: Path | None,
-                 state: dict | None) -> None:
+                 state: dict | None, world: World) -> None:
         if isinstance(train_set, _Deferred):
             train_set = train_set.render()
             _check_size(config, train_set)
         self.config, self.train_set, self.out, self.final, self.replaces = config, train_set, out, final, replaces
+        self.world, self.per_step = world, config.batch_size * world.size  # images of all ranks in a step
         self.n = len(train_set)
         seed_everything(config.seed)
         self.device = default_device(config.device)
-        self.backbone, self.head = build(config, self.device)
+        self.backbone, self.head = build(config, self.device, world)
+        self.encoder_q = wrap_backbone(self.backbone, world, self.device)  # what the step calls: DDP or itself
         # AttFC: encoder_k follows the backbone (encoder_q) by EMA and embeds K key images per query.
         self.encoder_k = KeyEncoder(self.backbone, config.ema_momentum) if self.head.num_keys else None
         if self.encoder_k is not None:
@@ -266,7 +282,11 @@ class _Run:
                                                  "head 'fc' or 'partial_fc'")
         self.optimizer = torch.optim.SGD(list(self.backbone.parameters()) + list(self.head.parameters()),
                                          lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        self.steps_per_epoch = self.n // config.batch_size  # drop the last partial batch: BatchNorm needs > 1
+        self.steps_per_epoch = self.n // self.per_step  # drop the last partial batch: BatchNorm needs > 1
+        if self.steps_per_epoch == 0:
+            raise ArgumentError("batch_size", f"of {config.batch_size:,} on each of {world.size} processes needs "
+                                              f"{self.per_step:,} images a step, more than the {self.n:,} of the "
+                                              f"training set; use a batch_size of at most {self.n // world.size:,}")
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -278,16 +298,17 @@ class _Run:
         if state is not None:
             self._restore(state)
         self.lock = _RunLock(out, final, has_run=(final / CHECKPOINT).exists() or (final / METRICS).exists()) \
-            if out is not None else None
+            if out is not None and world.main else None
 
     def _restore(self, state: dict) -> None:
         config, path = self.config, self.final / CHECKPOINT
         try:
             self.backbone.load_state_dict(state["backbone"])
-            self.head.load_state_dict(state["head"])
+            head, optimizer = sharded_states(state["head"], state["optimizer"], self.head, self.optimizer, self.world)
+            self.head.load_state_dict(head)
             if self.encoder_k is not None:
                 self.encoder_k.load_state_dict(state["encoder_k"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(optimizer)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path} does not fit this run's model: {str(exc).splitlines()[0][:200]}") from None
         start, step, history = state["epoch"], state["step"], list(state["history"])
@@ -319,9 +340,11 @@ class _Run:
         return text
 
     def _batch(self, idx: torch.Tensor, flips: torch.Tensor, gen: torch.Generator):
-        """The batch `idx` on the device, and for AttFC its key images: K images of each query's
-        identity, drawn from this epoch's generator (so a resumed run draws the same)."""
-        images, labels = _load(self.train_set, idx, flips[idx])
+        """This rank's share of the step's images `idx` on the device, and for AttFC its key images: K
+        images of each query's identity, drawn from this epoch's generator (so a resumed run draws the
+        same; every rank draws the keys of the whole step, to stay in step)."""
+        mine = slice(self.world.rank * self.config.batch_size, (self.world.rank + 1) * self.config.batch_size)
+        images, labels = _load(self.train_set, idx[mine], flips[idx[mine]])
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if self.encoder_k is None:
             return images, labels, None
@@ -330,8 +353,8 @@ class _Run:
         is_query = key_idx == idx[:, None]  # keys that are the query image itself
         self.self_keys[0] += int(is_query.any(1).sum())
         self.self_keys[1] += int(is_query.sum())
-        key_idx = key_idx.reshape(-1)
-        key_images, _ = _load(self.train_set, key_idx, torch.rand(key_idx.numel(), generator=gen) < 0.5)
+        key_flips = (torch.rand(key_idx.numel(), generator=gen) < 0.5).view(key_idx.shape)
+        key_images, _ = _load(self.train_set, key_idx[mine].reshape(-1), key_flips[mine].reshape(-1))
         return images, labels, key_images.to(self.device, non_blocking=True)
 
     def train_epoch(self, epoch: int, bar, callback) -> bool:
@@ -348,12 +371,12 @@ class _Run:
         for b in range(self.steps_per_epoch):
             if self.step >= self.total_steps:  # max_steps reached within this epoch
                 break
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            idx = order[b * self.per_step:(b + 1) * self.per_step]
             try:
                 images, labels, key_images = self._batch(idx, flips, gen)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, config.lr)
-                loss, keys = training_step(self.backbone, self.head, self.optimizer, images, labels, self.encoder_k,
+                loss, keys = training_step(self.encoder_q, self.head, self.optimizer, images, labels, self.encoder_k,
                                            key_images, clip_grad_norm=config.clip_grad_norm, amp=config.amp)
             except NonFiniteLoss as exc:
                 raise FloatingPointError(f"the loss became {exc.loss} at step {self.step} (epoch {epoch + 1}); lower "
@@ -362,9 +385,9 @@ class _Run:
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
-                raise TrainingOutOfMemory(_out_of_memory_text(config, self.step, epoch, exc) + "\n" + self.kept()
+                raise TrainingOutOfMemory(out_of_memory_text(config, self.step, epoch, exc) + "\n" + self.kept()
                                           + ".") from None
-            losses.append(loss.item())
+            losses.append(self.world.mean(loss.item()))  # each rank's batch: the mean over all
             self._count(losses[-1], idx.numel())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
@@ -401,12 +424,15 @@ class _Run:
         self.history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses)})
         if out is None:
             return
+        head, optimizer = gathered_states(self.head, self.optimizer, self.world)  # every rank sends its shard
+        if not self.world.main:  # rank 0 writes it
+            self.saved_epoch = epoch + 1
+            return
         out.mkdir(parents=True, exist_ok=True)  # made here, so a run that fails before leaves no folder
-        states = self._states()
         save_checkpoint(out / CHECKPOINT, kept=self.kept(), state={
-            "config": asdict(config), "backbone": states["backbone"], "head": states["head"],
-            "encoder_k": states.get("encoder_k"),
-            "optimizer": self.optimizer.state_dict(), "epoch": epoch + 1, "step": self.step,
+            "config": asdict(config), "backbone": self.backbone.state_dict(), "head": head,
+            "encoder_k": self.encoder_k.state_dict() if self.encoder_k is not None else None,
+            "optimizer": optimizer, "epoch": epoch + 1, "step": self.step, "world_size": self.world.size,
             "history": self.history, "seconds": self.seconds, "images": self.images,
             "self_keys": list(self.self_keys),
         })
@@ -426,7 +452,9 @@ class _Run:
             "images_per_second": round(self.images / max(self.seconds, 1e-9), 1),
             "device": self.device.type,
             "backbone_parameters": count_parameters(self.backbone),
-            "head_parameters": sum(p.numel() for p in head.parameters()),
+            "head_parameters": head.num_classes * head.embedding_dim if isinstance(head, ShardedFC) else
+            sum(p.numel() for p in head.parameters()),  # a shard's: the whole W's
+            **({"world_size": self.world.size} if self.world.size > 1 else {}),
             "head_settings": {**head_settings(config), **({"container_capacity": head.container.capacity,
                                                              "ema_momentum": config.ema_momentum,
                                                              "keys_exclude_query": config.keys_exclude_query}
@@ -441,7 +469,7 @@ class _Run:
 
     def finish(self, metrics: dict) -> None:
         """Write metrics.json; a staged overwrite then takes the place of the run it replaces."""
-        if self.out is None:
+        if self.out is None or not self.world.main:
             return
         write_json(self.out / METRICS, metrics, kept=self.kept())  # refuses nan: a metric must be a number
         target = self.final if self.out != self.final else self.replaces
@@ -468,46 +496,6 @@ def _learned_nothing(config: TrainConfig, seen: dict) -> list[str]:
                 f"it, so the run learned nothing. Check the data and the head's settings"]
     return []
 
-def _check_memory(config: TrainConfig, device: torch.device, stream: bool, eval_images: int) -> None:
-    """Before anything is rendered: the images kept in memory and the head's training step (the
-    memory model's prediction) must fit in what the machine has available."""
-    from .memory import predict_memory
-    from .memory.guard import available_bytes, format_bytes
-
-    pixels = 3 * config.image_size ** 2
-    # uint8 images kept for the run; the evaluation split also goes through float32 (4 bytes) at once
-    parts = {"images_per_identity": 0 if stream else config.num_classes * config.images_per_identity * pixels,
-             "eval_identities": eval_images * pixels * 5}
-    head = predict_memory(config.num_classes, config.embedding_dim, config.batch_size, head=config.head,
-                          **memory_knobs(config)).peak
-    keys = config.batch_size * config.num_keys * pixels * 4 if config.head == "attfc" else 0
-    # the head's memory is named after the size furthest above its usual value (the message lists all)
-    usual = {"num_classes": (config.num_classes, 1000), "embedding_dim": (config.embedding_dim, 128),
-             "batch_size": (config.batch_size, 128)}
-    if config.head == "attfc":
-        from .heads.attfc import container_capacity
-
-        usual["container_size"] = (container_capacity(config.num_classes, config.dcc_ratio, config.container_size), 300)
-    head_name = max(usual, key=lambda k: usual[k][0] / usual[k][1])
-    on_device = {head_name: head, "num_keys": keys}
-    if device.type == "cpu":
-        groups = [("cpu", {**parts, **on_device})]
-    else:
-        groups = [("cpu", parts), (str(device), on_device)]
-    for where, need in groups:
-        total, available = sum(need.values()), available_bytes(where)
-        if total <= 0.8 * available:
-            continue
-        name = max(need, key=need.get)
-        raise ArgumentError(name, f"makes the run too large for this machine: it needs about {format_bytes(total)} "
-                                  f"on {where} (training images {format_bytes(parts['images_per_identity'])}, "
-                                  f"evaluation images {format_bytes(parts['eval_identities'])}, the {config.head} "
-                                  f"head's step {format_bytes(head)} with N = {config.num_classes:,}, "
-                                  f"D = {config.embedding_dim:,}, B = {config.batch_size:,}) and {where} has "
-                                  f"{format_bytes(available)} available; lower it (or use stream_data for the "
-                                  f"training images). Nothing was rendered or trained")
-
-
 def _self_key_record(counts: list[int], queries: int, k: int) -> dict:
     """How many queries had a key that is the query image itself, and how many keys were."""
     return {"queries": queries, "queries_with_self_key": counts[0], "keys": queries * k, "self_keys": counts[1],
@@ -530,20 +518,6 @@ def _check_eval_set(eval_set) -> None:
         raise ArgumentError("eval_set", f"has {counts.numel()} identities, the largest with "
                                         f"{int(counts.max()) if counts.numel() else 0} images: verification pairs need at "
                                         f"least two identities and two images of one; give a larger evaluation set")
-
-
-def _out_of_memory_text(config: TrainConfig, step: int, epoch: int, exc: BaseException) -> str:
-    first = " ".join(str(exc).split()) or type(exc).__name__  # whole: it names the allocation that failed
-    text = (f"out of memory in training step {step} (epoch {epoch + 1}) of head {config.head} with "
-            f"{config.num_classes:,} identities, D = {config.embedding_dim}, B = {config.batch_size}: {first}")
-    try:
-        from .memory import explain_oom
-
-        return text + "\n" + explain_oom(config.head, config.num_classes, config.embedding_dim, config.batch_size,
-                                         **memory_knobs(config))
-    except Exception:  # the explanation must never hide the error itself
-        return (text + "\nfewer identities (num_classes), Partial FC (head='partial_fc'), AttFC (head='attfc') or a "
-                       "smaller batch_size lower the head's memory")
 
 
 def evaluate_run(backbone: nn.Module, config: TrainConfig, eval_set=None, device=None, progress: bool = False) -> dict:

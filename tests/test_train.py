@@ -239,8 +239,8 @@ def test_gradient_clipping_covers_the_backbone_only(monkeypatch):
     built = {}
     real_build = train_module.build
 
-    def keep(config, device):
-        built["backbone"], built["head"] = real_build(config, device)
+    def keep(config, device, world=None):
+        built["backbone"], built["head"] = real_build(config, device, world)
         return built["backbone"], built["head"]
 
     monkeypatch.setattr(train_module, "build", keep)

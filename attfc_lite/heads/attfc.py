@@ -137,6 +137,9 @@ class AttFC(Head):
         self.container = DynamicClassContainer(container_capacity(num_classes, container_ratio, container_size),
                                                self.embedding_dim)
         self.last_weights: torch.Tensor | None = None  # attention weights of the last batch, for the lessons
+        # (gccs, labels) -> every process's gccs and labels: set by a run over several processes
+        # (`distributed.gather_container`, lesson 10), so that every rank enqueues the same entries
+        self.gather = None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(embeddings, labels)
@@ -169,7 +172,7 @@ class AttFC(Head):
         loss = attfc_loss(q, gcc, self.container.centres, self.container.labels, labels, self.margin,
                           self.container.is_full(), self.mask_own)
         if self.training:
-            self.container.enqueue(gcc, labels)
+            self.container.enqueue(*((gcc, labels) if self.gather is None else self.gather(gcc, labels)))
         self.last_weights = weights
         return loss
 

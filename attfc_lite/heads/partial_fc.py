@@ -37,6 +37,23 @@ __all__ = ["PartialFC", "DEFAULT_SAMPLE_RATE"]
 DEFAULT_SAMPLE_RATE = 0.1  # insightface's Partial FC default
 
 
+def sample_centres(positives: torch.Tensor, num_rows: int, num_sample: int, seed: int) -> torch.Tensor:
+    """The sorted rows of W in a step's logits: every row in `positives`, and others up to `num_sample`.
+
+    The others are the top of a random permutation (positives get the score 2, above any uniform
+    draw, as in insightface), so the draw is uniform among the non-positive rows; `seed` fixes it.
+    A model-parallel shard (lesson 10) samples its own rows the same way.
+    """
+    device = positives.device
+    positive = torch.unique(positives)  # sorted
+    if positive.numel() >= num_sample:
+        return positive
+    gen = torch.Generator(device=device).manual_seed(seed)
+    score = torch.rand(num_rows, generator=gen, device=device)
+    score[positive] = 2.0
+    return torch.topk(score, num_sample, sorted=False).indices.sort().values
+
+
 class PartialFC(FullFC):
     """FullFC's W [num_classes, embedding_dim]; logits over the positives plus a random sample of the rest."""
 
@@ -50,21 +67,8 @@ class PartialFC(FullFC):
         self.step = 0  # steps sampled so far: part of the state_dict (extra state)
 
     def sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index, target): the sorted centres used this step, and each label's column among them.
-
-        Every positive is kept; the others are the top of a random permutation (positives get
-        the score 2, above any uniform draw, as in insightface), so the draw is uniform among
-        the non-positive centres.
-        """
-        device = self.weight.device
-        positive = torch.unique(labels)  # sorted
-        if positive.numel() >= self.num_sample:
-            index = positive
-        else:
-            gen = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.step)
-            score = torch.rand(self.num_classes, generator=gen, device=device)
-            score[positive] = 2.0
-            index = torch.topk(score, self.num_sample, sorted=False).indices.sort().values
+        """(index, target): the sorted centres used this step, and each label's column among them."""
+        index = sample_centres(labels, self.num_classes, self.num_sample, self.seed * 1_000_003 + self.step)
         return index, torch.searchsorted(index, labels)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,7 +7,9 @@ head's dtype, R rows of W (N; 0 for AttFC), S centres normalised and used in the
 FC, the sampled ones for Partial FC), C logit columns, g gathered copies of W (1 for Partial
 FC), o optimizer state copies of W (not the margin m), t optimizer temporaries, K key embeddings per query, G
 GCCs per query (1 for AttFC), P backbone parameters (the key encoder's copy), Q container
-size, A key-image activation bytes. The phases differ by head (`HEAD_PHASES`).
+size, A key-image activation bytes; over M processes (lesson 10, `world_size`), R is the largest
+shard of W, L = M*B the gathered rows in FC's logits (B for AttFC) and X is 1 (0 for one
+process). The phases differ by head (`HEAD_PHASES`).
 
 Mixed precision (`predict_memory(..., amp_dtype="bfloat16")`, `PRECISIONS`): the step runs
 under autocast with fp32 master weights, as practitioners train. W, its gradient and the
@@ -49,10 +51,14 @@ TERMS: dict[str, tuple[str, str, str]] = {
     "normalized_centres": ("step", "S*D*e + 2*S*e",
                            "F.normalize of the S centres in the logits (saved for backward) and their norms; "
                            "later the gradient of that copy"),
-    "embedding_temporaries": ("step", "(1 + G)*B*D*e", "normalised embeddings (and AttFC's G=1 GCC per query)"),
-    "logits": ("step", "2*B*C*e", "two B x C buffers kept for backward: cosines before the clamp, then the log-softmax"),
-    "logit_grads": ("step", "2*B*C*e", "gradients of the log-softmax and of the logits, alive together in backward"),
-    "head_temporaries": ("step", "2*B*C*e", "the margin's clone of the cosines and its index_put copy"),
+    "gathered_batch": ("step", "X*M*B*(D*e + 8)",
+                       "over M > 1 processes (lesson 10): the M*B embeddings and labels of every rank, gathered "
+                       "(FC, Partial FC), or AttFC's M*B GCCs and labels gathered for the container"),
+    "embedding_temporaries": ("step", "(1 + G)*L*D*e", "normalised embeddings (and AttFC's G=1 GCC per query)"),
+    "logits": ("step", "2*L*C*e", "two L x C buffers kept for backward: cosines before the clamp, then the log-softmax "
+                                  "(over M processes the softmax's exp: L = M*B rows of this rank's C columns)"),
+    "logit_grads": ("step", "2*L*C*e", "gradients of the log-softmax and of the logits, alive together in backward"),
+    "head_temporaries": ("step", "2*L*C*e", "the margin's clone of the cosines and its index_put copy"),
     "attention_temporaries": ("step", "G*(2 + K)*B*D*e",
                               "AttFC's attention loader: the query, its normalised copy and the K normalised keys"),
     "container_logits": ("step", "B*Q*e + max(B*Q, B*D*e)",
@@ -74,20 +80,23 @@ TERMS: dict[str, tuple[str, str, str]] = {
 # Which step terms are alive together, per head. The order of the phases is the order of the step.
 HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
     "fc": {
-        "forward": ("normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
-        "backward: logits": ("normalized_centres", "embedding_temporaries", "logits", "logit_grads"),
-        "backward: centres": ("centre_grad", "normalize_backward", "embedding_temporaries"),
+        "forward": ("gathered_batch", "normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
+        "backward: logits": ("gathered_batch", "normalized_centres", "embedding_temporaries", "logits",
+                             "logit_grads"),
+        "backward: centres": ("gathered_batch", "centre_grad", "normalize_backward", "embedding_temporaries"),
         "optimizer": ("centre_grad", "optimizer_temporaries"),
     },
     # Partial FC: the normalize backward runs on the S gathered rows (the gathered copy, the
     # gradient of the normalised one and four temporaries); only then is the gradient
     # scattered into a dense N x D W.grad, while the gathered rows' gradient is still alive.
     "partial_fc": {
-        "forward": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
-        "backward: logits": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits",
-                             "logit_grads"),
-        "backward: centres": ("gathered_centres", "normalized_centres", "normalize_backward", "embedding_temporaries"),
-        "backward: scatter": ("centre_grad", "gathered_centres", "embedding_temporaries"),
+        "forward": ("gathered_batch", "gathered_centres", "normalized_centres", "embedding_temporaries", "logits",
+                    "head_temporaries"),
+        "backward: logits": ("gathered_batch", "gathered_centres", "normalized_centres", "embedding_temporaries",
+                             "logits", "logit_grads"),
+        "backward: centres": ("gathered_batch", "gathered_centres", "normalized_centres", "normalize_backward",
+                              "embedding_temporaries"),
+        "backward: scatter": ("gathered_batch", "centre_grad", "gathered_centres", "embedding_temporaries"),
         "optimizer": ("centre_grad", "optimizer_temporaries"),
     },
     # AttFC: no W. The forward holds the container logits; its backward only hands on the
@@ -95,6 +104,8 @@ HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
     "attfc": {
         "forward: attention": ("attention_temporaries", "key_activations"),
         "forward: container": ("embedding_temporaries", "container_logits"),
+        # over P processes: the container's loss is done; what every rank enqueues is gathered
+        "forward: enqueue": ("embedding_temporaries", "gathered_batch"),
         "backward": ("embedding_backward",),
     },
 }
@@ -280,6 +291,7 @@ def predict_memory(
     backbone_params: int = 0,
     key_activation_bytes: int = 0,
     amp_dtype: str | torch.dtype | None = None,
+    world_size: int = 1,
 ) -> MemoryBreakdown:
     """The analytic memory model of one training step of a head, in bytes.
 
@@ -293,6 +305,11 @@ def predict_memory(
     backbone only), so it takes none. Every head's terms are counted from its autograd
     graph (FullFC, PartialFC) or its fused loss (AttFC), and checked against the
     measurement (tests, `benchmarks/memory_agreement.py`).
+
+    `world_size` P (lesson 10): the step of one rank of P processes, each with a batch of B. FC and
+    Partial FC hold R = ceil(N / P) rows of W and compute the logits of all L = P*B gathered
+    embeddings against them (`distributed.ShardedFC`); AttFC holds the whole container on every
+    rank and gathers P*B GCCs to enqueue (`distributed.gather_container`).
     """
     n = as_int("num_classes", num_classes, 2)
     d = as_int("embedding_dim", embedding_dim, 1)
@@ -311,6 +328,9 @@ def predict_memory(
     backbone_params = as_int("backbone_params", backbone_params, 0)
     key_activation_bytes = as_int("key_activation_bytes", key_activation_bytes, 0)
     amp = None if amp_dtype is None else dtype_name(amp_dtype, "amp_dtype")
+    world = as_int("world_size", world_size, 1)
+    if amp is not None and world > 1:
+        raise ArgumentError("amp_dtype", "is modelled for one process only: pass amp_dtype=None with world_size > 1")
     if amp is not None:
         if DTYPE_BYTES[amp] != 2:
             raise ArgumentError("amp_dtype", f"must be 'float16' or 'bfloat16' (autocast's compute type), got "
@@ -325,11 +345,12 @@ def predict_memory(
                                              f"amp_dtype=None; predict_training_step puts its backbone and key "
                                              f"encoder in mixed precision")
     e = DTYPE_BYTES[dname]
-    symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, o=m, t=t, R=n, S=n, C=n, g=0, K=0, G=0,
-                   P=0, Q=0, A=0)
-    knobs: dict[str, Any] = {}
+    rows = math.ceil(n / world)  # the largest shard of W
+    symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, o=m, t=t, R=rows, S=rows, C=rows, g=0,
+                   K=0, G=0, P=0, Q=0, A=0, L=world * b, M=world, X=int(world > 1))
+    knobs: dict[str, Any] = {"world_size": world} if world > 1 else {}
     if kind == "partial_fc":
-        s = min(n, max(math.ceil(sample_rate * n), b))
+        s = min(rows, max(math.ceil(sample_rate * rows), world * b))
         symbols.update(S=s, C=s, g=1)
         knobs["sample_rate"] = sample_rate
     elif kind == "attfc":
@@ -340,6 +361,7 @@ def predict_memory(
             R=0,
             S=0,
             C=0,  # no FC logits: the container's are `container_logits`
+            L=b,  # each rank's loss is over its own batch; only the GCCs are gathered (gathered_batch)
             G=1,
             Q=q,
             K=num_keys,
