@@ -42,8 +42,8 @@ def leak_forms(expected: float) -> list[str]:
 
 def test_every_lesson_has_its_exercises():
     lessons = {k.split(".")[0] for k in ex.EXERCISES}
-    assert lessons == {f"{i:02d}" for i in range(10)}
-    assert len(CHECKED) == 23 and len(OPEN) == 9  # lesson 02 has no open exercise
+    assert lessons == {f"{i:02d}" for i in range(11)}
+    assert len(CHECKED) == 26 and len(OPEN) == 10  # lesson 02 has no open exercise
     for key in CHECKED:
         e = ex.EXERCISES[key]
         assert e.spec is not None and e.code and "answer =" in e.code
@@ -152,7 +152,7 @@ def test_solution_ids_are_normalised_and_unknown_ones_name_the_valid_ones(capsys
     assert capsys.readouterr().out.startswith("Exercise 05.2: ")
     ex.solution(" 02.3 ")
     assert capsys.readouterr().out.startswith("Exercise 02.3: ")
-    for bad in ("02.4", "10.1", "quality", "", 3):
+    for bad in ("02.4", "10.5", "11.1", "quality", "", 3):
         with pytest.raises(ValueError) as info:
             ex.solution(bad)
         message = str(info.value)
@@ -249,6 +249,60 @@ def test_lessons_03_to_09_slips_the_course_cares_about(capsys):
     assert "one image fewer" in out(ex.check_self_key_share, 0.75)  # n = 2: 1 - (1/2)^2
     assert "K = 2" in out(ex.check_images_per_step, 384)  # this lesson's K instead of the exercise's
     assert "right" in out(lambda a: ex.check_self_key_share(a, 2, 2), 0.75)  # the stored run: n = 2, K = 2
+
+
+def test_lesson_10_against_the_library_and_its_slips(capsys):
+    """Lesson 10's expected values are the library's (the memory model per rank, the traffic World
+    counts), and each slip a student made working through it gets its hint."""
+    from attfc_lite.distributed import shard_range
+    from attfc_lite.distributed.per_rank import traffic_per_step
+    from attfc_lite.heads.attfc import container_capacity
+    from attfc_lite.memory import predict_memory
+
+    def out(check, answer):
+        check(answer)
+        return capsys.readouterr().out
+
+    n, d, b = 2_059_906, 512, 128
+    # 10.1: the largest shard (shard_range) and its momentum, as predict_memory holds them per rank
+    fc8 = predict_memory(n, d, b, head="fc", world_size=8)
+    held = fc8.terms["class_centres"] + fc8.terms["optimizer_state"]
+    start, stop = shard_range(n, 0, 8)
+    assert held == 2 * (stop - start) * d * 4
+    assert "right" in out(ex.check_shard_bytes, held)
+    assert "whole W" in out(ex.check_shard_bytes, 2 * n * d * 4)
+    assert "momentum buffer" in out(ex.check_shard_bytes, (stop - start) * d * 4)
+    assert "gradient" in out(ex.check_shard_bytes, 3 * (stop - start) * d * 4)
+    text = out(ex.check_shard_bytes, 2 * shard_range(n, 7, 8)[1] * d * 4 - 2 * shard_range(n, 7, 8)[0] * d * 4)
+    assert "close" in text and "smallest shard" in text  # the last rank's shard: one row fewer
+    assert "rounded up" in out(ex.check_shard_bytes, 2 * n / 8 * d * 4)
+    assert "not in GiB" in out(ex.check_shard_bytes, held / 2 ** 30)
+    assert "right" in out(lambda a: ex.check_shard_bytes(a, 11, 8, 2), 2 * 6 * 8 * 4)  # tests' 6 + 5 rows
+    # 10.2: the bytes World counts for the embedding gradient's all-reduce
+    sent = traffic_per_step("fc", n, d, b, 8)["embedding_grad"]
+    assert "right" in out(ex.check_embedding_grad_bytes, sent)
+    assert "size of the tensor reduced" in out(ex.check_embedding_grad_bytes, 8 * b * d * 4)
+    assert "reduce-scatter" in out(ex.check_embedding_grad_bytes, 7 * b * d * 4)
+    assert "own chunk" in out(ex.check_embedding_grad_bytes, 2 * 8 * b * d * 4)
+    assert "every other rank" in out(ex.check_embedding_grad_bytes, 7 * 8 * b * d * 4)
+    assert "own B rows" in out(ex.check_embedding_grad_bytes, 2 * 7 / 8 * b * d * 4)
+    assert "4 bytes" in out(ex.check_embedding_grad_bytes, 2 * 7 * b * d)
+    assert "not 8" in out(ex.check_shard_bytes, 2 * (stop - start) * d * 8)
+    assert "not 8" in out(ex.check_rank_container_bytes, container_capacity(n, 0.3) * (8 * d + 8))
+    # the measured two-process step of tests/test_distributed.py (B = 4, D = 8) sent 2 B D 4 bytes
+    assert "right" in out(lambda a: ex.check_embedding_grad_bytes(a, 4, 8, 2), 2 * 4 * 8 * 4)
+    # 10.3: every rank holds predict_memory's whole container
+    q = container_capacity(n, 0.3)
+    whole = predict_memory(n, d, b, head="attfc", world_size=16).terms["container"]
+    assert whole == predict_memory(n, d, b, head="attfc").terms["container"] == q * (4 * d + 8)
+    assert "right" in out(ex.check_rank_container_bytes, whole)
+    assert "does not shrink" in out(ex.check_rank_container_bytes, whole / 16)
+    assert "grow with P" in out(ex.check_rank_container_bytes, 16 * whole)
+    assert "label" in out(ex.check_rank_container_bytes, q * 4 * d)
+    assert "not 4" in out(ex.check_rank_container_bytes, q * (4 * d + 4))
+    assert "not N" in out(ex.check_rank_container_bytes, n * (4 * d + 8))
+    text = out(ex.check_rank_container_bytes, 0.3 * n * (4 * d + 8))
+    assert "close" in text and "floor" in text
 
 
 def test_the_grader_can_fail():

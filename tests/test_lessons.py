@@ -14,8 +14,8 @@ def cells(path: Path) -> list[tuple[str, str]]:
     return [(c["cell_type"], "".join(c["source"])) for c in json.loads(path.read_text())["cells"]]
 
 
-def test_there_are_ten_lessons():
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(10)]
+def test_there_are_eleven_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(11)]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name[:2])

@@ -43,7 +43,9 @@ def wrap_backbone(backbone: nn.Module, world: World, device: torch.device) -> nn
         return backbone
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(backbone, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda":  # one GPU per process: the one `World.from_env` chose (LOCAL_RANK)
+        return DistributedDataParallel(backbone, device_ids=[torch.cuda.current_device()])
+    return DistributedDataParallel(backbone)
 
 
 def _weight_slot(head: Head, optimizer: torch.optim.Optimizer) -> int | None:

@@ -23,7 +23,7 @@ def traffic_per_step(head: str, num_classes: int, embedding_dim: int, batch_size
     FC and Partial FC: the embeddings and labels gathered, three all-reduces of one number per
     gathered row (the softmax's max and sum, the target's logit) and the all-reduce of the
     gathered embeddings' gradient. AttFC: the GCCs and labels gathered. Every head: DDP's
-    all-reduce of the backbone's gradient (`backbone_params` P floats).
+    all-reduce of the backbone's gradient (`backbone_params` fp32 values).
     """
     n, d, b = (as_int(k, v, 1) for k, v in (("num_classes", num_classes), ("embedding_dim", embedding_dim),
                                             ("batch_size", batch_size)))
@@ -64,6 +64,7 @@ def plot_rank_memory(num_classes: int, embedding_dim: int, batch_size: int, head
                      world_sizes=WORLD_SIZES, measured: list[dict] | None = None, ax=None, **knobs):
     """Predicted peak of one rank against the world size, per head (log-log), with measured
     points (`measure_rank_memory` results) drawn on their lines."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
@@ -78,6 +79,10 @@ def plot_rank_memory(num_classes: int, embedding_dim: int, batch_size: int, head
                 color=colours.get(m["head"]), label=f"{m['head']} measured, P = {m['world_size']}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
+    ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (MiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",
@@ -126,6 +131,9 @@ def plot_rank_memory_vs_capacity(num_classes: int, embedding_dim: int, batch_siz
     ax.axhline(capacity_gib, color="firebrick", lw=1, ls="--", label=f"one GPU's memory ({capacity_gib:g} GiB)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
+    ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
+    ax.minorticks_off()
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (GiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",

@@ -56,4 +56,12 @@ from .lesson09 import (
     check_images_per_step,
     check_self_key_share,
 )
+from .lesson10 import (
+    _spec_embedding_grad_bytes,
+    _spec_rank_container_bytes,
+    _spec_shard_bytes,
+    check_embedding_grad_bytes,
+    check_rank_container_bytes,
+    check_shard_bytes,
+)
 from .solutions import EXERCISES, Exercise, _OPEN_END, _normalise_id, _show, solution

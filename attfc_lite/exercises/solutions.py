@@ -39,6 +39,14 @@ from .lesson09 import (
     check_images_per_step,
     check_self_key_share,
 )
+from .lesson10 import (
+    _spec_embedding_grad_bytes,
+    _spec_rank_container_bytes,
+    _spec_shard_bytes,
+    check_embedding_grad_bytes,
+    check_rank_container_bytes,
+    check_shard_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -308,6 +316,42 @@ EXERCISES: dict[str, Exercise] = {
         "so AttFC's memory still grows with N, through Q, if far more slowly than full FC's; a smaller\n"
         "container ratio (--dcc-ratio) moves its limit, at the accuracy cost lesson 07 measured. Your own run\n"
         "may name another buffer of the same step if its N differs a little from the stored one's."),
+    "10.1": Exercise(
+        "bytes of one rank's shard of W and its momentum (WebFace42M, D = 512, P = 8)",
+        "2,059,906 rows over 8 ranks: 257,488 each and 2 left over, so `shard_range` gives the first two ranks\n"
+        "257,489 rows; the largest shard is ceil(N / P). Between steps a rank holds that shard and its\n"
+        "momentum buffer (the gradient lives only during the step): two copies of ceil(N / P) x D fp32\n"
+        "numbers, about 0.98 GiB, an eighth of the 7.9 GiB one process holds.",
+        "rows = math.ceil(2_059_906 / 8)  # the largest shard\n"
+        "answer = 2 * rows * 512 * 4",
+        check_shard_bytes, _spec_shard_bytes),
+    "10.2": Exercise(
+        "bytes one rank sends in the all-reduce of the embedding gradient (B = 128 per rank, D = 512, P = 8)",
+        "Every rank's logits used all P x B gathered embeddings, so each rank holds a partial gradient of all\n"
+        "of them: a [P x B, D] fp32 tensor, summed over the ranks by an all-reduce. A ring all-reduce cuts the\n"
+        "tensor into P chunks and sends (P - 1) of them in its reduce-scatter and (P - 1) in its all-gather:\n"
+        "2 (P - 1) / P of the tensor from each rank, 2 x 7 x 128 x 512 x 4 bytes (3.5 MiB), whatever N is.",
+        "tensor = 8 * 128 * 512 * 4  # the gradient of the 8 x 128 gathered embeddings, in bytes\n"
+        "answer = 2 * (8 - 1) * tensor // 8",
+        check_embedding_grad_bytes, _spec_embedding_grad_bytes),
+    "10.3": Exercise(
+        "bytes of AttFC's container on one rank of 16 (WebFace42M, D = 512, ratio 0.3)",
+        "Every rank enqueues the GCCs and labels of all 16 ranks (an all-gather), so each holds the whole\n"
+        "container, the same as one process: Q = floor(0.3 x 2,059,906) = 617,971 entries of D fp32 numbers\n"
+        "and an int64 label, about 1.18 GiB on each of the 16 ranks.",
+        "Q = math.floor(0.3 * 2_059_906)\n"
+        "answer = Q * (512 * 4 + 8)",
+        check_rank_container_bytes, _spec_rank_container_bytes),
+    "10.4": Exercise(
+        "(open) one rank's memory measured over four processes",
+        "Expected outcome, as measured on two CPU cores when the lesson was written: each of the two\n"
+        "measurements takes about 10 s (four processes share two cores). Full FC's ranks peak at 23.4 MiB\n"
+        "(N = 20,000, D = 64, B = 64) and AttFC's at 3.4 MiB; the model gives the same within 0.1 % for every\n"
+        "rank. The four ranks of full FC differ from each other by a few hundred bytes; AttFC's are equal.\n"
+        "From P = 2 to P = 4 full FC's peak falls from 27.0 to 23.4 MiB only: its shard of W, the shard's\n"
+        "momentum and its normalised copy halve again (7.4 to 3.7 MiB together), but its two largest\n"
+        "buffers, the logits of the P x B gathered rows against N / P columns (9.8 MiB each), stay B x N.\n"
+        "AttFC's peak does not move at all: its container is whole on every rank."),
 }
 
 

@@ -350,7 +350,9 @@ def predict_memory(
                    K=0, G=0, P=0, Q=0, A=0, L=world * b, M=world, X=int(world > 1))
     knobs: dict[str, Any] = {"world_size": world} if world > 1 else {}
     if kind == "partial_fc":
-        s = min(rows, max(math.ceil(sample_rate * rows), world * b))
+        # at most B identities in a batch; over M processes a shard receives B of the M*B gathered
+        # labels on average (labels spread evenly over the shards), not all of them
+        s = min(rows, max(math.ceil(sample_rate * rows), b))
         symbols.update(S=s, C=s, g=1)
         knobs["sample_rate"] = sample_rate
     elif kind == "attfc":
