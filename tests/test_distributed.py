@@ -218,3 +218,23 @@ def test_per_rank_memory_model_agrees_with_the_measurement_at_one_and_two_proces
         assert many.terms["logits"] == pytest.approx(one.terms["logits"], rel=0.03)
     else:  # every rank holds the whole container
         assert many.terms["container"] == one.terms["container"]
+
+
+def test_commands_other_than_train_refuse_several_processes():
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0")
+    done = subprocess.run([sys.executable, "-m", "attfc_lite", "memory", "--head", "fc", "--classes", "100"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "only train runs over several processes (torchrun started 2)" in done.stderr
+
+
+def test_more_processes_than_gpus_is_named_before_joining(monkeypatch):
+    from attfc_lite.checks import ArgumentError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ArgumentError, match=r"started 2 processes on this machine and it has 1 GPU\(s\): use "
+                                            r"--nproc_per_node 1, or --device cpu"):
+        World.from_env(torch.device("cuda"))

@@ -278,31 +278,47 @@ def test_lesson_10_against_the_library_and_its_slips(capsys):
     assert "rounded up" in out(ex.check_shard_bytes, 2 * n / 8 * d * 4)
     assert "not in GiB" in out(ex.check_shard_bytes, held / 2 ** 30)
     assert "right" in out(lambda a: ex.check_shard_bytes(a, 11, 8, 2), 2 * 6 * 8 * 4)  # tests' 6 + 5 rows
-    # 10.2: the bytes World counts for the embedding gradient's all-reduce
-    sent = traffic_per_step("fc", n, d, b, 8)["embedding_grad"]
+    # 10.2 (P = 16, B = 64, D = 512: no traffic the lesson prints): the bytes World counts
+    p2, b2 = 16, 64
+    sent = traffic_per_step("fc", n, d, b2, p2)["embedding_grad"]
+    assert sent == 2 * 15 * b2 * d * 4
     assert "right" in out(ex.check_embedding_grad_bytes, sent)
-    assert "size of the tensor reduced" in out(ex.check_embedding_grad_bytes, 8 * b * d * 4)
-    assert "reduce-scatter" in out(ex.check_embedding_grad_bytes, 7 * b * d * 4)
-    assert "own chunk" in out(ex.check_embedding_grad_bytes, 2 * 8 * b * d * 4)
-    assert "every other rank" in out(ex.check_embedding_grad_bytes, 7 * 8 * b * d * 4)
-    assert "own B rows" in out(ex.check_embedding_grad_bytes, 2 * 7 / 8 * b * d * 4)
-    assert "4 bytes" in out(ex.check_embedding_grad_bytes, 2 * 7 * b * d)
+    assert "size of the tensor reduced" in out(ex.check_embedding_grad_bytes, p2 * b2 * d * 4)
+    assert "reduce-scatter" in out(ex.check_embedding_grad_bytes, 15 * b2 * d * 4)
+    assert "own chunk" in out(ex.check_embedding_grad_bytes, 2 * p2 * b2 * d * 4)
+    text = out(ex.check_embedding_grad_bytes, 15 * p2 * b2 * d * 4)  # at P = 16 also 8 x the answer
+    assert "every other rank" in text and "bits" in text
+    assert "own B rows" in out(ex.check_embedding_grad_bytes, 2 * 15 / p2 * b2 * d * 4)
+    assert "4 bytes" in out(ex.check_embedding_grad_bytes, 2 * 15 * b2 * d)
+    assert "not in MiB" in out(ex.check_embedding_grad_bytes, sent / 2 ** 20)
+    # forgot to divide by P: 2 (P - 1) times the whole tensor (P x the answer)
+    text = out(ex.check_embedding_grad_bytes, 2 * 15 * (p2 * b2 * d * 4))
+    assert "Divide by P" in text and "bits" not in text
+    # at P = 8 that slip is 8 x the answer: it is named first, with bits as the other cause
+    text = out(lambda a: ex.check_embedding_grad_bytes(a, 128, 512, 8), 2 * 7 * (8 * 128 * d * 4))
+    assert text.index("Divide by P") < text.index("bits")
     assert "not 8" in out(ex.check_shard_bytes, 2 * (stop - start) * d * 8)
-    assert "not 8" in out(ex.check_rank_container_bytes, container_capacity(n, 0.3) * (8 * d + 8))
     # the measured two-process step of tests/test_distributed.py (B = 4, D = 8) sent 2 B D 4 bytes
     assert "right" in out(lambda a: ex.check_embedding_grad_bytes(a, 4, 8, 2), 2 * 4 * 8 * 4)
-    # 10.3: every rank holds predict_memory's whole container
-    q = container_capacity(n, 0.3)
-    whole = predict_memory(n, d, b, head="attfc", world_size=16).terms["container"]
-    assert whole == predict_memory(n, d, b, head="attfc").terms["container"] == q * (4 * d + 8)
+    # 10.3 (Glint360K over 32 ranks: no container the lesson prints): every rank holds the whole container
+    n3, p3 = 360_232, 32
+    q = container_capacity(n3, 0.3)
+    assert q == 108_069
+    whole = predict_memory(n3, d, b, head="attfc", world_size=p3).terms["container"]
+    assert whole == predict_memory(n3, d, b, head="attfc").terms["container"] == q * (4 * d + 8)
     assert "right" in out(ex.check_rank_container_bytes, whole)
-    assert "does not shrink" in out(ex.check_rank_container_bytes, whole / 16)
-    assert "grow with P" in out(ex.check_rank_container_bytes, 16 * whole)
+    assert "does not shrink" in out(ex.check_rank_container_bytes, whole / p3)
+    assert "grow with P" in out(ex.check_rank_container_bytes, p3 * whole)
     assert "label" in out(ex.check_rank_container_bytes, q * 4 * d)
     assert "not 4" in out(ex.check_rank_container_bytes, q * (4 * d + 4))
-    assert "not N" in out(ex.check_rank_container_bytes, n * (4 * d + 8))
-    text = out(ex.check_rank_container_bytes, 0.3 * n * (4 * d + 8))
-    assert "close" in text and "floor" in text
+    assert "not 8" in out(ex.check_rank_container_bytes, q * (8 * d + 8))
+    assert "not N" in out(ex.check_rank_container_bytes, n3 * (4 * d + 8))
+    text = out(ex.check_rank_container_bytes, 0.3 * n3 * (4 * d + 8))
+    assert "close" in text and "floor(0.3 N)" in text
+    # the container the lesson prints (WebFace42M) is not this exercise's answer
+    webface = predict_memory(n, d, b, head="attfc").terms["container"]
+    assert "right" not in out(ex.check_rank_container_bytes, webface)
+    assert "right" in out(lambda a: ex.check_rank_container_bytes(a, n, d, 16), webface)
 
 
 def test_the_grader_can_fail():

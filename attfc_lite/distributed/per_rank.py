@@ -63,31 +63,47 @@ def rank_memory_table(num_classes: int, embedding_dim: int, batch_size: int, hea
 def plot_rank_memory(num_classes: int, embedding_dim: int, batch_size: int, heads=("fc", "partial_fc", "attfc"),
                      world_sizes=WORLD_SIZES, measured: list[dict] | None = None, ax=None, **knobs):
     """Predicted peak of one rank against the world size, per head (log-log), with measured
-    points (`measure_rank_memory` results) drawn on their lines."""
-    import matplotlib
+    points (`measure_rank_memory` results) drawn on their lines as rings: one legend entry per
+    head's measurements (the largest rank's peak at each world size measured). Heads are named as
+    the lessons name them (full FC, Partial FC, AttFC); the y axis has plain number labels."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
 
+    names = {"fc": "full FC", "partial_fc": "Partial FC", "attfc": "AttFC"}
+    colours = {"fc": "C0", "partial_fc": "C1", "attfc": "C2"}
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
     table = rank_memory_table(num_classes, embedding_dim, batch_size, heads, world_sizes, **knobs)
-    colours = {"fc": "C0", "partial_fc": "C1", "attfc": "C2"}
     for head, rows in table.items():
         ax.plot([r["world_size"] for r in rows], [r["peak"] / 2**20 for r in rows], marker=".",
-                color=colours.get(head), label=f"{head} (model)")
+                color=colours.get(head), label=f"{names.get(head, head)} (model)")
+    points: dict[str, dict[int, float]] = {}  # head -> world size -> the largest rank's peak (MiB)
     for m in measured or []:
-        peak = max(r["peak_bytes"] for r in m["ranks"])
-        ax.plot([m["world_size"]], [peak / 2**20], "o", markerfacecolor="none", markersize=10,
-                color=colours.get(m["head"]), label=f"{m['head']} measured, P = {m['world_size']}")
+        peak = max(r["peak_bytes"] for r in m["ranks"]) / 2**20
+        at = points.setdefault(m["head"], {})
+        at[m["world_size"]] = max(peak, at.get(m["world_size"], 0.0))
+    for head, at in points.items():
+        sizes = sorted(at)
+        ax.plot(sizes, [at[p] for p in sizes], "o", linestyle="none", markerfacecolor="none", markersize=10,
+                color=colours.get(head),
+                label=f"{names.get(head, head)} measured (P = {', '.join(str(p) for p in sizes)})")
+    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
     ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    # y: plain numbers (no 3x10^1) at 1, 2, 3 and 5 times each power of ten, no minor ticks
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=30))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    low = min(v for line in ax.get_lines() for v in line.get_ydata() if v > 0)
+    tick = max(s * 10.0 ** k for k in range(-3, 7) for s in (1, 2, 3, 5) if s * 10.0 ** k <= low)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], tick / 1.1))  # a labelled tick below the lowest line
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (MiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",
                  fontsize=9)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return ax
 
@@ -109,35 +125,51 @@ def plot_rank_memory_vs_capacity(num_classes: int, embedding_dim: int, batch_siz
                                  heads=("fc", "partial_fc", "attfc"), world_sizes=WORLD_SIZES, ax=None, **knobs):
     """One rank's predicted peak in GiB against the world size, per head (log-log), with one GPU's
     memory as a horizontal line and, for each head, the smallest world size that fits it marked
-    (a filled point; the legend says "never" when no world size in `world_sizes` fits)."""
+    (a filled point with its value in GiB written next to it; the legend says "never" when no world
+    size in `world_sizes` fits). Heads are named as the lessons name them (full FC, Partial FC,
+    AttFC); the y axis has plain number labels at 1, 2, 3 and 5 times each power of ten."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
 
     from ..checks import as_float
 
     capacity_gib = as_float("capacity_gib", capacity_gib, 0, low_open=True)
+    names = {"fc": "full FC", "partial_fc": "Partial FC", "attfc": "AttFC"}
+    colours = {"fc": "C0", "partial_fc": "C1", "attfc": "C2"}
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
     table = rank_memory_table(num_classes, embedding_dim, batch_size, heads, world_sizes, **knobs)
-    colours = {"fc": "C0", "partial_fc": "C1", "attfc": "C2"}
     for head, rows in table.items():
+        name = names.get(head, head)
         xs, ys = [r["world_size"] for r in rows], [r["peak"] / 2**30 for r in rows]
-        ax.plot(xs, ys, marker=".", color=colours.get(head), label=f"{head} (model)")
+        ax.plot(xs, ys, marker=".", color=colours.get(head), label=f"{name} (model)")
         fits = [(x, y) for x, y in zip(xs, ys) if y <= capacity_gib]
         if fits:
-            ax.plot([fits[0][0]], [fits[0][1]], "o", markersize=8, color=colours.get(head),
-                    label=f"{head}: fits from P = {fits[0][0]}")
+            (x, y) = fits[0]
+            ax.plot([x], [y], "o", markersize=8, color=colours.get(head), label=f"{name}: fits from P = {x}")
+            ax.annotate(f"{y:.1f} GiB", (x, y), xytext=(7, -11), textcoords="offset points", fontsize=8,
+                        color=colours.get(head), bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                                       "alpha": 0.8})
         else:
             ax.plot([], [], "o", markersize=8, color=colours.get(head),
-                    label=f"{head}: never fits up to P = {max(xs)}")
+                    label=f"{name}: never fits up to P = {max(xs)}")
     ax.axhline(capacity_gib, color="firebrick", lw=1, ls="--", label=f"one GPU's memory ({capacity_gib:g} GiB)")
+    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
     ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    # y: plain numbers (no 3x10^1) at 1, 2, 3 and 5 times each power of ten, no minor ticks
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=30))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    low = min(v for line in ax.get_lines() for v in line.get_ydata() if v > 0)
+    tick = max(s * 10.0 ** k for k in range(-3, 7) for s in (1, 2, 3, 5) if s * 10.0 ** k <= low)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], tick / 1.1))  # a labelled tick below the lowest line
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (GiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",
                  fontsize=9)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return ax

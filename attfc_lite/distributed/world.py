@@ -77,7 +77,13 @@ class World:
         if not dist.is_initialized():
             cuda = device is not None and device.type == "cuda"
             if cuda:  # one GPU per process: the local rank's
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+                local, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+                if local >= gpus:
+                    raise ArgumentError("device", f"is CUDA, with one GPU per process, but torchrun started "
+                                                  f"{os.environ.get('LOCAL_WORLD_SIZE', local + 1)} processes on "
+                                                  f"this machine and it has {gpus} GPU(s): use --nproc_per_node "
+                                                  f"{gpus}, or --device cpu (gloo) for processes on the CPU")
+                torch.cuda.set_device(local)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         return cls(dist.get_rank(), dist.get_world_size())
 

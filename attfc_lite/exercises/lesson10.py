@@ -31,10 +31,14 @@ def check_shard_bytes(answer, num_classes: int = 2_059_906, embedding_dim: int =
     _grade(answer, _spec_shard_bytes(num_classes, embedding_dim, world_size))
 
 
-def _spec_embedding_grad_bytes(batch_size: int = 128, embedding_dim: int = 512, world_size: int = 8) -> Spec:
+def _spec_embedding_grad_bytes(batch_size: int = 64, embedding_dim: int = 512, world_size: int = 16) -> Spec:
     b, d, p = batch_size, embedding_dim, world_size
     tensor = p * b * d * 4  # the gradient of the P*B gathered embeddings, fp32
-    return Spec("all-reduce bytes", 2 * (p - 1) * b * d * 4, exact=True, in_bytes=True, slips=_slips(
+    expected = 2 * (p - 1) * b * d * 4
+    pairs = [
+        # before the unit slips (the first of equal values wins): at P = 8 this one is also 8 x the answer
+        (2 * (p - 1) * tensor, "That is 2 (P - 1) times the whole tensor: a ring all-reduce sends 2 (P - 1) chunks "
+                               "of the tensor, each 1 / P of it. Divide by P."),
         (tensor, "That is the size of the tensor reduced; a ring all-reduce sends 2 (P - 1) / P of it from each "
                  "rank (a reduce-scatter, then an all-gather)."),
         ((p - 1) * b * d * 4, "That is (P - 1) / P of the tensor: one half of a ring all-reduce, the reduce-scatter "
@@ -46,17 +50,22 @@ def _spec_embedding_grad_bytes(batch_size: int = 128, embedding_dim: int = 512, 
         (2 * (p - 1) / p * b * d * 4, "The gradient reduced is that of all P x B gathered embeddings (every rank's "
                                       "logits used all of them), not only the rank's own B rows."),
         (2 * (p - 1) * b * d, "The gradient is fp32: 4 bytes per number."),
-    ), hint="The tensor is the gradient of the P x B gathered embeddings, D fp32 numbers each; a ring "
-            "all-reduce sends 2 (P - 1) / P of a tensor's bytes from each rank.")
+    ]
+    # a slip that is also 8 x the answer names both causes (the unit slips would call it bits)
+    bits = "That is a number of bits: give bytes (8 bits each)."  # the unit slip's message (common.Spec)
+    pairs = [(v, f"{m} Or, as it is also 8 times the answer: {bits}" if v == 8 * expected else m) for v, m in pairs]
+    return Spec("all-reduce bytes", expected, exact=True, in_bytes=True, slips=_slips(*pairs),
+                hint="The tensor is the gradient of the P x B gathered embeddings, D fp32 numbers each; a ring "
+                     "all-reduce sends 2 (P - 1) / P of a tensor's bytes from each rank.")
 
 
-def check_embedding_grad_bytes(answer, batch_size: int = 128, embedding_dim: int = 512, world_size: int = 8) -> None:
+def check_embedding_grad_bytes(answer, batch_size: int = 64, embedding_dim: int = 512, world_size: int = 16) -> None:
     """Exercise 10.2: bytes one rank sends in the all-reduce of the gathered embeddings' gradient
     (model-parallel FC, `batch_size` per rank, ring all-reduce as `World` counts it)."""
     _grade(answer, _spec_embedding_grad_bytes(batch_size, embedding_dim, world_size))
 
 
-def _spec_rank_container_bytes(num_classes: int = 2_059_906, embedding_dim: int = 512, world_size: int = 16,
+def _spec_rank_container_bytes(num_classes: int = 360_232, embedding_dim: int = 512, world_size: int = 32,
                                container_ratio: float = 0.3) -> Spec:
     n, d, p = num_classes, embedding_dim, world_size
     q = int(container_ratio * n)  # container_capacity: floor(ratio * N)
@@ -68,14 +77,14 @@ def _spec_rank_container_bytes(num_classes: int = 2_059_906, embedding_dim: int 
                         "grow with P either."),
         (q * 4 * d, "Each entry also has its identity's label, an int64: 8 bytes."),
         (q * (4 * d + 4), "The labels are int64: 8 bytes each, not 4."),
-        (container_ratio * n * entry, "Q is a whole number of entries: floor(0.3 N)."),
-        (n * entry, "Q is 0.3 N (the container ratio), not N."),
+        (container_ratio * n * entry, f"Q is a whole number of entries: floor({container_ratio:g} N)."),
+        (n * entry, f"Q is {container_ratio:g} N (the container ratio), not N."),
         (q * (8 * d + 8), "The GCCs are fp32: 4 bytes per number, not 8 (the labels are int64: 8)."),
-    ), hint="Every rank holds the whole container: Q = floor(0.3 N) entries, each D fp32 numbers and one "
-            "int64 label.")
+    ), hint=f"Every rank holds the whole container: Q = floor({container_ratio:g} N) entries, each D fp32 numbers "
+            "and one int64 label.")
 
 
-def check_rank_container_bytes(answer, num_classes: int = 2_059_906, embedding_dim: int = 512,
-                               world_size: int = 16, container_ratio: float = 0.3) -> None:
+def check_rank_container_bytes(answer, num_classes: int = 360_232, embedding_dim: int = 512,
+                               world_size: int = 32, container_ratio: float = 0.3) -> None:
     """Exercise 10.3: bytes of AttFC's container on one rank of a run over `world_size` processes."""
     _grade(answer, _spec_rank_container_bytes(num_classes, embedding_dim, world_size, container_ratio))

@@ -326,32 +326,39 @@ EXERCISES: dict[str, Exercise] = {
         "answer = 2 * rows * 512 * 4",
         check_shard_bytes, _spec_shard_bytes),
     "10.2": Exercise(
-        "bytes one rank sends in the all-reduce of the embedding gradient (B = 128 per rank, D = 512, P = 8)",
+        "bytes one rank sends in the all-reduce of the embedding gradient (B = 64 per rank, D = 512, P = 16)",
         "Every rank's logits used all P x B gathered embeddings, so each rank holds a partial gradient of all\n"
-        "of them: a [P x B, D] fp32 tensor, summed over the ranks by an all-reduce. A ring all-reduce cuts the\n"
-        "tensor into P chunks and sends (P - 1) of them in its reduce-scatter and (P - 1) in its all-gather:\n"
-        "2 (P - 1) / P of the tensor from each rank, 2 x 7 x 128 x 512 x 4 bytes (3.5 MiB), whatever N is.",
-        "tensor = 8 * 128 * 512 * 4  # the gradient of the 8 x 128 gathered embeddings, in bytes\n"
-        "answer = 2 * (8 - 1) * tensor // 8",
+        "of them: a [P x B, D] fp32 tensor, 16 x 64 x 512 x 4 bytes (2 MiB), summed over the ranks by an\n"
+        "all-reduce. A ring all-reduce cuts the tensor into P chunks and sends (P - 1) of them in its\n"
+        "reduce-scatter and (P - 1) in its all-gather: 2 (P - 1) / P of the tensor from each rank,\n"
+        "2 x 15 x 64 x 512 x 4 bytes (3.75 MiB), whatever N is. Once answered, the library gives the same:\n"
+        "traffic_per_step(\"fc\", N, 512, 64, 16)[\"embedding_grad\"] for any N.",
+        "tensor = 16 * 64 * 512 * 4  # the gradient of the 16 x 64 gathered embeddings, in bytes\n"
+        "answer = 2 * (16 - 1) * tensor // 16",
         check_embedding_grad_bytes, _spec_embedding_grad_bytes),
     "10.3": Exercise(
-        "bytes of AttFC's container on one rank of 16 (WebFace42M, D = 512, ratio 0.3)",
-        "Every rank enqueues the GCCs and labels of all 16 ranks (an all-gather), so each holds the whole\n"
-        "container, the same as one process: Q = floor(0.3 x 2,059,906) = 617,971 entries of D fp32 numbers\n"
-        "and an int64 label, about 1.18 GiB on each of the 16 ranks.",
-        "Q = math.floor(0.3 * 2_059_906)\n"
+        "bytes of AttFC's container on one rank of 32 (Glint360K, D = 512, ratio 0.3)",
+        "Every rank enqueues the GCCs and labels of all 32 ranks (an all-gather), so each holds the whole\n"
+        "container, the same as one process: Q = floor(0.3 x 360,232) = 108,069 entries of D fp32 numbers\n"
+        "and an int64 label, about 212 MiB on each of the 32 ranks. Once answered, the library gives the same:\n"
+        "predict_memory(360_232, 512, 128, head=\"attfc\", world_size=32).terms[\"container\"].",
+        "Q = math.floor(0.3 * 360_232)\n"
         "answer = Q * (512 * 4 + 8)",
         check_rank_container_bytes, _spec_rank_container_bytes),
     "10.4": Exercise(
         "(open) one rank's memory measured over four processes",
         "Expected outcome, as measured on two CPU cores when the lesson was written: each of the two\n"
-        "measurements takes about 10 s (four processes share two cores). Full FC's ranks peak at 23.4 MiB\n"
+        "measurements takes 10 to 40 s (four processes share two cores). Full FC's ranks peak at 23.4 MiB\n"
         "(N = 20,000, D = 64, B = 64) and AttFC's at 3.4 MiB; the model gives the same within 0.1 % for every\n"
-        "rank. The four ranks of full FC differ from each other by a few hundred bytes; AttFC's are equal.\n"
+        "rank. The four ranks of full FC differ from each other by a few kilobytes; AttFC's are equal.\n"
         "From P = 2 to P = 4 full FC's peak falls from 27.0 to 23.4 MiB only: its shard of W, the shard's\n"
-        "momentum and its normalised copy halve again (7.4 to 3.7 MiB together), but its two largest\n"
-        "buffers, the logits of the P x B gathered rows against N / P columns (9.8 MiB each), stay B x N.\n"
-        "AttFC's peak does not move at all: its container is whole on every rank."),
+        "momentum and its normalised copy halve again (7.4 to 3.7 MiB together), but its largest buffers do\n"
+        "not move: four B x N buffers (two terms of 9.8 MiB, `logits` and `head_temporaries`), the logits of\n"
+        "the P x B gathered rows against ceil(N / P) columns and the margin's temporaries. Two small terms\n"
+        "grow: `gathered_batch` (33 to 66 KiB) and `embedding_temporaries` (32 to 64 KiB) double with P, the\n"
+        "P x B gathered embeddings; that growth (about 1 MiB each at P = 64) is why the peak rises again from\n"
+        "21.0 MiB at P = 32 to 21.8 at P = 64. AttFC's peak does not move at all: its container is whole on\n"
+        "every rank."),
 }
 
 
