@@ -67,7 +67,6 @@ def plot_rank_memory(num_classes: int, embedding_dim: int, batch_size: int, head
     head's measurements (the largest rank's peak at each world size measured). Heads are named as
     the lessons name them (full FC, Partial FC, AttFC); the y axis has plain number labels."""
     import matplotlib.pyplot as plt
-    import matplotlib.ticker as ticker
 
     names = {"fc": "full FC", "partial_fc": "Partial FC", "attfc": "AttFC"}
     colours = {"fc": "C0", "partial_fc": "C1", "attfc": "C2"}
@@ -86,19 +85,7 @@ def plot_rank_memory(num_classes: int, embedding_dim: int, batch_size: int, head
         ax.plot(sizes, [at[p] for p in sizes], "o", linestyle="none", markerfacecolor="none", markersize=10,
                 color=colours.get(head),
                 label=f"{names.get(head, head)} measured (P = {', '.join(str(p) for p in sizes)})")
-    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-    # y: plain numbers (no 3x10^1) at 1, 2, 3 and 5 times each power of ten, no minor ticks
-    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=30))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    low = min(v for line in ax.get_lines() for v in line.get_ydata() if v > 0)
-    tick = max(s * 10.0 ** k for k in range(-3, 7) for s in (1, 2, 3, 5) if s * 10.0 ** k <= low)
-    ax.set_ylim(bottom=min(ax.get_ylim()[0], tick / 1.1))  # a labelled tick below the lowest line
+    _log_axes(ax, sorted({r["world_size"] for rows in table.values() for r in rows}))
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (MiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",
@@ -129,7 +116,6 @@ def plot_rank_memory_vs_capacity(num_classes: int, embedding_dim: int, batch_siz
     size in `world_sizes` fits). Heads are named as the lessons name them (full FC, Partial FC,
     AttFC); the y axis has plain number labels at 1, 2, 3 and 5 times each power of ten."""
     import matplotlib.pyplot as plt
-    import matplotlib.ticker as ticker
 
     from ..checks import as_float
 
@@ -153,19 +139,7 @@ def plot_rank_memory_vs_capacity(num_classes: int, embedding_dim: int, batch_siz
             ax.plot([], [], "o", markersize=8, color=colours.get(head),
                     label=f"{name}: never fits up to P = {max(xs)}")
     ax.axhline(capacity_gib, color="firebrick", lw=1, ls="--", label=f"one GPU's memory ({capacity_gib:g} GiB)")
-    sizes = sorted({r["world_size"] for rows in table.values() for r in rows})
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-    # y: plain numbers (no 3x10^1) at 1, 2, 3 and 5 times each power of ten, no minor ticks
-    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=30))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    low = min(v for line in ax.get_lines() for v in line.get_ydata() if v > 0)
-    tick = max(s * 10.0 ** k for k in range(-3, 7) for s in (1, 2, 3, 5) if s * 10.0 ** k <= low)
-    ax.set_ylim(bottom=min(ax.get_ylim()[0], tick / 1.1))  # a labelled tick below the lowest line
+    _log_axes(ax, sorted({r["world_size"] for rows in table.values() for r in rows}))
     ax.set_xlabel("processes (GPUs), P")
     ax.set_ylabel("peak memory of one rank (GiB)")
     ax.set_title(f"one rank's head step: N = {num_classes:,}, D = {embedding_dim}, B = {batch_size} per rank",
@@ -173,3 +147,20 @@ def plot_rank_memory_vs_capacity(num_classes: int, embedding_dim: int, batch_siz
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return ax
+
+
+def _log_axes(ax, sizes) -> None:
+    """Log-log axes with plain tick labels: P = 1, 2, 4, ... and 1, 2, 3, 5 times each power of ten."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(p) for p in sizes])  # 1, 2, 4, ... rather than 2^0, 2^1, ...
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=30))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # no 3x10^1
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    low = min(v for line in ax.get_lines() for v in line.get_ydata() if v > 0)
+    tick = max(s * 10.0 ** k for k in range(-3, 7) for s in (1, 2, 3, 5) if s * 10.0 ** k <= low)
+    ax.set_ylim(bottom=min(ax.get_ylim()[0], tick / 1.1))  # a labelled tick below the lowest line
