@@ -134,7 +134,8 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, artifacts):
-    """JupyterLab on 127.0.0.1, a random port and token, serving a temporary copy of notebooks/.
+    """JupyterLab on 127.0.0.1, a random port and token, serving a temporary copy of notebooks/
+    (lessons 02 and 07 with FAST = True).
 
     Its config, data, runtime, settings and workspace folders are temporary too, so the user's
     own JupyterLab state cannot change what the test sees. Yields (base_url, token).
@@ -142,6 +143,12 @@ def lab(tmp_path_factory, artifacts):
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    # the lessons' own switch for a slow machine (shorter training, a smaller search): the widgets
+    # do not depend on it, and Run All takes half the time
+    for lesson in ("02_fc_bottleneck.ipynb", "07_dynamic_class_container.ipynb"):
+        text = (root / lesson).read_text()
+        assert text.count("FAST = False") == 1, lesson
+        (root / lesson).write_text(text.replace("FAST = False", "FAST = True"))
     settings = tmp / "settings"
     # every cell in the DOM (JupyterLab 4 virtualises off-screen cells by default); no news
     for plugin, values in {"notebook-extension/tracker": {"windowingMode": "none"},

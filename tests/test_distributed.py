@@ -29,6 +29,22 @@ def _torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProc
     return done
 
 
+def _main_here(args: list[str]) -> subprocess.CompletedProcess:
+    """The command line in this process (what a refused command says needs no new process)."""
+    import contextlib
+    import io
+
+    from attfc_lite.__main__ import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks")
@@ -187,9 +203,8 @@ def test_rank_zero_writes_the_whole_sharded_w_and_a_resumed_run_is_the_uninterru
 
 def test_resuming_with_another_number_of_processes_is_refused(two_rank_runs):
     out, _ = two_rank_runs["attfc_a"]
-    done = subprocess.run([sys.executable, "-m", "attfc_lite", "train", "--head", "attfc", *TINY, "--k", "2",
-                           "--container-size", "6", "--out", str(out), "--resume"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = _main_here(["train", "--head", "attfc", *TINY, "--k", "2", "--container-size", "6", "--out", str(out),
+                       "--resume"])
     assert done.returncode == 2
     assert "written by a run over 2 processes and this run has 1" in done.stderr
     assert "--nproc_per_node 2" in done.stderr
@@ -220,10 +235,10 @@ def test_per_rank_memory_model_agrees_with_the_measurement_at_one_and_two_proces
         assert many.terms["container"] == one.terms["container"]
 
 
-def test_commands_other_than_train_refuse_several_processes():
-    env = dict(os.environ, WORLD_SIZE="2", RANK="0")
-    done = subprocess.run([sys.executable, "-m", "attfc_lite", "memory", "--head", "fc", "--classes", "100"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+def test_commands_other_than_train_refuse_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    done = _main_here(["memory", "--head", "fc", "--classes", "100"])
     assert done.returncode == 2
     assert "only train runs over several processes (torchrun started 2)" in done.stderr
 

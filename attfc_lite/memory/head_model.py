@@ -8,8 +8,8 @@ FC, the sampled ones for Partial FC), C logit columns, g gathered copies of W (1
 FC), o optimizer state copies of W (not the margin m), t optimizer temporaries, K key embeddings per query, G
 GCCs per query (1 for AttFC), P backbone parameters (the key encoder's copy), Q container
 size, A key-image activation bytes; over M processes (lesson 10, `world_size`), R is the largest
-shard of W, L = M*B the gathered rows in FC's logits (B for AttFC) and X is 1 (0 for one
-process). The phases differ by head (`HEAD_PHASES`).
+shard of W and L = M*B the gathered rows in FC's logits (B for AttFC), in `DISTRIBUTED_TERMS`.
+The phases differ by head (`HEAD_PHASES`).
 
 Mixed precision (`predict_memory(..., amp_dtype="bfloat16")`, `PRECISIONS`): the step runs
 under autocast with fp32 master weights, as practitioners train. W, its gradient and the
@@ -35,6 +35,9 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2, "float
 OPTIMIZERS = ("sgd", "adam", "adamw")
 _HEAD_ALIASES = {"fc": "fc", "full_fc": "fc", "partial_fc": "partial_fc", "pfc": "partial_fc", "attfc": "attfc"}
 
+# The terms over the step's rows that, over several processes, are the M*B gathered rows (L).
+_GATHERED_ROWS = ("embedding_temporaries", "logits", "logit_grads", "head_temporaries")
+
 # name: (kind, formula in the symbols above, what it is). The formula string is what is evaluated.
 TERMS: dict[str, tuple[str, str, str]] = {
     "class_centres": ("held", "R*D*e", "W, one D-dim class centre per identity"),
@@ -51,14 +54,10 @@ TERMS: dict[str, tuple[str, str, str]] = {
     "normalized_centres": ("step", "S*D*e + 2*S*e",
                            "F.normalize of the S centres in the logits (saved for backward) and their norms; "
                            "later the gradient of that copy"),
-    "gathered_batch": ("step", "X*M*B*(D*e + 8)",
-                       "over M > 1 processes (lesson 10): the M*B embeddings and labels of every rank, gathered "
-                       "(FC, Partial FC), or AttFC's M*B GCCs and labels gathered for the container"),
-    "embedding_temporaries": ("step", "(1 + G)*L*D*e", "normalised embeddings (and AttFC's G=1 GCC per query)"),
-    "logits": ("step", "2*L*C*e", "two L x C buffers kept for backward: cosines before the clamp, then the log-softmax "
-                                  "(over M processes the softmax's exp: L = M*B rows of this rank's C columns)"),
-    "logit_grads": ("step", "2*L*C*e", "gradients of the log-softmax and of the logits, alive together in backward"),
-    "head_temporaries": ("step", "2*L*C*e", "the margin's clone of the cosines and its index_put copy"),
+    "embedding_temporaries": ("step", "(1 + G)*B*D*e", "normalised embeddings (and AttFC's G=1 GCC per query)"),
+    "logits": ("step", "2*B*C*e", "two B x C buffers kept for backward: cosines before the clamp, then the log-softmax"),
+    "logit_grads": ("step", "2*B*C*e", "gradients of the log-softmax and of the logits, alive together in backward"),
+    "head_temporaries": ("step", "2*B*C*e", "the margin's clone of the cosines and its index_put copy"),
     "attention_temporaries": ("step", "G*(2 + K)*B*D*e",
                               "AttFC's attention loader: the query, its normalised copy and the K normalised keys"),
     "container_logits": ("step", "B*Q*e + max(B*Q, B*D*e)",
@@ -80,23 +79,20 @@ TERMS: dict[str, tuple[str, str, str]] = {
 # Which step terms are alive together, per head. The order of the phases is the order of the step.
 HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
     "fc": {
-        "forward": ("gathered_batch", "normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
-        "backward: logits": ("gathered_batch", "normalized_centres", "embedding_temporaries", "logits",
-                             "logit_grads"),
-        "backward: centres": ("gathered_batch", "centre_grad", "normalize_backward", "embedding_temporaries"),
+        "forward": ("normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
+        "backward: logits": ("normalized_centres", "embedding_temporaries", "logits", "logit_grads"),
+        "backward: centres": ("centre_grad", "normalize_backward", "embedding_temporaries"),
         "optimizer": ("centre_grad", "optimizer_temporaries"),
     },
     # Partial FC: the normalize backward runs on the S gathered rows (the gathered copy, the
     # gradient of the normalised one and four temporaries); only then is the gradient
     # scattered into a dense N x D W.grad, while the gathered rows' gradient is still alive.
     "partial_fc": {
-        "forward": ("gathered_batch", "gathered_centres", "normalized_centres", "embedding_temporaries", "logits",
-                    "head_temporaries"),
-        "backward: logits": ("gathered_batch", "gathered_centres", "normalized_centres", "embedding_temporaries",
-                             "logits", "logit_grads"),
-        "backward: centres": ("gathered_batch", "gathered_centres", "normalized_centres", "normalize_backward",
-                              "embedding_temporaries"),
-        "backward: scatter": ("gathered_batch", "centre_grad", "gathered_centres", "embedding_temporaries"),
+        "forward": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits", "head_temporaries"),
+        "backward: logits": ("gathered_centres", "normalized_centres", "embedding_temporaries", "logits",
+                             "logit_grads"),
+        "backward: centres": ("gathered_centres", "normalized_centres", "normalize_backward", "embedding_temporaries"),
+        "backward: scatter": ("centre_grad", "gathered_centres", "embedding_temporaries"),
         "optimizer": ("centre_grad", "optimizer_temporaries"),
     },
     # AttFC: no W. The forward holds the container logits; its backward only hands on the
@@ -104,12 +100,30 @@ HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
     "attfc": {
         "forward: attention": ("attention_temporaries", "key_activations"),
         "forward: container": ("embedding_temporaries", "container_logits"),
-        # over P processes: the container's loss is done; what every rank enqueues is gathered
-        "forward: enqueue": ("embedding_temporaries", "gathered_batch"),
         "backward": ("embedding_backward",),
     },
 }
 PHASES = HEAD_PHASES["fc"]  # the FC step, as lesson 02 derives it
+
+# One rank of M > 1 processes (lesson 10, `distributed`). FC and Partial FC: the logits and the
+# normalised embeddings are those of the L = M*B gathered rows against this rank's columns
+# (`ShardedFC`), and the gathered embeddings and labels live through forward and backward.
+# AttFC: its loss is over its own B queries (L = B); after it, the M*B GCCs and labels are gathered
+# for the enqueue. Counted from `distributed.measure_rank_memory` at M = 1 and 2 (within 1 %).
+DISTRIBUTED_TERMS: dict[str, tuple[str, str, str]] = {
+    **{name: (kind, formula.replace("B*", "L*", 1) if name in _GATHERED_ROWS else formula, what)
+       for name, (kind, formula, what) in TERMS.items()},
+    "gathered_batch": ("step", "M*B*(D*e + 8)",
+                       "the M*B embeddings and labels of every rank, gathered (FC, Partial FC), or AttFC's M*B "
+                       "GCCs and labels gathered for the container"),
+}
+DISTRIBUTED_HEAD_PHASES: dict[str, dict[str, tuple[str, ...]]] = {
+    **{head: {phase: names + (("gathered_batch",) if phase != "optimizer" else ()) for phase, names in phases.items()}
+       for head, phases in HEAD_PHASES.items() if head != "attfc"},
+    "attfc": {**{k: v for k, v in HEAD_PHASES["attfc"].items() if k != "backward"},
+              "forward: enqueue": ("embedding_temporaries", "gathered_batch"),
+              "backward": HEAD_PHASES["attfc"]["backward"]},
+}
 
 
 # The FC and Partial FC step under torch.autocast (fp32 master weights, h-byte compute), counted
@@ -171,6 +185,8 @@ def _tables(config: dict[str, Any]) -> tuple[dict[str, tuple[str, str, str]], di
     """(terms, phases) of a configuration: the autocast ones when it has an amp_dtype."""
     if config.get("amp_dtype"):
         return MIXED_TERMS, MIXED_HEAD_PHASES[config["head"]]
+    if config.get("world_size", 1) > 1:
+        return DISTRIBUTED_TERMS, DISTRIBUTED_HEAD_PHASES[config["head"]]
     return TERMS, HEAD_PHASES[config["head"]]
 
 
@@ -347,7 +363,7 @@ def predict_memory(
     e = DTYPE_BYTES[dname]
     rows = math.ceil(n / world)  # the largest shard of W
     symbols = dict(N=n, D=d, B=b, e=e, h=DTYPE_BYTES[amp] if amp else e, o=m, t=t, R=rows, S=rows, C=rows, g=0,
-                   K=0, G=0, P=0, Q=0, A=0, L=world * b, M=world, X=int(world > 1))
+                   K=0, G=0, P=0, Q=0, A=0, L=world * b, M=world)
     knobs: dict[str, Any] = {"world_size": world} if world > 1 else {}
     if kind == "partial_fc":
         # at most B identities in a batch; over M processes a shard receives B of the M*B gathered
@@ -363,7 +379,7 @@ def predict_memory(
             R=0,
             S=0,
             C=0,  # no FC logits: the container's are `container_logits`
-            L=b,  # each rank's loss is over its own batch; only the GCCs are gathered (gathered_batch)
+            L=b,  # each rank's loss is over its own batch (only the GCCs are gathered)
             G=1,
             Q=q,
             K=num_keys,
