@@ -59,6 +59,7 @@ class World:
     rank: int = 0
     size: int = 1
     traffic: Traffic = field(default_factory=Traffic)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where nccl needs its tensors
 
     @property
     def main(self) -> bool:
@@ -85,7 +86,8 @@ class World:
                                                   f"{gpus}, or --device cpu (gloo) for processes on the CPU")
                 torch.cuda.set_device(local)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(dist.get_rank(), dist.get_world_size())
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), device=on)
 
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
@@ -129,19 +131,9 @@ class World:
         """The mean of a number over the ranks (a loss that each rank computed on its own batch)."""
         if self.size == 1:
             return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         return float(self.all_reduce(t, name="loss")[0]) / self.size
 
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
-
-    def check_same(self, what: str, value: int) -> None:
-        """Refuse a run whose ranks disagree on `value` (a config, a checkpoint's step)."""
-        if self.size == 1:
-            return
-        t = torch.tensor([int(value), -int(value)], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        if int(t[0]) != -int(t[1]):
-            raise ArgumentError(what, f"differs between the {self.size} processes of this run; start every "
-                                      f"process with the same options")
