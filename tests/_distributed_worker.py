@@ -4,7 +4,8 @@
 
 Each rank takes its half of a batch that both draw from one seed, runs one step of each head
 over the two processes (gloo), and saves what the test compares with one process on the whole
-batch: OUT/rank<r>.pt. Then `train` over the two processes: a whole run in OUT/whole, and the same
+batch: OUT/rank<r>.pt, with each rank's measured memory of one FC and one AttFC step. Then `train` over
+the two processes: a whole run in OUT/whole, and the same
 run stopped after its first epoch and resumed in OUT/resumed.
 """
 from __future__ import annotations
@@ -18,11 +19,13 @@ torch.set_num_threads(1)
 
 from attfc_lite.backbones import make_backbone  # noqa: E402
 from attfc_lite.distributed import ShardedFC, ShardedPartialFC, World, gather_container  # noqa: E402
+from attfc_lite.distributed.measure import _measure_here  # noqa: E402
 from attfc_lite.distributed.parallel import wrap_backbone  # noqa: E402
 from attfc_lite.heads import AttFC  # noqa: E402
 from attfc_lite.train import TrainConfig, train  # noqa: E402
 
 B, D, N, IMAGE, K = 4, 8, 11, 16, 2  # N odd: the shards are uneven (6 and 5 rows)
+MEMORY_SIZES = (3001, 32, 16)  # N, D, B of the per-rank memory measurement
 
 
 def inputs(seed: int = 0) -> dict:
@@ -79,6 +82,10 @@ def main(out: str) -> None:
     result["attfc"] = {"loss": loss.item(), "query_grad": q.grad.clone(),
                        "centres": att.container.centres.clone(), "labels": att.container.labels.clone(),
                        "pointer": int(att.container.pointer)}
+    # one head step of each head measured on this rank, as `measure_rank_memory` does through torchrun
+    result["memory"] = {head: _measure_here({"head": head, "num_classes": MEMORY_SIZES[0],
+                                             "embedding_dim": MEMORY_SIZES[1], "batch_size": MEMORY_SIZES[2],
+                                             "knobs": {}}, world) for head in ("fc", "attfc")}
     torch.save(result, f"{out}/rank{rank}.pt")
 
     # train over the two processes: whole, and interrupted after epoch 1 then resumed

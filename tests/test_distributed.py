@@ -213,16 +213,16 @@ def test_resuming_with_another_number_of_processes_is_refused(two_rank_runs):
 # --- memory and traffic per rank -------------------------------------------------------------------
 
 @pytest.mark.parametrize("head", ["fc", "attfc"])
-def test_per_rank_memory_model_agrees_with_the_measurement_at_one_and_two_processes(head):
+def test_per_rank_memory_model_agrees_with_the_measurement_at_one_and_two_processes(head, ranks):
     from attfc_lite.distributed.measure import measure_rank_memory
     from attfc_lite.distributed.per_rank import traffic_per_step
     from attfc_lite.memory import predict_memory
 
-    n, d, b = 3001, 32, 16
-    for world_size in (1, 2):
-        measured = measure_rank_memory(head, n, d, b, world_size)
+    n, d, b = worker.MEMORY_SIZES
+    measured = {1: measure_rank_memory(head, n, d, b, 1)["ranks"], 2: [r["memory"][head] for r in ranks]}
+    for world_size, per_rank in measured.items():
         predicted = predict_memory(n, d, b, head=head, world_size=world_size)
-        for rank in measured["ranks"]:
+        for rank in per_rank:
             assert abs(predicted.peak / rank["peak_bytes"] - 1) < 0.15, (world_size, rank)
             # the traffic the collectives counted is the model's, collective by collective
             assert rank["traffic_per_step"] == traffic_per_step(head, n, d, b, world_size)
